@@ -1,0 +1,118 @@
+//! `anygatectl cluster ...`
+
+use super::Result;
+use crate::output::{json, table};
+use crate::Ctx;
+use anygate_proto::v1::cluster_service_client::ClusterServiceClient as C;
+use anygate_proto::v1::*;
+use clap::Subcommand;
+
+#[derive(Subcommand)]
+pub enum ClusterCmd {
+    /// Start a new cluster with the node at --endpoint as its only voter.
+    Init,
+    /// Add a node as a non-voting learner; it catches up before this returns.
+    AddLearner {
+        #[arg(long)]
+        id: u64,
+        /// The node's gRPC address as the other nodes reach it (host:port).
+        #[arg(long)]
+        addr: String,
+    },
+    /// Make a learner a voter.
+    Promote {
+        #[arg(long)]
+        id: u64,
+    },
+    /// Remove a node (voter or learner) from the cluster.
+    Remove {
+        #[arg(long)]
+        id: u64,
+    },
+    /// Every node: role, term, log and applied index, lag, leader.
+    Status,
+    /// Build a snapshot on the node at --endpoint and purge its log behind it.
+    Snapshot,
+}
+
+impl ClusterCmd {
+    pub async fn run(self, ctx: &Ctx) -> Result {
+        let c = &ctx.client;
+        match self {
+            ClusterCmd::Init => {
+                let r = c.call(|ch| async move { C::new(ch).init(c.req(InitRequest {})).await }).await?;
+                println!("cluster initialised; node {} is the leader", r.leader_id);
+            }
+            ClusterCmd::AddLearner { id, addr } => {
+                let m = c
+                    .call(|ch| {
+                        let addr = addr.clone();
+                        async move { C::new(ch).add_learner(c.req(AddLearnerRequest { id, addr })).await }
+                    })
+                    .await?;
+                print_membership(ctx, &m, &format!("node {id} added as a learner"));
+            }
+            ClusterCmd::Promote { id } => {
+                let m = c.call(|ch| async move { C::new(ch).promote(c.req(PromoteRequest { id })).await }).await?;
+                print_membership(ctx, &m, &format!("node {id} is now a voter"));
+            }
+            ClusterCmd::Remove { id } => {
+                let m = c.call(|ch| async move { C::new(ch).remove_node(c.req(RemoveNodeRequest { id })).await }).await?;
+                print_membership(ctx, &m, &format!("node {id} removed"));
+            }
+            ClusterCmd::Status => {
+                let s = c.call(|ch| async move { C::new(ch).status(c.req(StatusRequest {})).await }).await?;
+                if ctx.json {
+                    println!("{}", json(&s));
+                    return Ok(());
+                }
+                let rows = s
+                    .nodes
+                    .iter()
+                    .map(|n| {
+                        vec![
+                            n.id.to_string(),
+                            n.addr.clone(),
+                            n.role.clone(),
+                            if n.voter { "voter" } else { "learner" }.into(),
+                            n.term.to_string(),
+                            n.last_log_index.to_string(),
+                            n.applied_index.to_string(),
+                            n.lag.to_string(),
+                            if n.leader_id == 0 { "-".into() } else { n.leader_id.to_string() },
+                        ]
+                    })
+                    .collect();
+                println!(
+                    "{}",
+                    table(&["ID", "ADDRESS", "ROLE", "MEMBER", "TERM", "LAST LOG", "APPLIED", "LAG", "LEADER"], rows)
+                );
+                let leader = if s.leader_id == 0 { "none".into() } else { s.leader_id.to_string() };
+                println!("leader: {leader}   term: {}   answered by node {}", s.term, s.answered_by);
+                for n in s.nodes.iter().filter(|n| !n.error.is_empty()) {
+                    println!("warning: node {} ({}) unreachable: {}", n.id, n.addr, n.error);
+                }
+                let clocks: Vec<i64> = s.nodes.iter().filter(|n| n.clock_ms > 0).map(|n| n.clock_ms).collect();
+                if let (Some(min), Some(max)) = (clocks.iter().min(), clocks.iter().max()) {
+                    // Includes the time it took to ask; a real skew shows as a large spread.
+                    if max - min > 100 {
+                        println!("warning: node clocks differ by about {} ms (gateways share a key; keep them NTP-synced)", max - min);
+                    }
+                }
+            }
+            ClusterCmd::Snapshot => {
+                let r = c.call(|ch| async move { C::new(ch).trigger_snapshot(c.req(SnapshotRequest {})).await }).await?;
+                println!("snapshot built at index {}", r.index);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn print_membership(ctx: &Ctx, m: &MembershipResponse, msg: &str) {
+    if ctx.json {
+        println!("{}", json(m));
+    } else {
+        println!("{msg} (voters {:?}, learners {:?}, log index {})", m.voters, m.learners, m.log_index);
+    }
+}

@@ -1,0 +1,201 @@
+//! ClusterService: membership (init, learners, promotion, removal) and the
+//! cluster status table. Membership changes run on the leader; elsewhere
+//! they answer `Unavailable` with the leader's address.
+
+use super::{now_ms, Api};
+use crate::raft::{write_error, NodeError};
+use anygate_proto::v1::cluster_service_client::ClusterServiceClient;
+use anygate_proto::v1::cluster_service_server::ClusterService;
+use anygate_proto::v1::*;
+use openraft::{BasicNode, ChangeMembers, ServerState};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+use tonic::{Request, Response as Reply, Status};
+
+pub struct ClusterApi(pub Api);
+
+impl ClusterApi {
+    fn membership(&self, log_index: u64) -> MembershipResponse {
+        let m = self.0.node.raft.metrics().borrow().membership_config.clone();
+        let voters: BTreeSet<u64> = m.membership().voter_ids().collect();
+        MembershipResponse {
+            learners: m.membership().learner_ids().collect(),
+            voters: voters.into_iter().collect(),
+            log_index,
+        }
+    }
+
+    fn local_status(&self) -> NodeStatus {
+        let node = &self.0.node;
+        let m = node.raft.metrics().borrow().clone();
+        let voter = m.membership_config.membership().voter_ids().any(|v| v == node.id);
+        let role = match m.state {
+            ServerState::Leader => "leader",
+            ServerState::Candidate => "candidate",
+            ServerState::Follower if voter => "follower",
+            ServerState::Follower | ServerState::Learner => "learner",
+            ServerState::Shutdown => "shutdown",
+        };
+        NodeStatus {
+            id: node.id,
+            addr: node.addr.clone(),
+            role: role.into(),
+            term: m.current_term,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+            lag: 0,
+            leader_id: m.current_leader.unwrap_or(0),
+            voter,
+            clock_ms: now_ms(),
+            error: String::new(),
+            snapshot_index: m.snapshot.map(|l| l.index).unwrap_or(0),
+            purged_index: m.purged.map(|l| l.index).unwrap_or(0),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl ClusterService for ClusterApi {
+    async fn init(&self, _req: Request<InitRequest>) -> Result<Reply<InitResponse>, Status> {
+        let node = &self.0.node;
+        if node.raft.is_initialized().await.map_err(|e| Status::internal(e.to_string()))? {
+            return Err(Status::failed_precondition(format!(
+                "node {} already belongs to an initialised cluster; use `cluster add-learner` on the leader to grow it",
+                node.id
+            )));
+        }
+        let members = BTreeMap::from([(node.id, BasicNode::new(node.addr.clone()))]);
+        node.raft.initialize(members).await.map_err(|e| Status::failed_precondition(e.to_string()))?;
+        let mut rx = node.raft.metrics();
+        let waited = tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|m| m.current_leader.is_some())).await;
+        if waited.is_err() {
+            return Err(Status::deadline_exceeded("initialised, but no leader was elected within 10 s"));
+        }
+        Ok(Reply::new(InitResponse { leader_id: node.id }))
+    }
+
+    async fn add_learner(&self, req: Request<AddLearnerRequest>) -> Result<Reply<MembershipResponse>, Status> {
+        let r = req.get_ref();
+        if r.id == 0 {
+            return Err(Status::invalid_argument("node id must be a positive integer"));
+        }
+        if r.addr.parse::<std::net::SocketAddr>().is_err() && !r.addr.contains(':') {
+            return Err(Status::invalid_argument(format!("address {:?} is not host:port", r.addr)));
+        }
+        let m = self.0.node.raft.metrics().borrow().membership_config.clone();
+        if let Some(n) = m.membership().get_node(&r.id) {
+            if n.addr != r.addr {
+                return Err(Status::already_exists(format!(
+                    "node {} is already a member at {}; remove it first to change its address",
+                    r.id, n.addr
+                )));
+            }
+        }
+        let res = self
+            .0
+            .node
+            .raft
+            .add_learner(r.id, BasicNode::new(r.addr.clone()), true)
+            .await
+            .map_err(|e| Status::from(write_error(e)))?;
+        Ok(Reply::new(self.membership(res.log_id.index)))
+    }
+
+    async fn promote(&self, req: Request<PromoteRequest>) -> Result<Reply<MembershipResponse>, Status> {
+        let id = req.get_ref().id;
+        let m = self.0.node.raft.metrics().borrow().membership_config.clone();
+        if m.membership().get_node(&id).is_none() {
+            return Err(Status::not_found(format!("node {id} is not a member; add it with `cluster add-learner` first")));
+        }
+        let res = self
+            .0
+            .node
+            .raft
+            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+            .await
+            .map_err(|e| Status::from(write_error(e)))?;
+        Ok(Reply::new(self.membership(res.log_id.index)))
+    }
+
+    async fn remove_node(&self, req: Request<RemoveNodeRequest>) -> Result<Reply<MembershipResponse>, Status> {
+        let id = req.get_ref().id;
+        let m = self.0.node.raft.metrics().borrow().membership_config.clone();
+        let is_voter = m.membership().voter_ids().any(|v| v == id);
+        if m.membership().get_node(&id).is_none() {
+            return Err(Status::not_found(format!("node {id} is not a member")));
+        }
+        if is_voter && m.membership().voter_ids().count() == 1 {
+            return Err(Status::failed_precondition("cannot remove the last voter"));
+        }
+        let change = if is_voter {
+            ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+        } else {
+            ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+        };
+        let res = self.0.node.raft.change_membership(change, false).await.map_err(|e| Status::from(write_error(e)))?;
+        Ok(Reply::new(self.membership(res.log_id.index)))
+    }
+
+    async fn status(&self, _req: Request<StatusRequest>) -> Result<Reply<StatusResponse>, Status> {
+        let node = &self.0.node;
+        let m = node.raft.metrics().borrow().clone();
+        let members: Vec<(u64, String)> =
+            m.membership_config.membership().nodes().map(|(id, n)| (*id, n.addr.clone())).collect();
+        let me = self.local_status();
+        let asks = members.iter().map(|(id, addr)| {
+            let channels = node.channels.clone();
+            let me = me.clone();
+            let (id, addr) = (*id, addr.clone());
+            async move {
+                if id == me.id {
+                    return me;
+                }
+                let ask = async {
+                    let mut c = ClusterServiceClient::new(channels.get(&addr).map_err(|e| e.to_string())?);
+                    let mut r = Request::new(NodeInfoRequest {});
+                    r.set_timeout(Duration::from_millis(800));
+                    c.node_info(r).await.map(|r| r.into_inner()).map_err(|s| s.message().to_string())
+                };
+                ask.await.unwrap_or_else(|error| NodeStatus {
+                    id,
+                    addr,
+                    role: "unreachable".into(),
+                    error,
+                    ..Default::default()
+                })
+            }
+        });
+        let mut nodes: Vec<NodeStatus> = futures::future::join_all(asks).await;
+        let leader_id = m.current_leader.unwrap_or(0);
+        let leader_last =
+            nodes.iter().find(|n| n.id == leader_id).map(|n| n.last_log_index).unwrap_or(me.last_log_index);
+        let voters: BTreeSet<u64> = m.membership_config.membership().voter_ids().collect();
+        for n in &mut nodes {
+            n.voter = voters.contains(&n.id);
+            if n.role != "unreachable" {
+                n.lag = leader_last.saturating_sub(n.applied_index);
+            }
+        }
+        Ok(Reply::new(StatusResponse { leader_id, term: m.current_term, nodes, answered_by: node.id }))
+    }
+
+    async fn node_info(&self, _req: Request<NodeInfoRequest>) -> Result<Reply<NodeStatus>, Status> {
+        Ok(Reply::new(self.local_status()))
+    }
+
+    async fn trigger_snapshot(&self, _req: Request<SnapshotRequest>) -> Result<Reply<SnapshotResponse>, Status> {
+        let node = &self.0.node;
+        let applied = node.view.applied();
+        node.raft.trigger().snapshot().await.map_err(|e| Status::internal(e.to_string()))?;
+        let mut rx = node.raft.metrics();
+        let res = tokio::time::timeout(
+            Duration::from_secs(30),
+            rx.wait_for(|m| m.snapshot.is_some_and(|s| s.index >= applied)),
+        )
+        .await;
+        match res {
+            Ok(Ok(m)) => Ok(Reply::new(SnapshotResponse { index: m.snapshot.map(|s| s.index).unwrap_or(0) })),
+            _ => Err(Status::from(NodeError::Unavailable("snapshot did not complete within 30 s".into()))),
+        }
+    }
+}

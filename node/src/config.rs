@@ -1,0 +1,189 @@
+//! Typed node configuration: a TOML file (kebab-case keys, unknown keys
+//! refused) where every key can also be given as a flag, and `validate()`
+//! before any port is bound or any file written. Bad config exits 64 and names
+//! the key.
+
+use clap::Parser;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+#[error("config key `{key}`: {msg}")]
+pub struct ConfigError {
+    pub key: &'static str,
+    pub msg: String,
+}
+
+fn bad(key: &'static str, msg: impl Into<String>) -> ConfigError {
+    ConfigError { key, msg: msg.into() }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The anygate gateway node. Every config-file key can also be given as a
+/// flag of the same name; flags win.
+#[derive(Debug, Parser, Default)]
+#[command(name = "anygate", version, about, long_about = None)]
+pub struct Cli {
+    /// TOML config file (see deploy/config/node.example.toml).
+    #[arg(long, short = 'c', env = "ANYGATE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// This node's Raft id: a positive integer, unique in the cluster, never reused.
+    #[arg(long)]
+    pub id: Option<u64>,
+    /// gRPC listen address, for the operator API and Raft alike.
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Address other nodes and anygatectl use to reach this node (default: --listen).
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// Directory of the RocksDB database (log and state machine).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// HTTP address for /metrics, /ready and /live (off when unset).
+    #[arg(long)]
+    pub metrics_listen: Option<String>,
+    /// Log format.
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Log filter, e.g. "info" or "anygate_node=debug,openraft=warn".
+    #[arg(long)]
+    pub log_level: Option<String>,
+    /// Build a snapshot (and purge the log) every this many applied entries.
+    #[arg(long)]
+    pub snapshot_logs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileConfig {
+    id: Option<u64>,
+    listen: Option<String>,
+    advertise: Option<String>,
+    data_dir: Option<PathBuf>,
+    metrics_listen: Option<String>,
+    log_format: Option<LogFormat>,
+    log_level: Option<String>,
+    snapshot_logs: Option<u64>,
+}
+
+/// Validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub id: u64,
+    pub listen: SocketAddr,
+    pub advertise: String,
+    pub data_dir: PathBuf,
+    pub metrics_listen: Option<SocketAddr>,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    pub snapshot_logs: u64,
+}
+
+impl Config {
+    /// Merge file and flags (flags win), then validate.
+    pub fn load(cli: &Cli) -> Result<Config, ConfigError> {
+        let file = match &cli.config {
+            Some(p) => read_file(p)?,
+            None => FileConfig::default(),
+        };
+        let id = cli.id.or(file.id).ok_or_else(|| bad("id", "is required (a positive integer)"))?;
+        if id == 0 {
+            return Err(bad("id", "must be a positive integer"));
+        }
+        let listen_s = cli.listen.clone().or(file.listen).unwrap_or_else(|| "127.0.0.1:7400".into());
+        let listen: SocketAddr =
+            listen_s.parse().map_err(|_| bad("listen", format!("{listen_s:?} is not ip:port")))?;
+        let advertise = cli.advertise.clone().or(file.advertise).unwrap_or_else(|| listen.to_string());
+        if !advertise.contains(':') {
+            return Err(bad("advertise", format!("{advertise:?} is not host:port")));
+        }
+        if listen.ip().is_unspecified() && cli.advertise.is_none() && advertise == listen.to_string() {
+            return Err(bad("advertise", "is required when listen is a wildcard address"));
+        }
+        let data_dir = cli
+            .data_dir
+            .clone()
+            .or(file.data_dir)
+            .ok_or_else(|| bad("data-dir", "is required"))?;
+        if data_dir.exists() && !data_dir.is_dir() {
+            return Err(bad("data-dir", format!("{} exists and is not a directory", data_dir.display())));
+        }
+        let metrics_listen = cli
+            .metrics_listen
+            .clone()
+            .or(file.metrics_listen)
+            .map(|s| s.parse().map_err(|_| bad("metrics-listen", format!("{s:?} is not ip:port"))))
+            .transpose()?;
+        let log_level = cli.log_level.clone().or(file.log_level).unwrap_or_else(|| "info".into());
+        if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
+            return Err(bad("log-level", format!("{log_level:?} is not a valid filter")));
+        }
+        let snapshot_logs = cli.snapshot_logs.or(file.snapshot_logs).unwrap_or(10_000);
+        if snapshot_logs == 0 {
+            return Err(bad("snapshot-logs", "must be at least 1"));
+        }
+        Ok(Config {
+            id,
+            listen,
+            advertise,
+            data_dir,
+            metrics_listen,
+            log_format: cli.log_format.or(file.log_format).unwrap_or(LogFormat::Text),
+            log_level,
+            snapshot_logs,
+        })
+    }
+}
+
+fn read_file(p: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(p).map_err(|e| bad("config", format!("cannot read {}: {e}", p.display())))?;
+    toml::from_str(&text).map_err(|e| {
+        // toml names the offending key in its message.
+        bad("config", format!("{}: {}", p.display(), e.message()))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Cli {
+        Cli::parse_from(std::iter::once("anygate").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn flags_and_errors_name_the_key() {
+        let c = Config::load(&cli(&["--id", "3", "--data-dir", "/tmp/x", "--listen", "127.0.0.1:9"])).unwrap();
+        assert_eq!((c.id, c.advertise.as_str()), (3, "127.0.0.1:9"));
+        for (args, key) in [
+            (vec!["--data-dir", "/tmp/x"], "id"),
+            (vec!["--id", "0", "--data-dir", "/tmp/x"], "id"),
+            (vec!["--id", "1"], "data-dir"),
+            (vec!["--id", "1", "--data-dir", "/tmp/x", "--listen", "nope"], "listen"),
+            (vec!["--id", "1", "--data-dir", "/tmp/x", "--metrics-listen", "x"], "metrics-listen"),
+            (vec!["--id", "1", "--data-dir", "/tmp/x", "--listen", "0.0.0.0:1"], "advertise"),
+        ] {
+            let e = Config::load(&cli(&args)).unwrap_err();
+            assert_eq!(e.key, key, "{args:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn file_unknown_key_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("n.toml");
+        std::fs::write(&p, "id = 2\ndata-dir = \"/tmp/y\"\nlisten-port = 5\n").unwrap();
+        let e = Config::load(&cli(&["--config", p.to_str().unwrap()])).unwrap_err();
+        assert!(e.to_string().contains("listen-port"), "{e}");
+        std::fs::write(&p, "id = 2\ndata-dir = \"/tmp/y\"\n").unwrap();
+        let c = Config::load(&cli(&["--config", p.to_str().unwrap(), "--id", "5"])).unwrap();
+        assert_eq!(c.id, 5, "flags win over the file");
+    }
+}

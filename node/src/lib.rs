@@ -1,0 +1,11 @@
+//! anygate-node: a gateway node of an anygate cluster, as a library so that
+//! tests and drills can embed real nodes. The `anygate` binary is a thin
+//! wrapper around [`app::App`].
+
+pub mod api;
+pub mod app;
+pub mod config;
+pub mod metrics;
+pub mod model;
+pub mod raft;
+pub mod store;

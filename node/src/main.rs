@@ -1,0 +1,65 @@
+//! `anygate`: parse flags and config (bad config exits 64), set up logging,
+//! bind listeners, run the node until SIGTERM/SIGINT.
+
+use anygate_node::app::App;
+use anygate_node::config::{Cli, Config, LogFormat};
+use clap::Parser;
+use std::process::ExitCode;
+use tokio_util::sync::CancellationToken;
+
+const EX_CONFIG: u8 = 64;
+const EX_UNAVAILABLE: u8 = 69;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let cfg = match Config::load(&cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("anygate: bad configuration: {e}");
+            return ExitCode::from(EX_CONFIG);
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::new(&cfg.log_level);
+    match cfg.log_format {
+        LogFormat::Json => tracing_subscriber::fmt().json().with_env_filter(filter).init(),
+        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    rt.block_on(async move {
+        let grpc = match tokio::net::TcpListener::bind(cfg.listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("anygate: cannot listen on {}: {e}", cfg.listen);
+                return ExitCode::from(EX_UNAVAILABLE);
+            }
+        };
+        let admin = match cfg.metrics_listen {
+            Some(a) => match tokio::net::TcpListener::bind(a).await {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    eprintln!("anygate: cannot listen on {a} (metrics-listen): {e}");
+                    return ExitCode::from(EX_UNAVAILABLE);
+                }
+            },
+            None => None,
+        };
+        let shutdown = CancellationToken::new();
+        let s = shutdown.clone();
+        tokio::spawn(async move {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            tracing::info!("signal received");
+            s.cancel();
+        });
+        match (App { cfg, grpc, admin }).run(shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("anygate: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}

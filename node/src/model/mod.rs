@@ -1,0 +1,318 @@
+//! Pure domain types, the replicated commands and the deterministic state
+//! machine logic ([`Inventory::apply`]). Nothing here does IO, spawns tasks or
+//! reads the clock: time arrives inside [`Request`], stamped by the proposer.
+
+pub mod ipam;
+pub mod key;
+mod state;
+
+pub use key::{KeyError, WgKey};
+pub use state::{Changes, Inventory, InventoryImage};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+pub type NodeId = u64;
+
+pub const DEFAULT_LISTEN_PORT: u16 = 51820;
+pub const DEFAULT_MTU: u16 = 1420;
+pub const DEFAULT_KEEPALIVE: u16 = 25;
+pub const DEFAULT_INTERFACE: &str = "wg0";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PeerState {
+    Active,
+    Disabled,
+    Revoked,
+}
+
+impl fmt::Display for PeerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PeerState::Active => "active",
+            PeerState::Disabled => "disabled",
+            PeerState::Revoked => "revoked",
+        })
+    }
+}
+
+/// A peer as stored in the inventory. `allowed_ips` is exactly what every
+/// gateway's WireGuard device gets: the tunnel addresses as host routes plus
+/// any routes behind the client.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Peer {
+    pub public_key: WgKey,
+    pub preshared_key: Option<WgKey>,
+    pub allowed_ips: Vec<IpNet>,
+    pub addresses: Vec<IpAddr>,
+    pub user: String,
+    pub device: String,
+    pub group: String,
+    pub labels: BTreeMap<String, String>,
+    pub persistent_keepalive: u16,
+    pub created_at_ms: i64,
+    pub expires_at_ms: Option<i64>,
+    pub state: PeerState,
+    pub revision: u64,
+    pub pool: Option<String>,
+}
+
+/// A validated request to create a peer (syntax checked by the API layer;
+/// everything that depends on state is checked in `apply`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewPeer {
+    pub public_key: WgKey,
+    pub preshared_key: Option<WgKey>,
+    pub allowed_ips: Vec<IpNet>,
+    pub addresses: Vec<IpAddr>,
+    pub user: String,
+    pub device: String,
+    pub group: String,
+    pub labels: BTreeMap<String, String>,
+    pub persistent_keepalive: Option<u16>,
+    pub expires_at_ms: Option<i64>,
+    pub pool: Option<String>,
+}
+
+/// How a command names a peer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerRef {
+    Key(WgKey),
+    UserDevice(String, String),
+}
+
+impl PeerRef {
+    /// A public key, or `user/device`.
+    pub fn parse(s: &str) -> Result<PeerRef, String> {
+        let s = s.trim();
+        if let Ok(k) = s.parse::<WgKey>() {
+            return Ok(PeerRef::Key(k));
+        }
+        match s.split_once('/') {
+            Some((u, d)) if !u.is_empty() && !d.is_empty() && !d.contains('/') && s.len() != 44 => {
+                Ok(PeerRef::UserDevice(u.to_string(), d.to_string()))
+            }
+            _ => Err(format!(
+                "peer {s:?} is neither a public key (44 base64 characters) nor user/device"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for PeerRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PeerRef::Key(k) => write!(f, "{k}"),
+            PeerRef::UserDevice(u, d) => write!(f, "{u}/{d}"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pool {
+    pub name: String,
+    pub cidrs: Vec<IpNet>,
+    pub group: Option<String>,
+    /// Next address to probe, per CIDR (deterministic allocation).
+    pub cursors: Vec<u128>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReturnMode {
+    Nat,
+    Routed,
+}
+
+impl fmt::Display for ReturnMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ReturnMode::Nat => "nat",
+            ReturnMode::Routed => "routed",
+        })
+    }
+}
+
+impl std::str::FromStr for ReturnMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "nat" => Ok(ReturnMode::Nat),
+            "routed" => Ok(ReturnMode::Routed),
+            _ => Err(format!("return mode {s:?} is not one of: nat, routed")),
+        }
+    }
+}
+
+/// Gateway settings shared by every node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Settings {
+    pub interface: String,
+    pub listen_port: u16,
+    pub server_public_key: Option<WgKey>,
+    pub mtu: u16,
+    pub anycast_v4: Option<Ipv4Addr>,
+    pub anycast_v6: Option<Ipv6Addr>,
+    pub dns: Vec<IpAddr>,
+    pub return_mode: ReturnMode,
+    pub client_keepalive: u16,
+    pub endpoint_host: Option<String>,
+    pub client_routes: Vec<IpNet>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            interface: DEFAULT_INTERFACE.into(),
+            listen_port: DEFAULT_LISTEN_PORT,
+            server_public_key: None,
+            mtu: DEFAULT_MTU,
+            anycast_v4: None,
+            anycast_v6: None,
+            dns: vec![],
+            return_mode: ReturnMode::Nat,
+            client_keepalive: DEFAULT_KEEPALIVE,
+            endpoint_host: None,
+            client_routes: vec![],
+        }
+    }
+}
+
+/// Every `Some` replaces the stored value. For the optional settings,
+/// `Some(None)` clears them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SettingsPatch {
+    pub interface: Option<String>,
+    pub listen_port: Option<u16>,
+    pub server_public_key: Option<Option<WgKey>>,
+    pub mtu: Option<u16>,
+    pub anycast_v4: Option<Option<Ipv4Addr>>,
+    pub anycast_v6: Option<Option<Ipv6Addr>>,
+    pub dns: Option<Vec<IpAddr>>,
+    pub return_mode: Option<ReturnMode>,
+    pub client_keepalive: Option<u16>,
+    pub endpoint_host: Option<Option<String>>,
+    pub client_routes: Option<Vec<IpNet>>,
+}
+
+/// Last place a client was seen.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointRecord {
+    pub endpoint: SocketAddr,
+    pub last_handshake_ms: i64,
+    pub observed_by: NodeId,
+    pub observed_at_ms: i64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeFlags {
+    pub drained: bool,
+    pub site: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub index: u64,
+    pub actor: String,
+    pub at_ms: i64,
+    pub action: String,
+    pub object: String,
+    pub detail: String,
+    pub error: Option<String>,
+}
+
+/// One replicated write: who, when (the proposer's clock), what.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    pub actor: String,
+    pub at_ms: i64,
+    pub cmd: Command,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// All or nothing.
+    AddPeers(Vec<NewPeer>),
+    SetPeerState { peer: PeerRef, state: PeerState },
+    RemovePeer { peer: PeerRef },
+    RotatePeer { peer: PeerRef, new_key: WgKey, new_psk: Option<WgKey> },
+    /// Remove every peer whose expiry is at or before `at_ms` of the request.
+    ExpirePeers,
+    AddPool { name: String, cidrs: Vec<IpNet>, group: Option<String> },
+    RemovePool { name: String },
+    SetSettings(SettingsPatch),
+    UpdateEndpoints(Vec<(WgKey, EndpointRecord)>),
+    SetNodeFlags { node: NodeId, drained: Option<bool>, site: Option<Option<String>> },
+}
+
+impl Command {
+    /// (action, object) for the audit log.
+    pub fn describe(&self) -> (&'static str, String) {
+        match self {
+            Command::AddPeers(p) if p.len() == 1 => ("peer.add", p[0].public_key.to_string()),
+            Command::AddPeers(p) => ("peer.import", format!("{} peers", p.len())),
+            Command::SetPeerState { peer, state } => match state {
+                PeerState::Active => ("peer.enable", peer.to_string()),
+                PeerState::Disabled => ("peer.disable", peer.to_string()),
+                PeerState::Revoked => ("peer.revoke", peer.to_string()),
+            },
+            Command::RemovePeer { peer } => ("peer.remove", peer.to_string()),
+            Command::RotatePeer { peer, .. } => ("peer.rotate", peer.to_string()),
+            Command::ExpirePeers => ("peer.expire", String::new()),
+            Command::AddPool { name, .. } => ("pool.add", name.clone()),
+            Command::RemovePool { name } => ("pool.remove", name.clone()),
+            Command::SetSettings(_) => ("settings.set", String::new()),
+            Command::UpdateEndpoints(e) => ("endpoints.update", format!("{} endpoints", e.len())),
+            Command::SetNodeFlags { node, .. } => ("node.flags", node.to_string()),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorKind {
+    InvalidArgument,
+    NotFound,
+    AlreadyExists,
+    FailedPrecondition,
+    OutOfRange,
+    ResourceExhausted,
+}
+
+/// A command that `apply` refused. It changed nothing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct ApplyError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl ApplyError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        ApplyError { kind, message: message.into() }
+    }
+}
+
+/// Pool as shown to operators.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolView {
+    pub name: String,
+    pub cidrs: Vec<IpNet>,
+    pub group: Option<String>,
+    pub allocated: u64,
+    pub capacity: u64,
+}
+
+/// What `apply` returns for one entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    Empty,
+    Peers(Vec<Peer>),
+    Pool(PoolView),
+    Settings(Settings),
+    Count(u64),
+    Rejected(ApplyError),
+}

@@ -1,0 +1,216 @@
+use super::*;
+
+fn key(i: u32) -> WgKey {
+    let mut b = [0u8; 32];
+    b[..4].copy_from_slice(&i.to_be_bytes());
+    b[31] = 1;
+    WgKey(b)
+}
+
+fn req(cmd: Command) -> Request {
+    Request { actor: "test".into(), at_ms: 1_000, cmd }
+}
+
+fn np(i: u32) -> NewPeer {
+    NewPeer {
+        public_key: key(i),
+        preshared_key: None,
+        allowed_ips: vec![],
+        addresses: vec![],
+        user: format!("u{i}"),
+        device: "laptop".into(),
+        group: String::new(),
+        labels: Default::default(),
+        persistent_keepalive: None,
+        expires_at_ms: None,
+        pool: None,
+    }
+}
+
+fn inv_with_pool(cidrs: &[&str]) -> Inventory {
+    let mut inv = Inventory::default();
+    let mut ch = Changes::default();
+    let r = inv.apply(
+        1,
+        &req(Command::AddPool {
+            name: "corp".into(),
+            cidrs: cidrs.iter().map(|c| c.parse().unwrap()).collect(),
+            group: None,
+        }),
+        &mut ch,
+    );
+    assert!(matches!(r, Response::Pool(_)), "{r:?}");
+    inv
+}
+
+fn add(inv: &mut Inventory, idx: u64, peers: Vec<NewPeer>) -> Response {
+    inv.apply(idx, &req(Command::AddPeers(peers)), &mut Changes::default())
+}
+
+fn rejected(r: Response) -> ApplyError {
+    match r {
+        Response::Rejected(e) => e,
+        other => panic!("expected rejection, got {other:?}"),
+    }
+}
+
+#[test]
+fn allocation_is_sequential_dual_stack_and_unique() {
+    let mut inv = inv_with_pool(&["10.8.0.0/24", "fd00:8::/64"]);
+    let Response::Peers(p) = add(&mut inv, 2, vec![np(1), np(2)]) else { panic!() };
+    assert_eq!(p[0].addresses, vec!["10.8.0.2".parse::<IpAddr>().unwrap(), "fd00:8::2".parse().unwrap()]);
+    assert_eq!(p[1].addresses[0], "10.8.0.3".parse::<IpAddr>().unwrap());
+    assert_eq!(p[0].allowed_ips.len(), 2);
+    assert_eq!(p[0].persistent_keepalive, DEFAULT_KEEPALIVE);
+    assert_eq!(p[0].pool.as_deref(), Some("corp"));
+    // Removing a peer frees its address; the cursor moves on, then wraps.
+    inv.apply(3, &req(Command::RemovePeer { peer: PeerRef::Key(key(1)) }), &mut Changes::default());
+    let Response::Peers(p) = add(&mut inv, 4, vec![np(3)]) else { panic!() };
+    assert_eq!(p[0].addresses[0], "10.8.0.4".parse::<IpAddr>().unwrap());
+}
+
+#[test]
+fn exhausted_pool_and_batch_rollback() {
+    let mut inv = inv_with_pool(&["10.9.0.0/29"]); // usable .2-.6 = 5
+    let batch: Vec<NewPeer> = (1..=6).map(np).collect();
+    let e = rejected(add(&mut inv, 2, batch));
+    assert_eq!(e.kind, ErrorKind::ResourceExhausted);
+    assert!(e.message.contains("peer 6 of 6"), "{}", e.message);
+    assert_eq!(inv.peer_count(), 0, "a rejected batch leaves nothing behind");
+    assert_eq!(inv.pools()[0].allocated, 0);
+    let Response::Peers(p) = add(&mut inv, 3, (1..=5).map(np).collect()) else { panic!() };
+    assert_eq!(p.len(), 5);
+    assert_eq!(rejected(add(&mut inv, 4, vec![np(7)])).kind, ErrorKind::ResourceExhausted);
+}
+
+#[test]
+fn rejections_change_nothing() {
+    let mut inv = inv_with_pool(&["10.8.0.0/24"]);
+    let mut a = np(1);
+    a.allowed_ips = vec!["192.168.10.0/24".parse().unwrap()];
+    a.pool = Some("corp".into());
+    assert!(matches!(add(&mut inv, 2, vec![a]), Response::Peers(_)));
+    let before = serde_json::to_string(&inv.to_image()).unwrap();
+
+    let mut dup = np(1);
+    dup.user = "other".into();
+    let mut overlap = np(2);
+    overlap.allowed_ips = vec!["192.168.10.128/25".parse().unwrap()];
+    let mut outside = np(3);
+    outside.addresses = vec!["172.16.0.9".parse().unwrap()];
+    let mut nopool = np(4);
+    nopool.pool = Some("nope".into());
+    let mut same_dev = np(5);
+    same_dev.user = "u1".into();
+    let mut self_overlap = np(6);
+    self_overlap.allowed_ips = vec!["10.1.0.0/16".parse().unwrap(), "10.1.2.0/24".parse().unwrap()];
+    let cases: Vec<(Command, ErrorKind, &str)> = vec![
+        (Command::AddPeers(vec![dup]), ErrorKind::AlreadyExists, "already belongs"),
+        (Command::AddPeers(vec![overlap]), ErrorKind::FailedPrecondition, "overlaps peer u1/laptop"),
+        (Command::AddPeers(vec![outside]), ErrorKind::OutOfRange, "outside every pool"),
+        (Command::AddPeers(vec![nopool]), ErrorKind::NotFound, "no pool named"),
+        (Command::AddPeers(vec![same_dev]), ErrorKind::AlreadyExists, "already has a device"),
+        (Command::AddPeers(vec![self_overlap]), ErrorKind::InvalidArgument, "overlap"),
+        (Command::RemovePeer { peer: PeerRef::Key(key(99)) }, ErrorKind::NotFound, "no peer"),
+        (Command::RemovePool { name: "corp".into() }, ErrorKind::FailedPrecondition, "still has 1 peers"),
+        (Command::RemovePool { name: "x".into() }, ErrorKind::NotFound, "no pool"),
+        (
+            Command::AddPool { name: "b".into(), cidrs: vec!["10.8.0.128/25".parse().unwrap()], group: None },
+            ErrorKind::FailedPrecondition,
+            "overlaps 10.8.0.0/24",
+        ),
+        (
+            Command::SetSettings(SettingsPatch { mtu: Some(100), ..Default::default() }),
+            ErrorKind::InvalidArgument,
+            "MTU",
+        ),
+        (
+            Command::RotatePeer { peer: PeerRef::Key(key(1)), new_key: key(1), new_psk: None },
+            ErrorKind::AlreadyExists,
+            "already belongs",
+        ),
+    ];
+    for (i, (cmd, kind, text)) in cases.into_iter().enumerate() {
+        let mut ch = Changes::default();
+        let e = rejected(inv.apply(10 + i as u64, &req(cmd.clone()), &mut ch));
+        assert_eq!(e.kind, kind, "{cmd:?}: {}", e.message);
+        assert!(e.message.contains(text), "{cmd:?}: {}", e.message);
+        assert!(ch.peers.is_empty() && ch.pools.is_empty() && !ch.settings);
+        assert_eq!(ch.audit.len(), 1, "refusals are audited");
+        assert!(ch.audit[0].error.is_some());
+        assert_eq!(serde_json::to_string(&inv.to_image()).unwrap(), before, "{cmd:?} changed state");
+    }
+}
+
+#[test]
+fn state_transitions_rotate_and_expiry() {
+    let mut inv = inv_with_pool(&["10.8.0.0/24"]);
+    let mut eph = np(2);
+    eph.expires_at_ms = Some(5_000);
+    add(&mut inv, 2, vec![np(1), eph]);
+    let ud = PeerRef::UserDevice("u1".into(), "laptop".into());
+    let r = inv.apply(3, &req(Command::SetPeerState { peer: ud.clone(), state: PeerState::Disabled }), &mut Changes::default());
+    let Response::Peers(p) = r else { panic!("{r:?}") };
+    assert_eq!((p[0].state, p[0].revision), (PeerState::Disabled, 3));
+    inv.apply(4, &req(Command::SetPeerState { peer: ud.clone(), state: PeerState::Revoked }), &mut Changes::default());
+    let e = rejected(inv.apply(5, &req(Command::SetPeerState { peer: ud.clone(), state: PeerState::Active }), &mut Changes::default()));
+    assert_eq!(e.kind, ErrorKind::FailedPrecondition);
+
+    let r = inv.apply(6, &req(Command::RotatePeer { peer: ud.clone(), new_key: key(50), new_psk: None }), &mut Changes::default());
+    let Response::Peers(p) = r else { panic!("{r:?}") };
+    assert_eq!(p[0].addresses[0], "10.8.0.2".parse::<IpAddr>().unwrap(), "rotation keeps addresses");
+    assert!(inv.peer(&key(1)).is_none() && inv.peer(&key(50)).is_some());
+
+    let mut early = req(Command::ExpirePeers);
+    early.at_ms = 4_999;
+    assert_eq!(inv.apply(7, &early, &mut Changes::default()), Response::Count(0));
+    let mut late = req(Command::ExpirePeers);
+    late.at_ms = 5_000;
+    let mut ch = Changes::default();
+    assert_eq!(inv.apply(8, &late, &mut ch), Response::Count(1));
+    assert!(inv.peer(&key(2)).is_none());
+    assert!(ch.peers.contains(&key(2)));
+}
+
+#[test]
+fn endpoints_keep_the_freshest_and_image_roundtrips() {
+    let mut inv = inv_with_pool(&["10.8.0.0/24"]);
+    add(&mut inv, 2, vec![np(1)]);
+    let rec = |at: i64, port: u16| EndpointRecord {
+        endpoint: SocketAddr::from(([192, 0, 2, 1], port)),
+        last_handshake_ms: at,
+        observed_by: 1,
+        observed_at_ms: at,
+    };
+    let r = inv.apply(3, &req(Command::UpdateEndpoints(vec![(key(1), rec(10, 1000)), (key(9), rec(10, 1))])), &mut Changes::default());
+    assert_eq!(r, Response::Count(1), "unknown peers are ignored");
+    inv.apply(4, &req(Command::UpdateEndpoints(vec![(key(1), rec(5, 2000))])), &mut Changes::default());
+    assert_eq!(inv.endpoint(&key(1)).unwrap().endpoint.port(), 1000, "older observation loses");
+    let img = serde_json::to_string(&inv.to_image()).unwrap();
+    let back = Inventory::from_image(serde_json::from_str(&img).unwrap());
+    assert_eq!(serde_json::to_string(&back.to_image()).unwrap(), img);
+    // the rebuilt indexes work
+    let mut dup = np(3);
+    dup.addresses = vec!["10.8.0.2".parse().unwrap()];
+    let mut back = back;
+    assert_eq!(rejected(add(&mut back, 5, vec![dup])).kind, ErrorKind::FailedPrecondition);
+}
+
+#[test]
+fn pool_choice_by_group() {
+    let mut inv = inv_with_pool(&["10.8.0.0/24"]);
+    inv.apply(
+        2,
+        &req(Command::AddPool { name: "eng".into(), cidrs: vec!["10.9.0.0/24".parse().unwrap()], group: Some("eng".into()) }),
+        &mut Changes::default(),
+    );
+    let mut e = np(1);
+    e.group = "eng".into();
+    let Response::Peers(p) = add(&mut inv, 3, vec![e]) else { panic!() };
+    assert_eq!(p[0].pool.as_deref(), Some("eng"));
+    let Response::Peers(p) = add(&mut inv, 4, vec![np(2)]) else { panic!() };
+    assert_eq!(p[0].pool.as_deref(), Some("corp"));
+    let mut wrong = np(3);
+    wrong.pool = Some("eng".into());
+    assert_eq!(rejected(add(&mut inv, 5, vec![wrong])).kind, ErrorKind::FailedPrecondition);
+}

@@ -1,0 +1,166 @@
+//! Raft: type config, transport (client in `network`, server in `service`)
+//! and [`RaftNode`], the one place that turns a `Request` into a committed,
+//! applied `Response` (locally on the leader, forwarded from a follower) and
+//! that provides linearizable read barriers.
+
+pub mod network;
+pub mod service;
+pub mod types;
+
+use crate::model::{ApplyError, NodeId, Request, Response};
+use crate::store::StateView;
+use anygate_proto::raft::v1::ReadIndexRequest;
+use network::{decode, encode, Channels};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
+use openraft::BasicNode;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+use types::Raft;
+
+/// How long a read barrier or a forwarded write may take.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, thiserror::Error, Serialize, Deserialize)]
+pub enum NodeError {
+    /// No leader reachable from here; `leader` names the one we know of.
+    #[error("not the leader and could not reach it{}", .leader.as_ref().map(|(i, a)| format!(" (leader is node {i} at {a})")).unwrap_or_default())]
+    NotLeader { leader: Option<(NodeId, String)> },
+    #[error("{0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Rejected(ApplyError),
+    #[error("raft stopped: {0}")]
+    Fatal(String),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+}
+
+/// A committed write: the state machine's answer and the log index.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Written {
+    pub index: u64,
+    pub response: Response,
+}
+
+#[derive(Clone)]
+pub struct RaftNode {
+    pub id: NodeId,
+    pub addr: String,
+    pub raft: Raft,
+    pub view: StateView,
+    pub channels: Channels,
+}
+
+fn leader_of(f: &ForwardToLeader<NodeId, BasicNode>) -> Option<(NodeId, String)> {
+    match (f.leader_id, &f.leader_node) {
+        (Some(i), Some(n)) => Some((i, n.addr.clone())),
+        _ => None,
+    }
+}
+
+/// Map openraft's write errors (client writes and membership changes).
+pub fn write_error(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> NodeError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => NodeError::NotLeader { leader: leader_of(&f) },
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => NodeError::FailedPrecondition(e.to_string()),
+        RaftError::Fatal(f) => NodeError::Fatal(f.to_string()),
+    }
+}
+
+impl RaftNode {
+    /// Commit `req` on the leader (here, or forwarded) and return its result.
+    /// A `Rejected` answer means the command was refused and changed nothing.
+    pub async fn write(&self, req: Request) -> Result<Written, NodeError> {
+        match self.write_local(req.clone()).await {
+            Err(NodeError::NotLeader { leader: Some((id, addr)) }) if id != self.id => {
+                self.forward(req, id, &addr).await
+            }
+            other => other,
+        }
+    }
+
+    /// Only on this node; `NotLeader` when it is not the leader.
+    pub async fn write_local(&self, req: Request) -> Result<Written, NodeError> {
+        match self.raft.client_write(req).await {
+            Ok(r) => match r.data {
+                Response::Rejected(e) => Err(NodeError::Rejected(e)),
+                response => Ok(Written { index: r.log_id.index, response }),
+            },
+            Err(e) => Err(write_error(e)),
+        }
+    }
+
+    async fn forward(&self, req: Request, leader: NodeId, addr: &str) -> Result<Written, NodeError> {
+        let not_leader = || NodeError::NotLeader { leader: Some((leader, addr.to_string())) };
+        let mut client = self.channels.raft_client(addr).map_err(|_| not_leader())?;
+        let mut r = tonic::Request::new(encode(&req));
+        r.set_timeout(CLIENT_TIMEOUT);
+        let payload = client.forward(r).await.map_err(|s| {
+            tracing::warn!(leader, addr, error = %s.message(), "forwarding a write to the leader failed");
+            not_leader()
+        })?;
+        decode::<Result<Written, NodeError>>(payload.get_ref())
+            .map_err(|e| NodeError::Unavailable(format!("bad answer from leader: {e}")))?
+    }
+
+    /// Wait until this node's state includes every write committed before
+    /// the call (read index from the leader, then wait for apply).
+    pub async fn read_barrier(&self) -> Result<(), NodeError> {
+        let index = match self.raft.get_read_log_id().await {
+            Ok((read, _)) => read.map(|l| l.index).unwrap_or(0),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                let Some((id, addr)) = leader_of(&f) else {
+                    return Err(NodeError::NotLeader { leader: None });
+                };
+                let not_leader = || NodeError::NotLeader { leader: Some((id, addr.clone())) };
+                let mut client = self.channels.raft_client(&addr).map_err(|_| not_leader())?;
+                let mut r = tonic::Request::new(ReadIndexRequest {});
+                r.set_timeout(CLIENT_TIMEOUT);
+                client.read_index(r).await.map_err(|_| not_leader())?.into_inner().index
+            }
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q))) => {
+                return Err(NodeError::Unavailable(format!("leader cannot reach a quorum: {q}")))
+            }
+            Err(RaftError::Fatal(f)) => return Err(NodeError::Fatal(f.to_string())),
+        };
+        self.wait_applied(index, CLIENT_TIMEOUT).await
+    }
+
+    pub async fn wait_applied(&self, index: u64, timeout: Duration) -> Result<(), NodeError> {
+        let mut rx = self.view.subscribe();
+        let res = tokio::time::timeout(timeout, async { rx.wait_for(|applied| *applied >= index).await.map(|_| ()) }).await;
+        match res {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(NodeError::Fatal("state machine closed".into())),
+            Err(_) => Err(NodeError::Unavailable(format!(
+                "this node has not applied index {index} within {timeout:?} (applied {})",
+                self.view.applied()
+            ))),
+        }
+    }
+
+    /// The leader's id and address, if known.
+    pub fn leader(&self) -> Option<(NodeId, String)> {
+        let m = self.raft.metrics().borrow().clone();
+        let id = m.current_leader?;
+        let addr = m.membership_config.membership().get_node(&id)?.addr.clone();
+        Some((id, addr))
+    }
+}
+
+/// openraft settings: short timers for a LAN cluster of gateways.
+pub fn raft_config(snapshot_logs: u64) -> openraft::Config {
+    openraft::Config {
+        cluster_name: "anygate".into(),
+        heartbeat_interval: 100,
+        election_timeout_min: 400,
+        election_timeout_max: 800,
+        install_snapshot_timeout: 2_000,
+        max_payload_entries: 1_000,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_logs),
+        max_in_snapshot_log_to_keep: 0,
+        ..Default::default()
+    }
+}

@@ -1,0 +1,144 @@
+//! Raft transport, client side: one lazily connected tonic channel per peer
+//! node; openraft messages travel as serde-JSON bytes inside `RaftPayload`.
+
+use super::types::TypeConfig;
+use crate::model::NodeId;
+use anygate_proto::raft::v1::raft_service_client::RaftServiceClient;
+use anygate_proto::raft::v1::RaftPayload;
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use openraft::BasicNode;
+use serde::{de::DeserializeOwned, Serialize};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tonic::transport::{Channel, Endpoint};
+
+/// Raft messages can be large (snapshot chunks, batches of entries).
+pub const MAX_RAFT_MESSAGE: usize = 64 * 1024 * 1024;
+
+/// Shared cache of channels by address, used by Raft and by write forwarding.
+#[derive(Clone, Default)]
+pub struct Channels {
+    inner: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl Channels {
+    pub fn get(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
+        let mut m = self.inner.lock().expect("channel cache poisoned");
+        if let Some(c) = m.get(addr) {
+            return Ok(c.clone());
+        }
+        let ch = Endpoint::from_shared(format!("http://{addr}"))?
+            .connect_timeout(Duration::from_millis(500))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .connect_lazy();
+        m.insert(addr.to_string(), ch.clone());
+        Ok(ch)
+    }
+
+    pub fn raft_client(&self, addr: &str) -> Result<RaftServiceClient<Channel>, tonic::transport::Error> {
+        Ok(RaftServiceClient::new(self.get(addr)?)
+            .max_decoding_message_size(MAX_RAFT_MESSAGE)
+            .max_encoding_message_size(MAX_RAFT_MESSAGE))
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for Channels {
+    type Network = Conn;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Conn {
+        Conn { target, addr: node.addr.clone(), client: self.raft_client(&node.addr).map_err(|e| e.to_string()) }
+    }
+}
+
+pub struct Conn {
+    target: NodeId,
+    addr: String,
+    client: Result<RaftServiceClient<Channel>, String>,
+}
+
+pub fn encode<T: Serialize>(v: &T) -> RaftPayload {
+    RaftPayload { data: serde_json::to_vec(v).expect("raft message serialises") }
+}
+
+pub fn decode<T: DeserializeOwned>(p: &RaftPayload) -> Result<T, serde_json::Error> {
+    serde_json::from_slice(&p.data)
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Msg(String);
+
+enum Rpc {
+    Append,
+    Vote,
+    Snapshot,
+}
+
+impl Conn {
+    async fn call<Req: Serialize, Resp: DeserializeOwned, E: std::error::Error + DeserializeOwned>(
+        &mut self,
+        rpc: Rpc,
+        req: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>> {
+        let client = match &mut self.client {
+            Ok(c) => c,
+            Err(e) => return Err(RPCError::Unreachable(Unreachable::new(&Msg(format!("{}: {e}", self.addr))))),
+        };
+        let mut request = tonic::Request::new(encode(req));
+        request.set_timeout(option.hard_ttl());
+        let res = match rpc {
+            Rpc::Append => client.append_entries(request).await,
+            Rpc::Vote => client.vote(request).await,
+            Rpc::Snapshot => client.install_snapshot(request).await,
+        };
+        let payload = match res {
+            Ok(r) => r.into_inner(),
+            Err(s) if s.code() == tonic::Code::Unavailable => {
+                return Err(RPCError::Unreachable(Unreachable::new(&Msg(format!("{}: {}", self.addr, s.message())))))
+            }
+            Err(s) => {
+                return Err(RPCError::Network(NetworkError::new(&Msg(format!("{}: {}", self.addr, s.message())))))
+            }
+        };
+        let res: Result<Resp, RaftError<NodeId, E>> =
+            decode(&payload).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        res.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for Conn {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.call(Rpc::Append, &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>>
+    {
+        self.call(Rpc::Snapshot, &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.call(Rpc::Vote, &rpc, &option).await
+    }
+}
+

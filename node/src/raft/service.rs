@@ -1,0 +1,58 @@
+//! Raft transport, server side: feeds openraft the messages other nodes send,
+//! and serves forwarded writes and read-index requests.
+
+use super::network::{decode, encode};
+use super::{NodeError, RaftNode};
+use anygate_proto::raft::v1::raft_service_server::RaftService;
+use anygate_proto::raft::v1::{RaftPayload, ReadIndexRequest, ReadIndexResponse};
+use openraft::error::{CheckIsLeaderError, RaftError};
+use tonic::{Request, Response, Status};
+
+pub struct RaftServiceImpl {
+    node: RaftNode,
+}
+
+impl RaftServiceImpl {
+    pub fn new(node: RaftNode) -> Self {
+        RaftServiceImpl { node }
+    }
+}
+
+fn bad(e: serde_json::Error) -> Status {
+    Status::invalid_argument(format!("undecodable raft message: {e}"))
+}
+
+#[tonic::async_trait]
+impl RaftService for RaftServiceImpl {
+    async fn append_entries(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let rpc = decode(req.get_ref()).map_err(bad)?;
+        Ok(Response::new(encode(&self.node.raft.append_entries(rpc).await)))
+    }
+
+    async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let rpc = decode(req.get_ref()).map_err(bad)?;
+        Ok(Response::new(encode(&self.node.raft.vote(rpc).await)))
+    }
+
+    async fn install_snapshot(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let rpc = decode(req.get_ref()).map_err(bad)?;
+        Ok(Response::new(encode(&self.node.raft.install_snapshot(rpc).await)))
+    }
+
+    async fn forward(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let r = decode(req.get_ref()).map_err(bad)?;
+        // Only one hop: a forwarded write is never forwarded again.
+        let res: Result<super::Written, NodeError> = self.node.write_local(r).await;
+        Ok(Response::new(encode(&res)))
+    }
+
+    async fn read_index(&self, _req: Request<ReadIndexRequest>) -> Result<Response<ReadIndexResponse>, Status> {
+        match self.node.raft.get_read_log_id().await {
+            Ok((read, _)) => Ok(Response::new(ReadIndexResponse { index: read.map(|l| l.index).unwrap_or(0) })),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
+                Err(Status::failed_precondition("not the leader"))
+            }
+            Err(e) => Err(Status::unavailable(e.to_string())),
+        }
+    }
+}

@@ -1,0 +1,345 @@
+//! The state machine in RocksDB: the inventory lives in memory (indexed for
+//! O(log n) checks) and every applied batch is written to its column families
+//! in one atomic `WriteBatch` together with the applied log id, so the
+//! on-disk state is always a prefix of the log.
+
+use super::*;
+use crate::model::{AuditEntry, Changes, Inventory, InventoryImage, NodeId, Response};
+use crate::raft::types::{Entry, LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
+use openraft::storage::RaftStateMachine;
+use openraft::{EntryPayload, RaftSnapshotBuilder, RaftLogId};
+use rocksdb::{IteratorMode, WriteBatch};
+use serde::{Deserialize, Serialize};
+use std::io::Cursor;
+use std::sync::RwLock;
+use tokio::sync::watch;
+
+const KEY_APPLIED: &[u8] = b"applied";
+const KEY_MEMBERSHIP: &[u8] = b"membership";
+const KEY_SETTINGS: &[u8] = b"settings";
+const KEY_SNAP_META: &[u8] = b"meta";
+const KEY_SNAP_DATA: &[u8] = b"data";
+
+/// Read access to the applied state for the API, the reconciler and health.
+#[derive(Clone)]
+pub struct StateView {
+    inner: Arc<Shared>,
+}
+
+struct Shared {
+    inv: RwLock<Inventory>,
+    applied: watch::Sender<u64>,
+    db: Arc<DB>,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct AuditFilter {
+    pub since_ms: i64,
+    pub actor: Option<String>,
+    pub limit: usize,
+}
+
+impl StateView {
+    /// Run `f` on the applied inventory (hold the lock briefly).
+    pub fn read<R>(&self, f: impl FnOnce(&Inventory) -> R) -> R {
+        f(&self.inner.inv.read().expect("inventory lock poisoned"))
+    }
+
+    /// Index of the last applied log entry.
+    pub fn applied(&self) -> u64 {
+        *self.inner.applied.borrow()
+    }
+
+    /// Wakes on every applied batch.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.inner.applied.subscribe()
+    }
+
+    /// Newest first.
+    pub fn audit(&self, f: &AuditFilter) -> Vec<AuditEntry> {
+        let db = &self.inner.db;
+        let mut out = Vec::new();
+        let limit = if f.limit == 0 { usize::MAX } else { f.limit };
+        for item in db.iterator_cf(cf(db, CF_AUDIT), IteratorMode::End) {
+            let Ok((_, v)) = item else { break };
+            let Ok(e) = serde_json::from_slice::<AuditEntry>(&v) else { continue };
+            if e.at_ms < f.since_ms {
+                // Entries are in log order and stamped by proposers whose
+                // clocks may differ slightly; keep scanning a little.
+                continue;
+            }
+            if f.actor.as_ref().is_some_and(|a| e.actor != *a && !e.actor.starts_with(&format!("{a}@"))) {
+                continue;
+            }
+            out.push(e);
+            if out.len() >= limit {
+                break;
+            }
+        }
+        out
+    }
+}
+
+pub struct StateMachine {
+    view: StateView,
+    db: Arc<DB>,
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SnapshotBody {
+    image: InventoryImage,
+    audit: Vec<AuditEntry>,
+}
+
+type R<T> = Result<T, StorageError>;
+
+fn rd<T: serde::de::DeserializeOwned>(b: &[u8]) -> R<T> {
+    serde_json::from_slice(b).map_err(|e| io_err(StorageIOError::read_state_machine, e))
+}
+fn wr<T: Serialize>(v: &T) -> R<Vec<u8>> {
+    serde_json::to_vec(v).map_err(|e| io_err(StorageIOError::write_state_machine, e))
+}
+
+impl StateMachine {
+    pub(super) fn load(db: Arc<DB>) -> R<StateMachine> {
+        let get = |cfn: &str, k: &[u8]| {
+            db.get_cf(cf(&db, cfn), k)
+                .map_err(|e| io_err(StorageIOError::read_state_machine, e))
+        };
+        let last_applied: Option<LogId> = get(CF_SM, KEY_APPLIED)?.map(|b| rd(&b)).transpose()?;
+        let membership: StoredMembership = get(CF_SM, KEY_MEMBERSHIP)?.map(|b| rd(&b)).transpose()?.unwrap_or_default();
+        let settings = get(CF_SETTINGS, KEY_SETTINGS)?.map(|b| rd(&b)).transpose()?.unwrap_or_default();
+        let all = |cfn: &str| -> R<Vec<(Box<[u8]>, Box<[u8]>)>> {
+            db.iterator_cf(cf(&db, cfn), IteratorMode::Start)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| io_err(StorageIOError::read_state_machine, e))
+        };
+        let mut img = InventoryImage { settings, ..Default::default() };
+        for (_, v) in all(CF_PEERS)? {
+            img.peers.push(rd(&v)?);
+        }
+        for (_, v) in all(CF_POOLS)? {
+            img.pools.push(rd(&v)?);
+        }
+        for (_, v) in all(CF_ENDPOINTS)? {
+            img.endpoints.push(rd(&v)?);
+        }
+        for (_, v) in all(CF_NODES)? {
+            img.nodes.push(rd(&v)?);
+        }
+        let (applied, _) = watch::channel(last_applied.map(|l| l.index).unwrap_or(0));
+        let view = StateView {
+            inner: Arc::new(Shared { inv: RwLock::new(Inventory::from_image(img)), applied, db: db.clone() }),
+        };
+        Ok(StateMachine { view, db, last_applied, membership })
+    }
+
+    pub fn view(&self) -> StateView {
+        self.view.clone()
+    }
+
+    /// Write what `ch` names from the in-memory state, plus the applied id.
+    fn persist(&self, inv: &Inventory, ch: Changes) -> R<()> {
+        let db = &self.db;
+        let mut b = WriteBatch::default();
+        for k in &ch.peers {
+            match inv.peer(k) {
+                Some(p) => b.put_cf(cf(db, CF_PEERS), k.as_bytes(), wr(p)?),
+                None => b.delete_cf(cf(db, CF_PEERS), k.as_bytes()),
+            }
+        }
+        for n in &ch.pools {
+            match inv.pool(n) {
+                Some(p) => b.put_cf(cf(db, CF_POOLS), n.as_bytes(), wr(p)?),
+                None => b.delete_cf(cf(db, CF_POOLS), n.as_bytes()),
+            }
+        }
+        if ch.settings {
+            b.put_cf(cf(db, CF_SETTINGS), KEY_SETTINGS, wr(inv.settings())?);
+        }
+        for k in &ch.endpoints {
+            match inv.endpoint(k) {
+                Some(e) => b.put_cf(cf(db, CF_ENDPOINTS), k.as_bytes(), wr(&(k, e))?),
+                None => b.delete_cf(cf(db, CF_ENDPOINTS), k.as_bytes()),
+            }
+        }
+        for id in &ch.nodes {
+            if let Some(f) = inv.node_flags(*id) {
+                b.put_cf(cf(db, CF_NODES), be(*id), wr(&(id, f))?);
+            }
+        }
+        for a in &ch.audit {
+            b.put_cf(cf(db, CF_AUDIT), be(a.index), wr(a)?);
+        }
+        b.put_cf(cf(db, CF_SM), KEY_APPLIED, wr(&self.last_applied)?);
+        b.put_cf(cf(db, CF_SM), KEY_MEMBERSHIP, wr(&self.membership)?);
+        db.write(b).map_err(|e| io_err(StorageIOError::write_state_machine, e))
+    }
+
+    fn read_audit_all(&self) -> R<Vec<AuditEntry>> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(cf(&self.db, CF_AUDIT), IteratorMode::Start) {
+            let (_, v) = item.map_err(|e| io_err(StorageIOError::read_state_machine, e))?;
+            out.push(rd(&v)?);
+        }
+        Ok(out)
+    }
+
+    fn stored_snapshot(&self) -> R<Option<Snapshot>> {
+        let c = cf(&self.db, CF_SNAPSHOT);
+        let get = |k| self.db.get_cf(c, k).map_err(|e| io_err(StorageIOError::read_snapshot_none, e));
+        match (get(KEY_SNAP_META)?, get(KEY_SNAP_DATA)?) {
+            (Some(m), Some(d)) => Ok(Some(Snapshot { meta: rd(&m)?, snapshot: Box::new(Cursor::new(d)) })),
+            _ => Ok(None),
+        }
+    }
+
+}
+
+fn save_snapshot(db: &DB, meta: &SnapshotMeta, data: &[u8]) -> R<()> {
+    let c = cf(db, CF_SNAPSHOT);
+    let mut b = WriteBatch::default();
+    b.put_cf(c, KEY_SNAP_META, wr(meta)?);
+    b.put_cf(c, KEY_SNAP_DATA, data);
+    db.write_opt(b, &sync_opts())
+        .map_err(|e| io_err(StorageIOError::write_snapshot_none, e))
+}
+
+trait SnapErr {
+    fn read_snapshot_none(e: openraft::AnyError) -> Self;
+    fn write_snapshot_none(e: openraft::AnyError) -> Self;
+}
+impl SnapErr for StorageIOError<NodeId> {
+    fn read_snapshot_none(e: openraft::AnyError) -> Self {
+        StorageIOError::read_snapshot(None, e)
+    }
+    fn write_snapshot_none(e: openraft::AnyError) -> Self {
+        StorageIOError::write_snapshot(None, e)
+    }
+}
+
+/// Builds a snapshot from a consistent copy of the state.
+pub struct SnapshotBuilder {
+    body: Vec<u8>,
+    meta: SnapshotMeta,
+    db: Arc<DB>,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> R<Snapshot> {
+        // The state machine CFs must be durable before openraft purges the
+        // log entries this snapshot covers.
+        self.db
+            .flush_wal(true)
+            .map_err(|e| io_err(StorageIOError::write_state_machine, e))?;
+        save_snapshot(&self.db, &self.meta, &self.body)?;
+        Ok(Snapshot { meta: self.meta.clone(), snapshot: Box::new(Cursor::new(std::mem::take(&mut self.body))) })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> R<(Option<LogId>, StoredMembership)> {
+        Ok((self.last_applied, self.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> R<Vec<Response>>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let mut out = Vec::new();
+        let mut ch = Changes::default();
+        let view = self.view.clone();
+        let mut inv = view.inner.inv.write().expect("inventory lock poisoned");
+        for ent in entries {
+            let id = *ent.get_log_id();
+            self.last_applied = Some(id);
+            match ent.payload {
+                EntryPayload::Blank => out.push(Response::Empty),
+                EntryPayload::Normal(req) => out.push(inv.apply(id.index, &req, &mut ch)),
+                EntryPayload::Membership(m) => {
+                    self.membership = StoredMembership::new(Some(id), m);
+                    out.push(Response::Empty);
+                }
+            }
+        }
+        self.persist(&inv, ch)?;
+        drop(inv);
+        let idx = self.last_applied.map(|l| l.index).unwrap_or(0);
+        self.view.inner.applied.send_replace(idx);
+        Ok(out)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
+        let image = self.view.read(|inv| inv.to_image());
+        let audit = self.read_audit_all().unwrap_or_default();
+        let body = serde_json::to_vec(&SnapshotBody { image, audit }).expect("serialisable");
+        let last = self.last_applied;
+        let snapshot_id = match last {
+            Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, body.len()),
+            None => format!("empty-{}", body.len()),
+        };
+        SnapshotBuilder {
+            body,
+            meta: SnapshotMeta { last_log_id: last, last_membership: self.membership.clone(), snapshot_id },
+            db: self.db.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> R<Box<Cursor<Vec<u8>>>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<Cursor<Vec<u8>>>) -> R<()> {
+        let data = snapshot.into_inner();
+        let body: SnapshotBody = serde_json::from_slice(&data)
+            .map_err(|e| io_err(StorageIOError::read_snapshot_none, e))?;
+        let db = &self.db;
+        let mut b = WriteBatch::default();
+        for name in SM_CFS {
+            for item in db.iterator_cf(cf(db, name), IteratorMode::Start) {
+                let (k, _) = item.map_err(|e| io_err(StorageIOError::write_state_machine, e))?;
+                b.delete_cf(cf(db, name), k);
+            }
+        }
+        let img = &body.image;
+        for p in &img.peers {
+            b.put_cf(cf(db, CF_PEERS), p.public_key.as_bytes(), wr(p)?);
+        }
+        for p in &img.pools {
+            b.put_cf(cf(db, CF_POOLS), p.name.as_bytes(), wr(p)?);
+        }
+        b.put_cf(cf(db, CF_SETTINGS), KEY_SETTINGS, wr(&img.settings)?);
+        for e in &img.endpoints {
+            b.put_cf(cf(db, CF_ENDPOINTS), e.0.as_bytes(), wr(e)?);
+        }
+        for n in &img.nodes {
+            b.put_cf(cf(db, CF_NODES), be(n.0), wr(n)?);
+        }
+        for a in &body.audit {
+            b.put_cf(cf(db, CF_AUDIT), be(a.index), wr(a)?);
+        }
+        b.put_cf(cf(db, CF_SM), KEY_APPLIED, wr(&meta.last_log_id)?);
+        b.put_cf(cf(db, CF_SM), KEY_MEMBERSHIP, wr(&meta.last_membership)?);
+        db.write_opt(b, &sync_opts())
+            .map_err(|e| io_err(StorageIOError::write_state_machine, e))?;
+        save_snapshot(&self.db, meta, &data)?;
+
+        self.last_applied = meta.last_log_id;
+        self.membership = meta.last_membership.clone();
+        *self.view.inner.inv.write().expect("inventory lock poisoned") = Inventory::from_image(body.image);
+        self.view
+            .inner
+            .applied
+            .send_replace(meta.last_log_id.map(|l| l.index).unwrap_or(0));
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> R<Option<Snapshot>> {
+        self.stored_snapshot()
+    }
+}

@@ -1,0 +1,239 @@
+//! Test harness: spawn nodes as processes, run anygatectl, wait on
+//! conditions with deadlines (never bare sleeps), clean up on drop.
+
+use serde_json::Value;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn node_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_anygate"))
+}
+
+/// anygatectl is built next to anygate by `cargo test --workspace`.
+pub fn ctl_bin() -> PathBuf {
+    let p = node_bin().with_file_name("anygatectl");
+    assert!(p.exists(), "{} missing: run the tests with `cargo test --workspace`", p.display());
+    p
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Poll `f` until it returns Some, or panic with `what` after `timeout`.
+pub fn eventually<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    let mut delay = Duration::from_millis(20);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        std::thread::sleep(delay);
+        delay = (delay * 2).min(Duration::from_millis(250));
+    }
+}
+
+pub struct Node {
+    pub id: u64,
+    pub addr: String,
+    pub dir: PathBuf,
+    pub child: Option<Child>,
+    pub extra: Vec<String>,
+}
+
+impl Node {
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "node {} already running", self.id);
+        let log = std::fs::File::create(self.dir.with_extension(format!("log{}", self.id))).unwrap();
+        let child = Command::new(node_bin())
+            .args(["--id", &self.id.to_string(), "--listen", &self.addr, "--data-dir"])
+            .arg(&self.dir)
+            .args(["--log-level", "info,openraft=warn"])
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn anygate");
+        self.child = Some(child);
+        let addr = self.addr.clone();
+        eventually(&format!("node {} listening on {addr}", self.id), Duration::from_secs(20), || {
+            std::net::TcpStream::connect(&addr).ok()
+        });
+    }
+
+    /// kill -9: no shutdown path runs.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.with_extension(format!("log{}", self.id))).unwrap_or_default()
+    }
+}
+
+pub struct Cluster {
+    pub nodes: Vec<Node>,
+    _tmp: tempfile::TempDir,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            n.kill();
+        }
+        if std::thread::panicking() {
+            for n in &self.nodes {
+                let log = n.log();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                eprintln!("---- node {} log (last {} lines) ----", n.id, tail.len());
+                for l in tail.iter().rev() {
+                    eprintln!("{l}");
+                }
+            }
+        }
+    }
+}
+
+impl Cluster {
+    /// `n` nodes started but not yet joined.
+    pub fn start(n: u64, extra: &[&str]) -> Cluster {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut c = Cluster { nodes: vec![], _tmp: tmp };
+        for id in 1..=n {
+            c.add_node(id, extra);
+        }
+        c
+    }
+
+    pub fn add_node(&mut self, id: u64, extra: &[&str]) -> &mut Node {
+        let dir = self._tmp.path().join(format!("n{id}"));
+        let mut node = Node {
+            id,
+            addr: format!("127.0.0.1:{}", free_port()),
+            dir,
+            child: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        node.start();
+        self.nodes.push(node);
+        self.nodes.last_mut().unwrap()
+    }
+
+    pub fn node(&mut self, id: u64) -> &mut Node {
+        self.nodes.iter_mut().find(|n| n.id == id).expect("node exists")
+    }
+
+    pub fn addr(&self, id: u64) -> String {
+        self.nodes.iter().find(|n| n.id == id).unwrap().addr.clone()
+    }
+
+    pub fn all_endpoints(&self) -> String {
+        self.nodes.iter().map(|n| n.addr.clone()).collect::<Vec<_>>().join(",")
+    }
+
+    /// init on node 1, add and promote the rest, all through anygatectl.
+    pub fn form(&mut self) {
+        let first = self.addr(1);
+        ctl_ok(&first, &["cluster", "init"]);
+        let others: Vec<(u64, String)> = self.nodes.iter().skip(1).map(|n| (n.id, n.addr.clone())).collect();
+        for (id, addr) in &others {
+            ctl_ok(&first, &["cluster", "add-learner", "--id", &id.to_string(), "--addr", addr]);
+            ctl_ok(&first, &["cluster", "promote", "--id", &id.to_string()]);
+        }
+        let want = self.nodes.len();
+        eventually("every node a voter with a leader", Duration::from_secs(20), || {
+            let s = status(&first)?;
+            let nodes = s["nodes"].as_array()?;
+            (nodes.len() == want
+                && nodes.iter().all(|n| n["voter"] == Value::Bool(true) && n["role"] != "unreachable")
+                && s["leader_id"].as_u64()? > 0)
+                .then_some(())
+        });
+    }
+
+    pub fn leader(&self) -> u64 {
+        let eps = self.live_endpoints();
+        eventually("a leader", Duration::from_secs(20), || {
+            let s = status(&eps)?;
+            let l = s["leader_id"].as_u64()?;
+            (l > 0 && self.nodes.iter().any(|n| n.id == l && n.child.is_some())).then_some(l)
+        })
+    }
+
+    pub fn live_endpoints(&self) -> String {
+        self.nodes.iter().filter(|n| n.child.is_some()).map(|n| n.addr.clone()).collect::<Vec<_>>().join(",")
+    }
+}
+
+pub fn ctl(endpoint: &str, args: &[&str]) -> Output {
+    Command::new(ctl_bin())
+        .args(["--endpoint", endpoint, "--timeout", "15s", "--actor", "tester"])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run anygatectl")
+}
+
+pub fn ctl_ok(endpoint: &str, args: &[&str]) -> String {
+    let out = ctl(endpoint, args);
+    assert!(
+        out.status.success(),
+        "anygatectl {args:?} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+pub fn ctl_json(endpoint: &str, args: &[&str]) -> Value {
+    let mut a = vec!["--json"];
+    a.extend_from_slice(args);
+    let s = ctl_ok(endpoint, &a);
+    serde_json::from_str(&s).unwrap_or_else(|e| panic!("anygatectl {args:?}: bad JSON ({e}): {s}"))
+}
+
+pub fn status(endpoint: &str) -> Option<Value> {
+    let out = ctl(endpoint, &["--json", "--timeout", "2s", "cluster", "status"]);
+    if !out.status.success() {
+        return None;
+    }
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+/// Public keys of all peers, read locally (stale) from one node.
+pub fn peer_keys(endpoint: &str, stale: bool) -> Option<Vec<String>> {
+    let mut args = vec!["--json", "--timeout", "3s", "peer", "list"];
+    if stale {
+        args.push("--stale");
+    }
+    let out = ctl(endpoint, &args);
+    if !out.status.success() {
+        return None;
+    }
+    let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+    let mut keys: Vec<String> =
+        v.as_array()?.iter().map(|p| p["public_key"].as_str().unwrap_or_default().to_string()).collect();
+    keys.sort();
+    Some(keys)
+}
+
+pub fn random_key() -> String {
+    use base64::Engine;
+    let secret = x25519_dalek::StaticSecret::random_from_rng(rand::rngs::OsRng);
+    base64::engine::general_purpose::STANDARD.encode(x25519_dalek::PublicKey::from(&secret).as_bytes())
+}
+
+pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}

@@ -1,0 +1,10 @@
+//! Integration tests: real `anygate` processes on 127.0.0.1 driven through
+//! the real `anygatectl`. One test binary (link time); files `tNN_what.rs`.
+
+mod harness;
+
+mod t01_formation;
+mod t02_crash_and_restart;
+mod t03_snapshot_membership;
+mod t04_concurrent_allocation;
+mod t05_bad_input;

@@ -1,0 +1,21 @@
+//! Compiles the .proto files with protox (pure Rust), so no `protoc` is needed.
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let files = [
+        "anygate/v1/inventory.proto",
+        "anygate/v1/cluster.proto",
+        "anygate/raft/v1/raft.proto",
+    ];
+    for f in &files {
+        println!("cargo:rerun-if-changed={f}");
+    }
+    let fds = protox::compile(files, ["."])?;
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        // Operator messages are also what anygatectl prints with --json and
+        // reads in `peer import`.
+        .message_attribute(".anygate.v1", "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default)]")
+        .enum_attribute(".anygate.v1", "#[derive(serde::Serialize, serde::Deserialize)]")
+        .compile_fds(fds)?;
+    Ok(())
+}
