@@ -23,9 +23,9 @@ struct Cli {
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
-    /// Name recorded in the audit log (default: $USER).
-    #[arg(long, global = true, env = "ANYGATE_ACTOR")]
-    actor: Option<String>,
+    /// Who you are, as recorded in the audit log (default: $USER).
+    #[arg(long, global = true, env = "ANYGATE_OPERATOR")]
+    operator: Option<String>,
     /// Give up after this long (e.g. 10s, 1m).
     #[arg(long, global = true, default_value = "10s", value_parser = humantime::parse_duration)]
     timeout: Duration,
@@ -61,7 +61,7 @@ pub struct Ctx {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let actor = cli
-        .actor
+        .operator
         .or_else(|| std::env::var("USER").ok())
         .unwrap_or_else(|| "anygatectl".into());
     let ctx = Ctx { client: client::Client::new(cli.endpoint, actor, cli.timeout), json: cli.json };

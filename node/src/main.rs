@@ -20,9 +20,10 @@ fn main() -> ExitCode {
         }
     };
     let filter = tracing_subscriber::EnvFilter::new(&cfg.log_level);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     match cfg.log_format {
-        LogFormat::Json => tracing_subscriber::fmt().json().with_env_filter(filter).init(),
-        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
+        LogFormat::Json => tracing_subscriber::fmt().json().with_writer(std::io::stderr).with_ansi(ansi).with_env_filter(filter).init(),
+        LogFormat::Text => tracing_subscriber::fmt().with_writer(std::io::stderr).with_ansi(ansi).with_env_filter(filter).init(),
     }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     rt.block_on(async move {

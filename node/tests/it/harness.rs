@@ -175,7 +175,7 @@ impl Cluster {
 
 pub fn ctl(endpoint: &str, args: &[&str]) -> Output {
     Command::new(ctl_bin())
-        .args(["--endpoint", endpoint, "--timeout", "15s", "--actor", "tester"])
+        .args(["--endpoint", endpoint, "--timeout", "15s", "--operator", "tester"])
         .args(args)
         .stdin(Stdio::null())
         .output()

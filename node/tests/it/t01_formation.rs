@@ -71,15 +71,14 @@ fn three_nodes_form_and_serve_writes_from_any_node() {
     }
 
     // Ephemeral peers disappear everywhere.
-    ctl_ok(&f, &["peer", "add", "--user", "bob", "--device", "kiosk", "--ttl", "2s"]);
+    ctl_ok(&f, &["peer", "add", "--user", "bob", "--device", "kiosk", "--ttl", "3s"]);
+    let bobs = |n: &Node| ctl_json(&n.addr, &["peer", "list", "--stale", "--user", "bob"]).as_array().unwrap().len();
+    eventually("ephemeral peer on every node", std::time::Duration::from_secs(5), || {
+        c.nodes.iter().all(|n| bobs(n) == 1).then_some(())
+    });
     eventually("ephemeral peer expired on every node", std::time::Duration::from_secs(15), || {
-        c.nodes
-            .iter()
-            .all(|n| {
-                ctl_json(&n.addr, &["peer", "list", "--stale", "--user", "bob"]).as_array().is_some_and(|a| a.is_empty())
-            })
-            .then_some(())
+        c.nodes.iter().all(|n| bobs(n) == 0).then_some(())
     });
     let audit = ctl_json(&f, &["audit", "list"]);
-    assert!(audit.as_array().unwrap().iter().any(|e| e["action"] == "peer.expire"));
+    assert!(audit.as_array().unwrap().iter().any(|e| e["action"] == "peer.expire"), "{audit:#}");
 }
