@@ -14,8 +14,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         // Operator messages are also what anygatectl prints with --json and
         // reads in `peer import`.
-        .message_attribute(".anygate.v1", "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default)]")
-        .enum_attribute(".anygate.v1", "#[derive(serde::Serialize, serde::Deserialize)]")
+        .message_attribute(
+            ".anygate.v1",
+            "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default)]",
+        )
+        .enum_attribute(
+            ".anygate.v1",
+            "#[derive(serde::Serialize, serde::Deserialize)]",
+        )
         .compile_fds(fds)?;
     Ok(())
 }

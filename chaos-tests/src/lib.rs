@@ -13,7 +13,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 /// A child process killed (and reaped) on drop.
@@ -28,7 +32,11 @@ impl Drop for Proc {
 
 pub fn spawn(cmd: &mut Command, log: &Path) -> anyhow::Result<Proc> {
     let f = std::fs::File::create(log)?;
-    let child = cmd.stdin(Stdio::null()).stdout(f.try_clone()?).stderr(f).spawn()?;
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(f.try_clone()?)
+        .stderr(f)
+        .spawn()?;
     Ok(Proc(child))
 }
 
@@ -47,5 +55,9 @@ pub fn wait_listening(addr: &str, timeout: Duration) -> anyhow::Result<()> {
 /// p50/p99/max of a latency sample, in milliseconds.
 pub fn summary(h: &hdrhistogram::Histogram<u64>) -> (f64, f64, f64) {
     let ms = |v: u64| v as f64 / 1000.0;
-    (ms(h.value_at_quantile(0.5)), ms(h.value_at_quantile(0.99)), ms(h.max()))
+    (
+        ms(h.value_at_quantile(0.5)),
+        ms(h.value_at_quantile(0.99)),
+        ms(h.max()),
+    )
 }

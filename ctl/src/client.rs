@@ -18,7 +18,11 @@ pub struct Client {
 }
 
 fn channel(addr: &str) -> Result<Channel, Status> {
-    let uri = if addr.starts_with("http") { addr.to_string() } else { format!("http://{addr}") };
+    let uri = if addr.starts_with("http") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    };
     Ok(Endpoint::from_shared(uri)
         .map_err(|e| Status::invalid_argument(format!("endpoint {addr:?}: {e}")))?
         .connect_timeout(Duration::from_secs(2))
@@ -28,7 +32,11 @@ fn channel(addr: &str) -> Result<Channel, Status> {
 
 impl Client {
     pub fn new(endpoints: Vec<String>, actor: String, timeout: Duration) -> Client {
-        Client { endpoints, actor, timeout }
+        Client {
+            endpoints,
+            actor,
+            timeout,
+        }
     }
 
     /// A request with the actor header and a deadline.

@@ -15,7 +15,10 @@ pub struct KeyPair {
 pub fn generate() -> KeyPair {
     let secret = StaticSecret::random_from_rng(OsRng);
     let public = PublicKey::from(&secret);
-    KeyPair { private: STANDARD.encode(secret.to_bytes()), public: STANDARD.encode(public.as_bytes()) }
+    KeyPair {
+        private: STANDARD.encode(secret.to_bytes()),
+        public: STANDARD.encode(public.as_bytes()),
+    }
 }
 
 pub fn preshared() -> String {
@@ -32,7 +35,12 @@ mod tests {
         let b = super::generate();
         assert_ne!(a.private, b.private);
         for k in [&a.private, &a.public, &super::preshared()] {
-            assert_eq!(base64::Engine::decode(&base64::engine::general_purpose::STANDARD, k).unwrap().len(), 32);
+            assert_eq!(
+                base64::Engine::decode(&base64::engine::general_purpose::STANDARD, k)
+                    .unwrap()
+                    .len(),
+                32
+            );
         }
     }
 }

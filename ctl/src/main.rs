@@ -15,10 +15,22 @@ use std::time::Duration;
 /// linearizable unless --stale is given. Give several --endpoint addresses
 /// (or a comma-separated list) and anygatectl uses the first that answers.
 #[derive(Parser)]
-#[command(name = "anygatectl", version, propagate_version = true, args_override_self = true)]
+#[command(
+    name = "anygatectl",
+    version,
+    propagate_version = true,
+    args_override_self = true
+)]
 struct Cli {
     /// Node gRPC address(es), host:port, comma-separated.
-    #[arg(long, short = 'e', global = true, env = "ANYGATE_ENDPOINT", value_delimiter = ',', default_value = "127.0.0.1:7400")]
+    #[arg(
+        long,
+        short = 'e',
+        global = true,
+        env = "ANYGATE_ENDPOINT",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:7400"
+    )]
     endpoint: Vec<String>,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
@@ -64,7 +76,10 @@ async fn main() -> ExitCode {
         .operator
         .or_else(|| std::env::var("USER").ok())
         .unwrap_or_else(|| "anygatectl".into());
-    let ctx = Ctx { client: client::Client::new(cli.endpoint, actor, cli.timeout), json: cli.json };
+    let ctx = Ctx {
+        client: client::Client::new(cli.endpoint, actor, cli.timeout),
+        json: cli.json,
+    };
     let res = match cli.cmd {
         Cmd::Cluster(c) => c.run(&ctx).await,
         Cmd::Peer(c) => c.run(&ctx).await,

@@ -5,7 +5,8 @@ use serde::Serialize;
 
 pub fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
     let mut t = Table::new();
-    t.load_preset(UTF8_FULL_CONDENSED).set_header(headers.to_vec());
+    t.load_preset(UTF8_FULL_CONDENSED)
+        .set_header(headers.to_vec());
     for r in rows {
         t.add_row(r);
     }

@@ -53,13 +53,26 @@ impl App {
         let (log, sm) = store::open(&cfg.data_dir)?;
         let view = sm.view();
         let channels = Channels::default();
-        let rcfg = Arc::new(raft_config(cfg.snapshot_logs).validate().map_err(|e| AppError::Raft(e.to_string()))?);
+        let rcfg = Arc::new(
+            raft_config(cfg.snapshot_logs)
+                .validate()
+                .map_err(|e| AppError::Raft(e.to_string()))?,
+        );
         let raft = openraft::Raft::new(cfg.id, rcfg, channels.clone(), log, sm)
             .await
             .map_err(|e| AppError::Raft(e.to_string()))?;
-        let node = RaftNode { id: cfg.id, addr: cfg.advertise.clone(), raft: raft.clone(), view, channels };
+        let node = RaftNode {
+            id: cfg.id,
+            addr: cfg.advertise.clone(),
+            raft: raft.clone(),
+            view,
+            channels,
+        };
         let metrics = Metrics::new();
-        let api = Api { node: node.clone(), metrics: metrics.clone() };
+        let api = Api {
+            node: node.clone(),
+            metrics: metrics.clone(),
+        };
         info!(id = cfg.id, listen = %cfg.listen, advertise = %cfg.advertise, data_dir = %cfg.data_dir.display(), "node starting");
 
         let tasks = TaskTracker::new();
@@ -70,20 +83,41 @@ impl App {
             let limit = api::MAX_API_MESSAGE;
             let router = tonic::transport::Server::builder()
                 .tcp_nodelay(true)
-                .add_service(RaftServiceServer::new(RaftServiceImpl::new(node.clone()))
-                    .max_decoding_message_size(MAX_RAFT_MESSAGE)
-                    .max_encoding_message_size(MAX_RAFT_MESSAGE))
-                .add_service(PeerServiceServer::new(api::peers::PeerApi(api.clone())).max_decoding_message_size(limit).max_encoding_message_size(usize::MAX))
-                .add_service(PoolServiceServer::new(api::pools::PoolApi(api.clone())).max_decoding_message_size(limit))
-                .add_service(SettingsServiceServer::new(api::settings::SettingsApi(api.clone())).max_decoding_message_size(limit))
-                .add_service(AuditServiceServer::new(api::audit::AuditApi(api.clone())).max_decoding_message_size(limit).max_encoding_message_size(usize::MAX))
-                .add_service(ClusterServiceServer::new(api::cluster::ClusterApi(api.clone())).max_decoding_message_size(limit));
+                .add_service(
+                    RaftServiceServer::new(RaftServiceImpl::new(node.clone()))
+                        .max_decoding_message_size(MAX_RAFT_MESSAGE)
+                        .max_encoding_message_size(MAX_RAFT_MESSAGE),
+                )
+                .add_service(
+                    PeerServiceServer::new(api::peers::PeerApi(api.clone()))
+                        .max_decoding_message_size(limit)
+                        .max_encoding_message_size(usize::MAX),
+                )
+                .add_service(
+                    PoolServiceServer::new(api::pools::PoolApi(api.clone()))
+                        .max_decoding_message_size(limit),
+                )
+                .add_service(
+                    SettingsServiceServer::new(api::settings::SettingsApi(api.clone()))
+                        .max_decoding_message_size(limit),
+                )
+                .add_service(
+                    AuditServiceServer::new(api::audit::AuditApi(api.clone()))
+                        .max_decoding_message_size(limit)
+                        .max_encoding_message_size(usize::MAX),
+                )
+                .add_service(
+                    ClusterServiceServer::new(api::cluster::ClusterApi(api.clone()))
+                        .max_decoding_message_size(limit),
+                );
             let incoming = TcpListenerStream::new(self.grpc);
             let stop = stop_api.clone();
             let trip = shutdown.clone();
             tasks.spawn(
                 async move {
-                    let r = router.serve_with_incoming_shutdown(incoming, stop.cancelled()).await;
+                    let r = router
+                        .serve_with_incoming_shutdown(incoming, stop.cancelled())
+                        .await;
                     if let Err(e) = &r {
                         warn!(error = %e, "gRPC server failed");
                     }
@@ -97,8 +131,14 @@ impl App {
             let (m, n, stop) = (metrics.clone(), node.clone(), stop_api.clone());
             tasks.spawn(admin_http(l, m, n, stop).instrument(tracing::info_span!("admin")));
         }
-        tasks.spawn(metrics_loop(node.clone(), metrics.clone(), shutdown.clone()).instrument(tracing::info_span!("metrics")));
-        tasks.spawn(expiry_sweeper(node.clone(), shutdown.clone()).instrument(tracing::info_span!("expiry")));
+        tasks.spawn(
+            metrics_loop(node.clone(), metrics.clone(), shutdown.clone())
+                .instrument(tracing::info_span!("metrics")),
+        );
+        tasks.spawn(
+            expiry_sweeper(node.clone(), shutdown.clone())
+                .instrument(tracing::info_span!("expiry")),
+        );
         tasks.close();
 
         shutdown.cancelled().await;
@@ -133,7 +173,13 @@ async fn admin_http(l: TcpListener, metrics: Metrics, node: RaftNode, stop: Canc
             get(move || {
                 let m = m.clone();
                 async move {
-                    ([("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")], m.encode())
+                    (
+                        [(
+                            "content-type",
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        m.encode(),
+                    )
                 }
             }),
         )
@@ -145,13 +191,22 @@ async fn admin_http(l: TcpListener, metrics: Metrics, node: RaftNode, stop: Canc
                 async move {
                     let met = n.raft.metrics().borrow().clone();
                     match met.current_leader {
-                        Some(l) => (StatusCode::OK, format!("ready: leader {l}, applied {}\n", n.view.applied())),
-                        None => (StatusCode::SERVICE_UNAVAILABLE, "not ready: no leader\n".to_string()),
+                        Some(l) => (
+                            StatusCode::OK,
+                            format!("ready: leader {l}, applied {}\n", n.view.applied()),
+                        ),
+                        None => (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "not ready: no leader\n".to_string(),
+                        ),
                     }
                 }
             }),
         );
-    if let Err(e) = axum::serve(l, app).with_graceful_shutdown(stop.cancelled_owned()).await {
+    if let Err(e) = axum::serve(l, app)
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await
+    {
         warn!(error = %e, "admin HTTP server failed");
     }
 }
@@ -162,11 +217,21 @@ async fn metrics_loop(node: RaftNode, metrics: Metrics, shutdown: CancellationTo
         {
             let m = rx.borrow_and_update().clone();
             metrics.term.set(m.current_term as i64);
-            metrics.is_leader.set((m.state == ServerState::Leader) as i64);
-            metrics.last_log_index.set(m.last_log_index.unwrap_or(0) as i64);
-            metrics.applied_index.set(m.last_applied.map(|l| l.index).unwrap_or(0) as i64);
-            metrics.members.set(m.membership_config.membership().nodes().count() as i64);
-            metrics.peers.set(node.view.read(|inv| inv.peer_count()) as i64);
+            metrics
+                .is_leader
+                .set((m.state == ServerState::Leader) as i64);
+            metrics
+                .last_log_index
+                .set(m.last_log_index.unwrap_or(0) as i64);
+            metrics
+                .applied_index
+                .set(m.last_applied.map(|l| l.index).unwrap_or(0) as i64);
+            metrics
+                .members
+                .set(m.membership_config.membership().nodes().count() as i64);
+            metrics
+                .peers
+                .set(node.view.read(|inv| inv.peer_count()) as i64);
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -189,8 +254,16 @@ async fn expiry_sweeper(node: RaftNode, shutdown: CancellationToken) {
             continue;
         }
         let now = api::now_ms();
-        if node.view.read(|inv| inv.next_expiry()).is_some_and(|t| t <= now) {
-            let req = Request { actor: format!("node-{}/expiry", node.id), at_ms: now, cmd: Command::ExpirePeers };
+        if node
+            .view
+            .read(|inv| inv.next_expiry())
+            .is_some_and(|t| t <= now)
+        {
+            let req = Request {
+                actor: format!("node-{}/expiry", node.id),
+                at_ms: now,
+                cmd: Command::ExpirePeers,
+            };
             match node.write_local(req).await {
                 Ok(w) => info!(index = w.index, "expired peers removed"),
                 Err(e) => warn!(error = %e, "expiry sweep failed"),

@@ -16,7 +16,10 @@ pub struct ConfigError {
 }
 
 fn bad(key: &'static str, msg: impl Into<String>) -> ConfigError {
-    ConfigError { key, msg: msg.into() }
+    ConfigError {
+        key,
+        msg: msg.into(),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -93,19 +96,37 @@ impl Config {
             Some(p) => read_file(p)?,
             None => FileConfig::default(),
         };
-        let id = cli.id.or(file.id).ok_or_else(|| bad("id", "is required (a positive integer)"))?;
+        let id = cli
+            .id
+            .or(file.id)
+            .ok_or_else(|| bad("id", "is required (a positive integer)"))?;
         if id == 0 {
             return Err(bad("id", "must be a positive integer"));
         }
-        let listen_s = cli.listen.clone().or(file.listen).unwrap_or_else(|| "127.0.0.1:7400".into());
-        let listen: SocketAddr =
-            listen_s.parse().map_err(|_| bad("listen", format!("{listen_s:?} is not ip:port")))?;
-        let advertise = cli.advertise.clone().or(file.advertise).unwrap_or_else(|| listen.to_string());
+        let listen_s = cli
+            .listen
+            .clone()
+            .or(file.listen)
+            .unwrap_or_else(|| "127.0.0.1:7400".into());
+        let listen: SocketAddr = listen_s
+            .parse()
+            .map_err(|_| bad("listen", format!("{listen_s:?} is not ip:port")))?;
+        let advertise = cli
+            .advertise
+            .clone()
+            .or(file.advertise)
+            .unwrap_or_else(|| listen.to_string());
         if !advertise.contains(':') {
             return Err(bad("advertise", format!("{advertise:?} is not host:port")));
         }
-        if listen.ip().is_unspecified() && cli.advertise.is_none() && advertise == listen.to_string() {
-            return Err(bad("advertise", "is required when listen is a wildcard address"));
+        if listen.ip().is_unspecified()
+            && cli.advertise.is_none()
+            && advertise == listen.to_string()
+        {
+            return Err(bad(
+                "advertise",
+                "is required when listen is a wildcard address",
+            ));
         }
         let data_dir = cli
             .data_dir
@@ -113,17 +134,30 @@ impl Config {
             .or(file.data_dir)
             .ok_or_else(|| bad("data-dir", "is required"))?;
         if data_dir.exists() && !data_dir.is_dir() {
-            return Err(bad("data-dir", format!("{} exists and is not a directory", data_dir.display())));
+            return Err(bad(
+                "data-dir",
+                format!("{} exists and is not a directory", data_dir.display()),
+            ));
         }
         let metrics_listen = cli
             .metrics_listen
             .clone()
             .or(file.metrics_listen)
-            .map(|s| s.parse().map_err(|_| bad("metrics-listen", format!("{s:?} is not ip:port"))))
+            .map(|s| {
+                s.parse()
+                    .map_err(|_| bad("metrics-listen", format!("{s:?} is not ip:port")))
+            })
             .transpose()?;
-        let log_level = cli.log_level.clone().or(file.log_level).unwrap_or_else(|| "info".into());
+        let log_level = cli
+            .log_level
+            .clone()
+            .or(file.log_level)
+            .unwrap_or_else(|| "info".into());
         if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
-            return Err(bad("log-level", format!("{log_level:?} is not a valid filter")));
+            return Err(bad(
+                "log-level",
+                format!("{log_level:?} is not a valid filter"),
+            ));
         }
         let snapshot_logs = cli.snapshot_logs.or(file.snapshot_logs).unwrap_or(10_000);
         if snapshot_logs == 0 {
@@ -135,7 +169,10 @@ impl Config {
             advertise,
             data_dir,
             metrics_listen,
-            log_format: cli.log_format.or(file.log_format).unwrap_or(LogFormat::Text),
+            log_format: cli
+                .log_format
+                .or(file.log_format)
+                .unwrap_or(LogFormat::Text),
             log_level,
             snapshot_logs,
         })
@@ -143,7 +180,8 @@ impl Config {
 }
 
 fn read_file(p: &Path) -> Result<FileConfig, ConfigError> {
-    let text = std::fs::read_to_string(p).map_err(|e| bad("config", format!("cannot read {}: {e}", p.display())))?;
+    let text = std::fs::read_to_string(p)
+        .map_err(|e| bad("config", format!("cannot read {}: {e}", p.display())))?;
     toml::from_str(&text).map_err(|e| {
         // toml names the offending key in its message.
         bad("config", format!("{}: {}", p.display(), e.message()))
@@ -160,15 +198,32 @@ mod tests {
 
     #[test]
     fn flags_and_errors_name_the_key() {
-        let c = Config::load(&cli(&["--id", "3", "--data-dir", "/tmp/x", "--listen", "127.0.0.1:9"])).unwrap();
+        let c = Config::load(&cli(&[
+            "--id",
+            "3",
+            "--data-dir",
+            "/tmp/x",
+            "--listen",
+            "127.0.0.1:9",
+        ]))
+        .unwrap();
         assert_eq!((c.id, c.advertise.as_str()), (3, "127.0.0.1:9"));
         for (args, key) in [
             (vec!["--data-dir", "/tmp/x"], "id"),
             (vec!["--id", "0", "--data-dir", "/tmp/x"], "id"),
             (vec!["--id", "1"], "data-dir"),
-            (vec!["--id", "1", "--data-dir", "/tmp/x", "--listen", "nope"], "listen"),
-            (vec!["--id", "1", "--data-dir", "/tmp/x", "--metrics-listen", "x"], "metrics-listen"),
-            (vec!["--id", "1", "--data-dir", "/tmp/x", "--listen", "0.0.0.0:1"], "advertise"),
+            (
+                vec!["--id", "1", "--data-dir", "/tmp/x", "--listen", "nope"],
+                "listen",
+            ),
+            (
+                vec!["--id", "1", "--data-dir", "/tmp/x", "--metrics-listen", "x"],
+                "metrics-listen",
+            ),
+            (
+                vec!["--id", "1", "--data-dir", "/tmp/x", "--listen", "0.0.0.0:1"],
+                "advertise",
+            ),
         ] {
             let e = Config::load(&cli(&args)).unwrap_err();
             assert_eq!(e.key, key, "{args:?}: {e}");

@@ -22,10 +22,22 @@ fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::new(&cfg.log_level);
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     match cfg.log_format {
-        LogFormat::Json => tracing_subscriber::fmt().json().with_writer(std::io::stderr).with_ansi(ansi).with_env_filter(filter).init(),
-        LogFormat::Text => tracing_subscriber::fmt().with_writer(std::io::stderr).with_ansi(ansi).with_env_filter(filter).init(),
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .with_writer(std::io::stderr)
+            .with_ansi(ansi)
+            .with_env_filter(filter)
+            .init(),
+        LogFormat::Text => tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_ansi(ansi)
+            .with_env_filter(filter)
+            .init(),
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     rt.block_on(async move {
         let grpc = match tokio::net::TcpListener::bind(cfg.listen).await {
             Ok(l) => l,
@@ -47,7 +59,9 @@ fn main() -> ExitCode {
         let shutdown = CancellationToken::new();
         let s = shutdown.clone();
         tokio::spawn(async move {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
             tokio::select! {
                 _ = term.recv() => {}
                 _ = tokio::signal::ctrl_c() => {}

@@ -44,25 +44,52 @@ impl Metrics {
             peers: Gauge::default(),
             members: Gauge::default(),
         };
-        r.register("writes", "Operator writes by action and result", m.writes.clone());
+        r.register(
+            "writes",
+            "Operator writes by action and result",
+            m.writes.clone(),
+        );
         r.register("raft_term", "Current Raft term", m.term.clone());
-        r.register("raft_is_leader", "1 when this node is the Raft leader", m.is_leader.clone());
-        r.register("raft_last_log_index", "Last log index on this node", m.last_log_index.clone());
-        r.register("raft_applied_index", "Last applied log index on this node", m.applied_index.clone());
+        r.register(
+            "raft_is_leader",
+            "1 when this node is the Raft leader",
+            m.is_leader.clone(),
+        );
+        r.register(
+            "raft_last_log_index",
+            "Last log index on this node",
+            m.last_log_index.clone(),
+        );
+        r.register(
+            "raft_applied_index",
+            "Last applied log index on this node",
+            m.applied_index.clone(),
+        );
         r.register("peers", "Peers in the inventory", m.peers.clone());
-        r.register("raft_members", "Nodes in the Raft membership", m.members.clone());
-        Metrics { registry: Arc::new(r), ..m }
+        r.register(
+            "raft_members",
+            "Nodes in the Raft membership",
+            m.members.clone(),
+        );
+        Metrics {
+            registry: Arc::new(r),
+            ..m
+        }
     }
 
     pub fn write_result(&self, action: &str, ok: bool) {
         self.writes
-            .get_or_create(&WriteLabels { action: action.into(), result: if ok { "ok" } else { "error" }.into() })
+            .get_or_create(&WriteLabels {
+                action: action.into(),
+                result: if ok { "ok" } else { "error" }.into(),
+            })
             .inc();
     }
 
     pub fn encode(&self) -> String {
         let mut s = String::new();
-        prometheus_client::encoding::text::encode(&mut s, &self.registry).expect("encode to String");
+        prometheus_client::encoding::text::encode(&mut s, &self.registry)
+            .expect("encode to String");
         s
     }
 }

@@ -73,41 +73,78 @@ struct Result {
 }
 
 async fn bench_anygate(a: &Args, dir: &std::path::Path) -> anyhow::Result<(Result, Vec<Proc>)> {
-    let bin = a.anygate.clone().unwrap_or_else(|| std::env::current_exe().unwrap().with_file_name("anygate"));
-    let addrs: Vec<String> = (0..3).map(|_| format!("127.0.0.1:{}", free_port())).collect();
+    let bin = a
+        .anygate
+        .clone()
+        .unwrap_or_else(|| std::env::current_exe().unwrap().with_file_name("anygate"));
+    let addrs: Vec<String> = (0..3)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
     let mut procs = vec![];
     for (i, addr) in addrs.iter().enumerate() {
         let id = (i + 1).to_string();
         let data = dir.join(format!("anygate{id}"));
         procs.push(spawn(
-            Command::new(&bin).args(["--id", &id, "--listen", addr, "--log-level", "warn", "--data-dir"]).arg(&data),
+            Command::new(&bin)
+                .args([
+                    "--id",
+                    &id,
+                    "--listen",
+                    addr,
+                    "--log-level",
+                    "warn",
+                    "--data-dir",
+                ])
+                .arg(&data),
             &dir.join(format!("anygate{id}.log")),
         )?);
         wait_listening(addr, Duration::from_secs(20))?;
     }
-    let ch = |a: &str| tonic::transport::Endpoint::from_shared(format!("http://{a}")).unwrap().connect_lazy();
+    let ch = |a: &str| {
+        tonic::transport::Endpoint::from_shared(format!("http://{a}"))
+            .unwrap()
+            .connect_lazy()
+    };
     let mut cluster = ClusterServiceClient::new(ch(&addrs[0]));
     cluster.init(InitRequest {}).await?;
     for (i, addr) in addrs.iter().enumerate().skip(1) {
         let id = i as u64 + 1;
-        cluster.add_learner(AddLearnerRequest { id, addr: addr.clone() }).await?;
+        cluster
+            .add_learner(AddLearnerRequest {
+                id,
+                addr: addr.clone(),
+            })
+            .await?;
         cluster.promote(PromoteRequest { id }).await?;
     }
     PoolServiceClient::new(ch(&addrs[0]))
         .add_pool(AddPoolRequest {
-            pool: Some(Pool { name: "bench".into(), cidrs: vec!["10.0.0.0/8".into()], group: "bench".into(), ..Default::default() }),
+            pool: Some(Pool {
+                name: "bench".into(),
+                cidrs: vec!["10.0.0.0/8".into()],
+                group: "bench".into(),
+                ..Default::default()
+            }),
         })
         .await?;
     let mut peers = PeerServiceClient::new(ch(&addrs[0])).max_decoding_message_size(usize::MAX);
     let mut n = 0u64;
     for _ in 0..100 {
-        peers.add_peers(AddPeersRequest { peers: vec![spec(n)] }).await?;
+        peers
+            .add_peers(AddPeersRequest {
+                peers: vec![spec(n)],
+            })
+            .await?;
         n += 1;
     }
     let mut h = Histogram::<u64>::new(3)?;
     for _ in 0..a.single {
         let t = Instant::now();
-        peers.add_peers(AddPeersRequest { peers: vec![spec(n)] }).await?;
+        peers
+            .add_peers(AddPeersRequest {
+                peers: vec![spec(n)],
+            })
+            .await?;
         h.record(t.elapsed().as_micros() as u64)?;
         n += 1;
     }
@@ -122,13 +159,25 @@ async fn bench_anygate(a: &Args, dir: &std::path::Path) -> anyhow::Result<(Resul
     }
     let rate = a.total as f64 / t.elapsed().as_secs_f64();
     let (p50, p99, max) = summary(&h);
-    Ok((Result { system: "anygate", p50, p99, max, peers_per_s: rate }, procs))
+    Ok((
+        Result {
+            system: "anygate",
+            p50,
+            p99,
+            max,
+            peers_per_s: rate,
+        },
+        procs,
+    ))
 }
 
 async fn bench_etcd(a: &Args, dir: &std::path::Path) -> anyhow::Result<(Result, Vec<Proc>)> {
     let client: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let peer: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let initial = (0..3).map(|i| format!("e{i}=http://127.0.0.1:{}", peer[i])).collect::<Vec<_>>().join(",");
+    let initial = (0..3)
+        .map(|i| format!("e{i}=http://127.0.0.1:{}", peer[i]))
+        .collect::<Vec<_>>()
+        .join(",");
     let mut procs = vec![];
     for i in 0..3 {
         let c = format!("http://127.0.0.1:{}", client[i]);
@@ -138,9 +187,24 @@ async fn bench_etcd(a: &Args, dir: &std::path::Path) -> anyhow::Result<(Result, 
                 .args(["--name", &format!("e{i}"), "--data-dir"])
                 .arg(dir.join(format!("etcd{i}")))
                 .args(["--listen-client-urls", &c, "--advertise-client-urls", &c])
-                .args(["--listen-peer-urls", &p, "--initial-advertise-peer-urls", &p])
-                .args(["--initial-cluster", &initial, "--initial-cluster-state", "new"])
-                .args(["--max-txn-ops", &a.batch.max(128).to_string(), "--max-request-bytes", "33554432"])
+                .args([
+                    "--listen-peer-urls",
+                    &p,
+                    "--initial-advertise-peer-urls",
+                    &p,
+                ])
+                .args([
+                    "--initial-cluster",
+                    &initial,
+                    "--initial-cluster-state",
+                    "new",
+                ])
+                .args([
+                    "--max-txn-ops",
+                    &a.batch.max(128).to_string(),
+                    "--max-request-bytes",
+                    "33554432",
+                ])
                 .args(["--quota-backend-bytes", "8589934592", "--log-level", "warn"]),
             &dir.join(format!("etcd{i}.log")),
         )?);
@@ -148,17 +212,26 @@ async fn bench_etcd(a: &Args, dir: &std::path::Path) -> anyhow::Result<(Result, 
     for c in &client {
         wait_listening(&format!("127.0.0.1:{c}"), Duration::from_secs(20))?;
     }
-    let ep = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{}", client[0]))?.connect().await?;
+    let ep = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{}", client[0]))?
+        .connect()
+        .await?;
     let mut kv = KvClient::new(ep).max_encoding_message_size(usize::MAX);
     let put = |i: u64| {
         let s = spec(i);
         let value = serde_json::to_vec(&s).expect("serialisable");
-        PutRequest { key: format!("/anygate/peers/{}", s.public_key).into_bytes(), value, ..Default::default() }
+        PutRequest {
+            key: format!("/anygate/peers/{}", s.public_key).into_bytes(),
+            value,
+            ..Default::default()
+        }
     };
     // Wait for a leader: the first put retries until the cluster is up.
     let deadline = Instant::now() + Duration::from_secs(20);
     while kv.put(put(u64::MAX)).await.is_err() {
-        anyhow::ensure!(Instant::now() < deadline, "etcd cluster did not accept a write within 20 s");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "etcd cluster did not accept a write within 20 s"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let mut n = 0u64;
@@ -178,15 +251,30 @@ async fn bench_etcd(a: &Args, dir: &std::path::Path) -> anyhow::Result<(Result, 
     while done < a.total {
         let k = a.batch.min(a.total - done);
         let success = (0..k as u64)
-            .map(|j| RequestOp { request: Some(request_op::Request::RequestPut(put(n + j))) })
+            .map(|j| RequestOp {
+                request: Some(request_op::Request::RequestPut(put(n + j))),
+            })
             .collect();
-        kv.txn(TxnRequest { success, failure: vec![] }).await?;
+        kv.txn(TxnRequest {
+            success,
+            failure: vec![],
+        })
+        .await?;
         n += k as u64;
         done += k;
     }
     let rate = a.total as f64 / t.elapsed().as_secs_f64();
     let (p50, p99, max) = summary(&h);
-    Ok((Result { system: "etcd", p50, p99, max, peers_per_s: rate }, procs))
+    Ok((
+        Result {
+            system: "etcd",
+            p50,
+            p99,
+            max,
+            peers_per_s: rate,
+        },
+        procs,
+    ))
 }
 
 #[tokio::main]
@@ -206,7 +294,10 @@ async fn main() -> anyhow::Result<()> {
     println!("| system | single write p50 (ms) | p99 (ms) | max (ms) | batched import (peers/s, batch {}) |", a.batch);
     println!("| --- | --- | --- | --- | --- |");
     for r in &results {
-        println!("| {} | {:.2} | {:.2} | {:.2} | {:.0} |", r.system, r.p50, r.p99, r.max, r.peers_per_s);
+        println!(
+            "| {} | {:.2} | {:.2} | {:.2} | {:.0} |",
+            r.system, r.p50, r.p99, r.max, r.peers_per_s
+        );
     }
     if let [g, e] = &results[..] {
         println!(
@@ -220,7 +311,10 @@ async fn main() -> anyhow::Result<()> {
         .iter()
         .map(|r| serde_json::json!({"system": r.system, "p50_ms": r.p50, "p99_ms": r.p99, "max_ms": r.max, "peers_per_s": r.peers_per_s}))
         .collect();
-    println!("{}", serde_json::json!({"single": a.single, "total": a.total, "batch": a.batch, "results": json}));
+    println!(
+        "{}",
+        serde_json::json!({"single": a.single, "total": a.total, "batch": a.batch, "results": json})
+    );
     std::fs::remove_dir_all(&dir).ok();
     Ok(())
 }

@@ -29,18 +29,33 @@ pub fn parse_time(s: &str) -> std::result::Result<i64, tonic::Status> {
     let t = if let Ok(d) = humantime::parse_duration(s) {
         now - d
     } else {
-        humantime::parse_rfc3339_weak(s)
-            .map_err(|_| tonic::Status::invalid_argument(format!("{s:?} is neither a time (RFC 3339) nor a duration")))?
+        humantime::parse_rfc3339_weak(s).map_err(|_| {
+            tonic::Status::invalid_argument(format!(
+                "{s:?} is neither a time (RFC 3339) nor a duration"
+            ))
+        })?
     };
-    Ok(t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0))
+    Ok(t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0))
 }
 
 impl AuditCmd {
     pub async fn run(self, ctx: &Ctx) -> Result {
         let c = &ctx.client;
-        let AuditCmd::List { since, actor, limit, stale } = self;
+        let AuditCmd::List {
+            since,
+            actor,
+            limit,
+            stale,
+        } = self;
         let since_ms = since.as_deref().map(parse_time).transpose()?.unwrap_or(0);
-        let req = ListAuditRequest { read: read_opts(stale), since_ms, actor: actor.unwrap_or_default(), limit };
+        let req = ListAuditRequest {
+            read: read_opts(stale),
+            since_ms,
+            actor: actor.unwrap_or_default(),
+            limit,
+        };
         let r = c
             .call(|ch| {
                 let req = req.clone();
@@ -61,11 +76,21 @@ impl AuditCmd {
                     e.actor.clone(),
                     e.action.clone(),
                     e.object.clone(),
-                    if e.error.is_empty() { e.detail.clone() } else { format!("REFUSED: {}", e.error) },
+                    if e.error.is_empty() {
+                        e.detail.clone()
+                    } else {
+                        format!("REFUSED: {}", e.error)
+                    },
                 ]
             })
             .collect();
-        println!("{}", table(&["INDEX", "TIME", "ACTOR", "ACTION", "OBJECT", "RESULT"], rows));
+        println!(
+            "{}",
+            table(
+                &["INDEX", "TIME", "ACTOR", "ACTION", "OBJECT", "RESULT"],
+                rows
+            )
+        );
         Ok(())
     }
 }

@@ -40,28 +40,46 @@ impl ClusterCmd {
         let c = &ctx.client;
         match self {
             ClusterCmd::Init => {
-                let r = c.call(|ch| async move { C::new(ch).init(c.req(InitRequest {})).await }).await?;
+                let r = c
+                    .call(|ch| async move { C::new(ch).init(c.req(InitRequest {})).await })
+                    .await?;
                 println!("cluster initialised; node {} is the leader", r.leader_id);
             }
             ClusterCmd::AddLearner { id, addr } => {
                 let m = c
                     .call(|ch| {
                         let addr = addr.clone();
-                        async move { C::new(ch).add_learner(c.req(AddLearnerRequest { id, addr })).await }
+                        async move {
+                            C::new(ch)
+                                .add_learner(c.req(AddLearnerRequest { id, addr }))
+                                .await
+                        }
                     })
                     .await?;
                 print_membership(ctx, &m, &format!("node {id} added as a learner"));
             }
             ClusterCmd::Promote { id } => {
-                let m = c.call(|ch| async move { C::new(ch).promote(c.req(PromoteRequest { id })).await }).await?;
+                let m = c
+                    .call(
+                        |ch| async move { C::new(ch).promote(c.req(PromoteRequest { id })).await },
+                    )
+                    .await?;
                 print_membership(ctx, &m, &format!("node {id} is now a voter"));
             }
             ClusterCmd::Remove { id } => {
-                let m = c.call(|ch| async move { C::new(ch).remove_node(c.req(RemoveNodeRequest { id })).await }).await?;
+                let m = c
+                    .call(|ch| async move {
+                        C::new(ch)
+                            .remove_node(c.req(RemoveNodeRequest { id }))
+                            .await
+                    })
+                    .await?;
                 print_membership(ctx, &m, &format!("node {id} removed"));
             }
             ClusterCmd::Status => {
-                let s = c.call(|ch| async move { C::new(ch).status(c.req(StatusRequest {})).await }).await?;
+                let s = c
+                    .call(|ch| async move { C::new(ch).status(c.req(StatusRequest {})).await })
+                    .await?;
                 if ctx.json {
                     println!("{}", json(&s));
                     return Ok(());
@@ -79,20 +97,45 @@ impl ClusterCmd {
                             n.last_log_index.to_string(),
                             n.applied_index.to_string(),
                             n.lag.to_string(),
-                            if n.leader_id == 0 { "-".into() } else { n.leader_id.to_string() },
+                            if n.leader_id == 0 {
+                                "-".into()
+                            } else {
+                                n.leader_id.to_string()
+                            },
                         ]
                     })
                     .collect();
                 println!(
                     "{}",
-                    table(&["ID", "ADDRESS", "ROLE", "MEMBER", "TERM", "LAST LOG", "APPLIED", "LAG", "LEADER"], rows)
+                    table(
+                        &[
+                            "ID", "ADDRESS", "ROLE", "MEMBER", "TERM", "LAST LOG", "APPLIED",
+                            "LAG", "LEADER"
+                        ],
+                        rows
+                    )
                 );
-                let leader = if s.leader_id == 0 { "none".into() } else { s.leader_id.to_string() };
-                println!("leader: {leader}   term: {}   answered by node {}", s.term, s.answered_by);
+                let leader = if s.leader_id == 0 {
+                    "none".into()
+                } else {
+                    s.leader_id.to_string()
+                };
+                println!(
+                    "leader: {leader}   term: {}   answered by node {}",
+                    s.term, s.answered_by
+                );
                 for n in s.nodes.iter().filter(|n| !n.error.is_empty()) {
-                    println!("warning: node {} ({}) unreachable: {}", n.id, n.addr, n.error);
+                    println!(
+                        "warning: node {} ({}) unreachable: {}",
+                        n.id, n.addr, n.error
+                    );
                 }
-                let clocks: Vec<i64> = s.nodes.iter().filter(|n| n.clock_ms > 0).map(|n| n.clock_ms).collect();
+                let clocks: Vec<i64> = s
+                    .nodes
+                    .iter()
+                    .filter(|n| n.clock_ms > 0)
+                    .map(|n| n.clock_ms)
+                    .collect();
                 if let (Some(min), Some(max)) = (clocks.iter().min(), clocks.iter().max()) {
                     // Includes the time it took to ask; a real skew shows as a large spread.
                     if max - min > 100 {
@@ -101,7 +144,11 @@ impl ClusterCmd {
                 }
             }
             ClusterCmd::Snapshot => {
-                let r = c.call(|ch| async move { C::new(ch).trigger_snapshot(c.req(SnapshotRequest {})).await }).await?;
+                let r = c
+                    .call(|ch| async move {
+                        C::new(ch).trigger_snapshot(c.req(SnapshotRequest {})).await
+                    })
+                    .await?;
                 println!("snapshot built at index {}", r.index);
             }
         }
@@ -113,6 +160,9 @@ fn print_membership(ctx: &Ctx, m: &MembershipResponse, msg: &str) {
     if ctx.json {
         println!("{}", json(m));
     } else {
-        println!("{msg} (voters {:?}, learners {:?}, log index {})", m.voters, m.learners, m.log_index);
+        println!(
+            "{msg} (voters {:?}, learners {:?}, log index {})",
+            m.voters, m.learners, m.log_index
+        );
     }
 }

@@ -143,7 +143,9 @@ fn parse_state(s: &str) -> std::result::Result<PeerState, Status> {
         "active" => Ok(PeerState::Active),
         "disabled" => Ok(PeerState::Disabled),
         "revoked" => Ok(PeerState::Revoked),
-        _ => Err(Status::invalid_argument(format!("state {s:?} is not one of: active, disabled, revoked"))),
+        _ => Err(Status::invalid_argument(format!(
+            "state {s:?} is not one of: active, disabled, revoked"
+        ))),
     }
 }
 
@@ -156,12 +158,26 @@ fn peer_json(p: &Peer) -> serde_json::Value {
 fn to_spec(p: &Peer) -> PeerSpec {
     // Allocated addresses are exported explicitly so an import into a fresh
     // cluster keeps them.
-    let hosts: Vec<String> =
-        p.addresses.iter().map(|a| if a.contains(':') { format!("{a}/128") } else { format!("{a}/32") }).collect();
+    let hosts: Vec<String> = p
+        .addresses
+        .iter()
+        .map(|a| {
+            if a.contains(':') {
+                format!("{a}/128")
+            } else {
+                format!("{a}/32")
+            }
+        })
+        .collect();
     PeerSpec {
         public_key: p.public_key.clone(),
         preshared_key: p.preshared_key.clone(),
-        allowed_ips: p.allowed_ips.iter().filter(|n| !hosts.contains(n)).cloned().collect(),
+        allowed_ips: p
+            .allowed_ips
+            .iter()
+            .filter(|n| !hosts.contains(n))
+            .cloned()
+            .collect(),
         addresses: p.addresses.clone(),
         user: p.user.clone(),
         device: p.device.clone(),
@@ -174,7 +190,12 @@ fn to_spec(p: &Peer) -> PeerSpec {
 }
 
 /// A wg-quick config for the client.
-fn client_config(p: &Peer, s: &GatewaySettings, private_key: Option<&str>, psk: Option<&str>) -> String {
+fn client_config(
+    p: &Peer,
+    s: &GatewaySettings,
+    private_key: Option<&str>,
+    psk: Option<&str>,
+) -> String {
     let mut out = String::new();
     let w = &mut out;
     use std::fmt::Write as _;
@@ -185,11 +206,24 @@ fn client_config(p: &Peer, s: &GatewaySettings, private_key: Option<&str>, psk: 
             let _ = writeln!(w, "PrivateKey = {k}");
         }
         None => {
-            let _ = writeln!(w, "# PrivateKey = <the private key that belongs to {}>", p.public_key);
+            let _ = writeln!(
+                w,
+                "# PrivateKey = <the private key that belongs to {}>",
+                p.public_key
+            );
         }
     }
-    let addrs: Vec<String> =
-        p.addresses.iter().map(|a| if a.contains(':') { format!("{a}/128") } else { format!("{a}/32") }).collect();
+    let addrs: Vec<String> = p
+        .addresses
+        .iter()
+        .map(|a| {
+            if a.contains(':') {
+                format!("{a}/128")
+            } else {
+                format!("{a}/32")
+            }
+        })
+        .collect();
     if !addrs.is_empty() {
         let _ = writeln!(w, "Address = {}", addrs.join(", "));
     }
@@ -199,7 +233,10 @@ fn client_config(p: &Peer, s: &GatewaySettings, private_key: Option<&str>, psk: 
     let _ = writeln!(w, "MTU = {}", s.mtu);
     let _ = writeln!(w, "\n[Peer]");
     if s.server_public_key.is_empty() {
-        let _ = writeln!(w, "# PublicKey unknown: set it with `anygatectl settings set --server-public-key`");
+        let _ = writeln!(
+            w,
+            "# PublicKey unknown: set it with `anygatectl settings set --server-public-key`"
+        );
     } else {
         let _ = writeln!(w, "PublicKey = {}", s.server_public_key);
     }
@@ -220,10 +257,17 @@ fn client_config(p: &Peer, s: &GatewaySettings, private_key: Option<&str>, psk: 
             let _ = writeln!(w, "Endpoint = {h}:{}", s.listen_port);
         }
         None => {
-            let _ = writeln!(w, "# Endpoint unknown: set `anygatectl settings set --anycast-v4 ADDR`");
+            let _ = writeln!(
+                w,
+                "# Endpoint unknown: set `anygatectl settings set --anycast-v4 ADDR`"
+            );
         }
     }
-    let routes = if s.client_routes.is_empty() { "0.0.0.0/0, ::/0".to_string() } else { s.client_routes.join(", ") };
+    let routes = if s.client_routes.is_empty() {
+        "0.0.0.0/0, ::/0".to_string()
+    } else {
+        s.client_routes.join(", ")
+    };
     let _ = writeln!(w, "AllowedIPs = {routes}");
     if p.persistent_keepalive > 0 {
         let _ = writeln!(w, "PersistentKeepalive = {}", p.persistent_keepalive);
@@ -232,21 +276,35 @@ fn client_config(p: &Peer, s: &GatewaySettings, private_key: Option<&str>, psk: 
 }
 
 fn qr(text: &str) -> std::result::Result<String, Status> {
-    let code = qrcode::QrCode::new(text.as_bytes()).map_err(|e| Status::internal(format!("QR code: {e}")))?;
-    Ok(code.render::<qrcode::render::unicode::Dense1x2>().quiet_zone(true).build())
+    let code = qrcode::QrCode::new(text.as_bytes())
+        .map_err(|e| Status::internal(format!("QR code: {e}")))?;
+    Ok(code
+        .render::<qrcode::render::unicode::Dense1x2>()
+        .quiet_zone(true)
+        .build())
 }
 
 impl PeerCmd {
     pub async fn run(self, ctx: &Ctx) -> Result {
         let c = &ctx.client;
         let settings = || async {
-            c.call(|ch| async move { S::new(ch).get_settings(c.req(GetSettingsRequest { read: read_opts(false) })).await })
-                .await
+            c.call(|ch| async move {
+                S::new(ch)
+                    .get_settings(c.req(GetSettingsRequest {
+                        read: read_opts(false),
+                    }))
+                    .await
+            })
+            .await
         };
         match self {
             PeerCmd::Add(a) => {
                 let generated = a.public_key.is_none().then(keys::generate);
-                let public_key = a.public_key.clone().or(generated.as_ref().map(|k| k.public.clone())).unwrap_or_default();
+                let public_key = a
+                    .public_key
+                    .clone()
+                    .or(generated.as_ref().map(|k| k.public.clone()))
+                    .unwrap_or_default();
                 let psk = a.psk.then(keys::preshared);
                 let expires_at_ms = match (&a.ttl, &a.expires) {
                     (Some(d), _) => Some(parse_time("0s")? + d.as_millis() as i64),
@@ -269,12 +327,24 @@ impl PeerCmd {
                 let r = c
                     .call(|ch| {
                         let spec = spec.clone();
-                        async move { P::new(ch).add_peers(c.req(AddPeersRequest { peers: vec![spec] })).await }
+                        async move {
+                            P::new(ch)
+                                .add_peers(c.req(AddPeersRequest { peers: vec![spec] }))
+                                .await
+                        }
                     })
                     .await?;
-                let p = r.peers.first().ok_or_else(|| Status::internal("empty answer"))?;
+                let p = r
+                    .peers
+                    .first()
+                    .ok_or_else(|| Status::internal("empty answer"))?;
                 let s = settings().await?;
-                let cfg = client_config(p, &s, generated.as_ref().map(|k| k.private.as_str()), psk.as_deref());
+                let cfg = client_config(
+                    p,
+                    &s,
+                    generated.as_ref().map(|k| k.private.as_str()),
+                    psk.as_deref(),
+                );
                 if ctx.json {
                     let mut v = peer_json(p);
                     v["client_config"] = cfg.into();
@@ -286,7 +356,9 @@ impl PeerCmd {
                         p.device,
                         p.public_key,
                         p.addresses.join(", "),
-                        p.expires_at_ms.map(|t| format!(", expires {}", when(t))).unwrap_or_default()
+                        p.expires_at_ms
+                            .map(|t| format!(", expires {}", when(t)))
+                            .unwrap_or_default()
                     );
                     print!("{cfg}");
                     if a.qr {
@@ -294,12 +366,22 @@ impl PeerCmd {
                     }
                 }
             }
-            PeerCmd::List { user, group, state, stale } => {
+            PeerCmd::List {
+                user,
+                group,
+                state,
+                stale,
+            } => {
                 let req = ListPeersRequest {
                     read: read_opts(stale),
                     user: user.unwrap_or_default(),
                     group: group.unwrap_or_default(),
-                    state: state.as_deref().map(parse_state).transpose()?.map(|s| s as i32).unwrap_or(0),
+                    state: state
+                        .as_deref()
+                        .map(parse_state)
+                        .transpose()?
+                        .map(|s| s as i32)
+                        .unwrap_or(0),
                 };
                 let r = c
                     .call(|ch| {
@@ -308,7 +390,10 @@ impl PeerCmd {
                     })
                     .await?;
                 if ctx.json {
-                    println!("{}", json(&r.peers.iter().map(peer_json).collect::<Vec<_>>()));
+                    println!(
+                        "{}",
+                        json(&r.peers.iter().map(peer_json).collect::<Vec<_>>())
+                    );
                     return Ok(());
                 }
                 let rows = r
@@ -318,7 +403,11 @@ impl PeerCmd {
                         vec![
                             p.user.clone(),
                             p.device.clone(),
-                            if p.group.is_empty() { "-".into() } else { p.group.clone() },
+                            if p.group.is_empty() {
+                                "-".into()
+                            } else {
+                                p.group.clone()
+                            },
                             p.public_key.clone(),
                             p.addresses.join(", "),
                             state_name(p.state).into(),
@@ -326,19 +415,53 @@ impl PeerCmd {
                         ]
                     })
                     .collect();
-                println!("{}", table(&["USER", "DEVICE", "GROUP", "PUBLIC KEY", "ADDRESSES", "STATE", "EXPIRES"], rows));
-                println!("{} peers (applied index {})", r.peers.len(), r.applied_index);
+                println!(
+                    "{}",
+                    table(
+                        &[
+                            "USER",
+                            "DEVICE",
+                            "GROUP",
+                            "PUBLIC KEY",
+                            "ADDRESSES",
+                            "STATE",
+                            "EXPIRES"
+                        ],
+                        rows
+                    )
+                );
+                println!(
+                    "{} peers (applied index {})",
+                    r.peers.len(),
+                    r.applied_index
+                );
             }
-            PeerCmd::Show { peer, secrets, config, stale } => {
+            PeerCmd::Show {
+                peer,
+                secrets,
+                config,
+                stale,
+            } => {
                 let p = c
                     .call(|ch| {
                         let peer = peer.clone();
-                        async move { P::new(ch).get_peer(c.req(GetPeerRequest { read: read_opts(stale), peer, secrets })).await }
+                        async move {
+                            P::new(ch)
+                                .get_peer(c.req(GetPeerRequest {
+                                    read: read_opts(stale),
+                                    peer,
+                                    secrets,
+                                }))
+                                .await
+                        }
                     })
                     .await?;
                 if config {
                     let s = settings().await?;
-                    print!("{}", client_config(&p, &s, None, p.preshared_key.as_deref()));
+                    print!(
+                        "{}",
+                        client_config(&p, &s, None, p.preshared_key.as_deref())
+                    );
                 } else if ctx.json {
                     println!("{}", json(&peer_json(&p)));
                 } else {
@@ -351,9 +474,21 @@ impl PeerCmd {
                         vec!["allowed IPs".into(), p.allowed_ips.join(", ")],
                         vec!["pool".into(), p.pool.clone()],
                         vec!["keepalive".into(), format!("{} s", p.persistent_keepalive)],
-                        vec!["preshared key".into(), p.preshared_key.clone().unwrap_or_else(|| if p.has_preshared_key { "(hidden)".into() } else { "-".into() })],
+                        vec![
+                            "preshared key".into(),
+                            p.preshared_key.clone().unwrap_or_else(|| {
+                                if p.has_preshared_key {
+                                    "(hidden)".into()
+                                } else {
+                                    "-".into()
+                                }
+                            }),
+                        ],
                         vec!["created".into(), when(p.created_at_ms)],
-                        vec!["expires".into(), p.expires_at_ms.map(when).unwrap_or_else(|| "-".into())],
+                        vec![
+                            "expires".into(),
+                            p.expires_at_ms.map(when).unwrap_or_else(|| "-".into()),
+                        ],
                         vec!["revision".into(), p.revision.to_string()],
                     ];
                     for (k, v) in &p.labels {
@@ -369,7 +504,11 @@ impl PeerCmd {
                 let r = c
                     .call(|ch| {
                         let peer = peer.clone();
-                        async move { P::new(ch).remove_peer(c.req(RemovePeerRequest { peer })).await }
+                        async move {
+                            P::new(ch)
+                                .remove_peer(c.req(RemovePeerRequest { peer }))
+                                .await
+                        }
                     })
                     .await?;
                 if ctx.json {
@@ -378,11 +517,22 @@ impl PeerCmd {
                     println!("peer {}/{} ({}) removed", p.user, p.device, p.public_key);
                 }
             }
-            PeerCmd::Rotate { peer, public_key, psk, qr: show_qr } => {
+            PeerCmd::Rotate {
+                peer,
+                public_key,
+                psk,
+                qr: show_qr,
+            } => {
                 let generated = public_key.is_none().then(keys::generate);
-                let new_public_key = public_key.or(generated.as_ref().map(|k| k.public.clone())).unwrap_or_default();
+                let new_public_key = public_key
+                    .or(generated.as_ref().map(|k| k.public.clone()))
+                    .unwrap_or_default();
                 let new_psk = psk.then(keys::preshared);
-                let req = RotatePeerRequest { peer, new_public_key, new_preshared_key: new_psk.clone() };
+                let req = RotatePeerRequest {
+                    peer,
+                    new_public_key,
+                    new_preshared_key: new_psk.clone(),
+                };
                 let p = c
                     .call(|ch| {
                         let req = req.clone();
@@ -390,7 +540,12 @@ impl PeerCmd {
                     })
                     .await?;
                 let s = settings().await?;
-                let cfg = client_config(&p, &s, generated.as_ref().map(|k| k.private.as_str()), new_psk.as_deref());
+                let cfg = client_config(
+                    &p,
+                    &s,
+                    generated.as_ref().map(|k| k.private.as_str()),
+                    new_psk.as_deref(),
+                );
                 if ctx.json {
                     let mut v = peer_json(&p);
                     v["client_config"] = cfg.into();
@@ -419,7 +574,11 @@ impl PeerCmd {
                     .await?;
                 let mut out = std::io::stdout().lock();
                 for p in &r.peers {
-                    let _ = writeln!(out, "{}", serde_json::to_string(&to_spec(p)).expect("serialisable"));
+                    let _ = writeln!(
+                        out,
+                        "{}",
+                        serde_json::to_string(&to_spec(p)).expect("serialisable")
+                    );
                 }
             }
         }
@@ -432,13 +591,25 @@ async fn set_state(ctx: &Ctx, peer: String, state: PeerState) -> Result {
     let p = c
         .call(|ch| {
             let peer = peer.clone();
-            async move { P::new(ch).set_peer_state(c.req(SetPeerStateRequest { peer, state: state as i32 })).await }
+            async move {
+                P::new(ch)
+                    .set_peer_state(c.req(SetPeerStateRequest {
+                        peer,
+                        state: state as i32,
+                    }))
+                    .await
+            }
         })
         .await?;
     if ctx.json {
         println!("{}", json(&peer_json(&p)));
     } else {
-        println!("peer {}/{} is now {}", p.user, p.device, state_name(p.state));
+        println!(
+            "peer {}/{} is now {}",
+            p.user,
+            p.device,
+            state_name(p.state)
+        );
     }
     Ok(())
 }
@@ -447,8 +618,12 @@ fn read_specs(path: &std::path::Path) -> std::result::Result<Vec<PeerSpec>, Stat
     let text = std::fs::read_to_string(path)
         .map_err(|e| Status::invalid_argument(format!("cannot read {}: {e}", path.display())))?;
     if text.trim_start().starts_with('[') {
-        return serde_json::from_str(&text)
-            .map_err(|e| Status::invalid_argument(format!("{}: not a JSON array of peers: {e}", path.display())));
+        return serde_json::from_str(&text).map_err(|e| {
+            Status::invalid_argument(format!(
+                "{}: not a JSON array of peers: {e}",
+                path.display()
+            ))
+        });
     }
     let mut out = Vec::new();
     for (i, line) in std::io::Cursor::new(text).lines().enumerate() {
@@ -466,9 +641,14 @@ fn read_specs(path: &std::path::Path) -> std::result::Result<Vec<PeerSpec>, Stat
 async fn import(ctx: &Ctx, path: &std::path::Path, batch: usize) -> Result {
     let c = &ctx.client;
     let specs = read_specs(path)?;
-    let bar = if ctx.json { ProgressBar::hidden() } else { ProgressBar::new(specs.len() as u64) };
+    let bar = if ctx.json {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(specs.len() as u64)
+    };
     bar.set_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} peers  {per_sec}  eta {eta}").expect("valid template"),
+        ProgressStyle::with_template("{bar:40} {pos}/{len} peers  {per_sec}  eta {eta}")
+            .expect("valid template"),
     );
     let started = std::time::Instant::now();
     let mut added = 0usize;
@@ -501,9 +681,15 @@ async fn import(ctx: &Ctx, path: &std::path::Path, batch: usize) -> Result {
     bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
     if ctx.json {
-        println!("{}", json(&serde_json::json!({ "added": added, "seconds": secs })));
+        println!(
+            "{}",
+            json(&serde_json::json!({ "added": added, "seconds": secs }))
+        );
     } else {
-        println!("imported {added} peers in {secs:.2} s ({:.0} peers/s)", added as f64 / secs.max(1e-9));
+        println!(
+            "imported {added} peers in {secs:.2} s ({:.0} peers/s)",
+            added as f64 / secs.max(1e-9)
+        );
     }
     Ok(())
 }

@@ -35,22 +35,42 @@ impl PoolCmd {
         let c = &ctx.client;
         match self {
             PoolCmd::Add { name, cidr, group } => {
-                let pool = Pool { name, cidrs: cidr, group: group.unwrap_or_default(), ..Default::default() };
+                let pool = Pool {
+                    name,
+                    cidrs: cidr,
+                    group: group.unwrap_or_default(),
+                    ..Default::default()
+                };
                 let p = c
                     .call(|ch| {
                         let pool = pool.clone();
-                        async move { C::new(ch).add_pool(c.req(AddPoolRequest { pool: Some(pool) })).await }
+                        async move {
+                            C::new(ch)
+                                .add_pool(c.req(AddPoolRequest { pool: Some(pool) }))
+                                .await
+                        }
                     })
                     .await?;
                 if ctx.json {
                     println!("{}", json(&p));
                 } else {
-                    println!("pool {} added: {} ({} addresses)", p.name, p.cidrs.join(", "), p.capacity);
+                    println!(
+                        "pool {} added: {} ({} addresses)",
+                        p.name,
+                        p.cidrs.join(", "),
+                        p.capacity
+                    );
                 }
             }
             PoolCmd::List { stale } => {
                 let r = c
-                    .call(|ch| async move { C::new(ch).list_pools(c.req(ListPoolsRequest { read: read_opts(stale) })).await })
+                    .call(|ch| async move {
+                        C::new(ch)
+                            .list_pools(c.req(ListPoolsRequest {
+                                read: read_opts(stale),
+                            }))
+                            .await
+                    })
                     .await?;
                 if ctx.json {
                     println!("{}", json(&r.pools));
@@ -63,18 +83,29 @@ impl PoolCmd {
                         vec![
                             p.name.clone(),
                             p.cidrs.join(", "),
-                            if p.group.is_empty() { "-".into() } else { p.group.clone() },
+                            if p.group.is_empty() {
+                                "-".into()
+                            } else {
+                                p.group.clone()
+                            },
                             p.allocated.to_string(),
                             p.capacity.to_string(),
                         ]
                     })
                     .collect();
-                println!("{}", table(&["NAME", "CIDRS", "GROUP", "ALLOCATED", "CAPACITY"], rows));
+                println!(
+                    "{}",
+                    table(&["NAME", "CIDRS", "GROUP", "ALLOCATED", "CAPACITY"], rows)
+                );
             }
             PoolCmd::Remove { name } => {
                 c.call(|ch| {
                     let name = name.clone();
-                    async move { C::new(ch).remove_pool(c.req(RemovePoolRequest { name })).await }
+                    async move {
+                        C::new(ch)
+                            .remove_pool(c.req(RemovePoolRequest { name }))
+                            .await
+                    }
                 })
                 .await?;
                 println!("pool {name} removed");

@@ -8,6 +8,7 @@ use anygate_proto::v1::*;
 use clap::{Args, Subcommand};
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per process
 pub enum SettingsCmd {
     /// Show the gateway settings.
     Get {
@@ -60,11 +61,19 @@ impl SettingsCmd {
         let c = &ctx.client;
         let s = match self {
             SettingsCmd::Get { stale } => {
-                c.call(|ch| async move { C::new(ch).get_settings(c.req(GetSettingsRequest { read: read_opts(stale) })).await })
-                    .await?
+                c.call(|ch| async move {
+                    C::new(ch)
+                        .get_settings(c.req(GetSettingsRequest {
+                            read: read_opts(stale),
+                        }))
+                        .await
+                })
+                .await?
             }
             SettingsCmd::Set(a) => {
-                let nonempty = |v: Option<Vec<String>>| v.map(|v| v.into_iter().filter(|s| !s.is_empty()).collect::<Vec<_>>());
+                let nonempty = |v: Option<Vec<String>>| {
+                    v.map(|v| v.into_iter().filter(|s| !s.is_empty()).collect::<Vec<_>>())
+                };
                 let dns = nonempty(a.dns);
                 let routes = nonempty(a.client_routes);
                 let patch = SettingsPatch {
@@ -84,7 +93,11 @@ impl SettingsCmd {
                 };
                 c.call(|ch| {
                     let patch = patch.clone();
-                    async move { C::new(ch).set_settings(c.req(SetSettingsRequest { patch: Some(patch) })).await }
+                    async move {
+                        C::new(ch)
+                            .set_settings(c.req(SetSettingsRequest { patch: Some(patch) }))
+                            .await
+                    }
                 })
                 .await?
             }
@@ -93,7 +106,13 @@ impl SettingsCmd {
             println!("{}", json(&s));
             return Ok(());
         }
-        let dash = |s: &str| if s.is_empty() { "-".to_string() } else { s.to_string() };
+        let dash = |s: &str| {
+            if s.is_empty() {
+                "-".to_string()
+            } else {
+                s.to_string()
+            }
+        };
         let rows = vec![
             vec!["interface".into(), s.interface.clone()],
             vec!["listen-port".into(), s.listen_port.to_string()],

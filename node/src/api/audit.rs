@@ -11,18 +11,27 @@ pub struct AuditApi(pub Api);
 
 #[tonic::async_trait]
 impl AuditService for AuditApi {
-    async fn list_audit(&self, req: Request<ListAuditRequest>) -> Result<Reply<ListAuditResponse>, Status> {
+    async fn list_audit(
+        &self,
+        req: Request<ListAuditRequest>,
+    ) -> Result<Reply<ListAuditResponse>, Status> {
         let r = req.get_ref();
         self.0.read_barrier(&r.read).await?;
         let f = AuditFilter {
             since_ms: r.since_ms,
             actor: (!r.actor.is_empty()).then(|| r.actor.clone()),
-            limit: if r.limit == 0 { 1000 } else { r.limit.min(100_000) as usize },
+            limit: if r.limit == 0 {
+                1000
+            } else {
+                r.limit.min(100_000) as usize
+            },
         };
         let view = self.0.node.view.clone();
         let entries = tokio::task::spawn_blocking(move || view.audit(&f))
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Reply::new(ListAuditResponse { entries: entries.iter().map(audit_to_pb).collect() }))
+        Ok(Reply::new(ListAuditResponse {
+            entries: entries.iter().map(audit_to_pb).collect(),
+        }))
     }
 }

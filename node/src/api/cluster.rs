@@ -16,7 +16,14 @@ pub struct ClusterApi(pub Api);
 
 impl ClusterApi {
     fn membership(&self, log_index: u64) -> MembershipResponse {
-        let m = self.0.node.raft.metrics().borrow().membership_config.clone();
+        let m = self
+            .0
+            .node
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .clone();
         let voters: BTreeSet<u64> = m.membership().voter_ids().collect();
         MembershipResponse {
             learners: m.membership().learner_ids().collect(),
@@ -28,7 +35,11 @@ impl ClusterApi {
     fn local_status(&self) -> NodeStatus {
         let node = &self.0.node;
         let m = node.raft.metrics().borrow().clone();
-        let voter = m.membership_config.membership().voter_ids().any(|v| v == node.id);
+        let voter = m
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == node.id);
         let role = match m.state {
             ServerState::Leader => "leader",
             ServerState::Candidate => "candidate",
@@ -58,31 +69,60 @@ impl ClusterApi {
 impl ClusterService for ClusterApi {
     async fn init(&self, _req: Request<InitRequest>) -> Result<Reply<InitResponse>, Status> {
         let node = &self.0.node;
-        if node.raft.is_initialized().await.map_err(|e| Status::internal(e.to_string()))? {
+        if node
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+        {
             return Err(Status::failed_precondition(format!(
                 "node {} already belongs to an initialised cluster; use `cluster add-learner` on the leader to grow it",
                 node.id
             )));
         }
         let members = BTreeMap::from([(node.id, BasicNode::new(node.addr.clone()))]);
-        node.raft.initialize(members).await.map_err(|e| Status::failed_precondition(e.to_string()))?;
+        node.raft
+            .initialize(members)
+            .await
+            .map_err(|e| Status::failed_precondition(e.to_string()))?;
         let mut rx = node.raft.metrics();
-        let waited = tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|m| m.current_leader.is_some())).await;
+        let waited = tokio::time::timeout(
+            Duration::from_secs(10),
+            rx.wait_for(|m| m.current_leader.is_some()),
+        )
+        .await;
         if waited.is_err() {
-            return Err(Status::deadline_exceeded("initialised, but no leader was elected within 10 s"));
+            return Err(Status::deadline_exceeded(
+                "initialised, but no leader was elected within 10 s",
+            ));
         }
         Ok(Reply::new(InitResponse { leader_id: node.id }))
     }
 
-    async fn add_learner(&self, req: Request<AddLearnerRequest>) -> Result<Reply<MembershipResponse>, Status> {
+    async fn add_learner(
+        &self,
+        req: Request<AddLearnerRequest>,
+    ) -> Result<Reply<MembershipResponse>, Status> {
         let r = req.get_ref();
         if r.id == 0 {
-            return Err(Status::invalid_argument("node id must be a positive integer"));
+            return Err(Status::invalid_argument(
+                "node id must be a positive integer",
+            ));
         }
         if r.addr.parse::<std::net::SocketAddr>().is_err() && !r.addr.contains(':') {
-            return Err(Status::invalid_argument(format!("address {:?} is not host:port", r.addr)));
+            return Err(Status::invalid_argument(format!(
+                "address {:?} is not host:port",
+                r.addr
+            )));
         }
-        let m = self.0.node.raft.metrics().borrow().membership_config.clone();
+        let m = self
+            .0
+            .node
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .clone();
         if let Some(n) = m.membership().get_node(&r.id) {
             if n.addr != r.addr {
                 return Err(Status::already_exists(format!(
@@ -101,11 +141,23 @@ impl ClusterService for ClusterApi {
         Ok(Reply::new(self.membership(res.log_id.index)))
     }
 
-    async fn promote(&self, req: Request<PromoteRequest>) -> Result<Reply<MembershipResponse>, Status> {
+    async fn promote(
+        &self,
+        req: Request<PromoteRequest>,
+    ) -> Result<Reply<MembershipResponse>, Status> {
         let id = req.get_ref().id;
-        let m = self.0.node.raft.metrics().borrow().membership_config.clone();
+        let m = self
+            .0
+            .node
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .clone();
         if m.membership().get_node(&id).is_none() {
-            return Err(Status::not_found(format!("node {id} is not a member; add it with `cluster add-learner` first")));
+            return Err(Status::not_found(format!(
+                "node {id} is not a member; add it with `cluster add-learner` first"
+            )));
         }
         let res = self
             .0
@@ -117,9 +169,19 @@ impl ClusterService for ClusterApi {
         Ok(Reply::new(self.membership(res.log_id.index)))
     }
 
-    async fn remove_node(&self, req: Request<RemoveNodeRequest>) -> Result<Reply<MembershipResponse>, Status> {
+    async fn remove_node(
+        &self,
+        req: Request<RemoveNodeRequest>,
+    ) -> Result<Reply<MembershipResponse>, Status> {
         let id = req.get_ref().id;
-        let m = self.0.node.raft.metrics().borrow().membership_config.clone();
+        let m = self
+            .0
+            .node
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .clone();
         let is_voter = m.membership().voter_ids().any(|v| v == id);
         if m.membership().get_node(&id).is_none() {
             return Err(Status::not_found(format!("node {id} is not a member")));
@@ -132,15 +194,25 @@ impl ClusterService for ClusterApi {
         } else {
             ChangeMembers::RemoveNodes(BTreeSet::from([id]))
         };
-        let res = self.0.node.raft.change_membership(change, false).await.map_err(|e| Status::from(write_error(e)))?;
+        let res = self
+            .0
+            .node
+            .raft
+            .change_membership(change, false)
+            .await
+            .map_err(|e| Status::from(write_error(e)))?;
         Ok(Reply::new(self.membership(res.log_id.index)))
     }
 
     async fn status(&self, _req: Request<StatusRequest>) -> Result<Reply<StatusResponse>, Status> {
         let node = &self.0.node;
         let m = node.raft.metrics().borrow().clone();
-        let members: Vec<(u64, String)> =
-            m.membership_config.membership().nodes().map(|(id, n)| (*id, n.addr.clone())).collect();
+        let members: Vec<(u64, String)> = m
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, n)| (*id, n.addr.clone()))
+            .collect();
         let me = self.local_status();
         let asks = members.iter().map(|(id, addr)| {
             let channels = node.channels.clone();
@@ -151,10 +223,14 @@ impl ClusterService for ClusterApi {
                     return me;
                 }
                 let ask = async {
-                    let mut c = ClusterServiceClient::new(channels.get(&addr).map_err(|e| e.to_string())?);
+                    let mut c =
+                        ClusterServiceClient::new(channels.get(&addr).map_err(|e| e.to_string())?);
                     let mut r = Request::new(NodeInfoRequest {});
                     r.set_timeout(Duration::from_millis(800));
-                    c.node_info(r).await.map(|r| r.into_inner()).map_err(|s| s.message().to_string())
+                    c.node_info(r)
+                        .await
+                        .map(|r| r.into_inner())
+                        .map_err(|s| s.message().to_string())
                 };
                 ask.await.unwrap_or_else(|error| NodeStatus {
                     id,
@@ -167,8 +243,11 @@ impl ClusterService for ClusterApi {
         });
         let mut nodes: Vec<NodeStatus> = futures::future::join_all(asks).await;
         let leader_id = m.current_leader.unwrap_or(0);
-        let leader_last =
-            nodes.iter().find(|n| n.id == leader_id).map(|n| n.last_log_index).unwrap_or(me.last_log_index);
+        let leader_last = nodes
+            .iter()
+            .find(|n| n.id == leader_id)
+            .map(|n| n.last_log_index)
+            .unwrap_or(me.last_log_index);
         let voters: BTreeSet<u64> = m.membership_config.membership().voter_ids().collect();
         for n in &mut nodes {
             n.voter = voters.contains(&n.id);
@@ -176,17 +255,29 @@ impl ClusterService for ClusterApi {
                 n.lag = leader_last.saturating_sub(n.applied_index);
             }
         }
-        Ok(Reply::new(StatusResponse { leader_id, term: m.current_term, nodes, answered_by: node.id }))
+        Ok(Reply::new(StatusResponse {
+            leader_id,
+            term: m.current_term,
+            nodes,
+            answered_by: node.id,
+        }))
     }
 
     async fn node_info(&self, _req: Request<NodeInfoRequest>) -> Result<Reply<NodeStatus>, Status> {
         Ok(Reply::new(self.local_status()))
     }
 
-    async fn trigger_snapshot(&self, _req: Request<SnapshotRequest>) -> Result<Reply<SnapshotResponse>, Status> {
+    async fn trigger_snapshot(
+        &self,
+        _req: Request<SnapshotRequest>,
+    ) -> Result<Reply<SnapshotResponse>, Status> {
         let node = &self.0.node;
         let applied = node.view.applied();
-        node.raft.trigger().snapshot().await.map_err(|e| Status::internal(e.to_string()))?;
+        node.raft
+            .trigger()
+            .snapshot()
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
         let mut rx = node.raft.metrics();
         let res = tokio::time::timeout(
             Duration::from_secs(30),
@@ -194,8 +285,12 @@ impl ClusterService for ClusterApi {
         )
         .await;
         match res {
-            Ok(Ok(m)) => Ok(Reply::new(SnapshotResponse { index: m.snapshot.map(|s| s.index).unwrap_or(0) })),
-            _ => Err(Status::from(NodeError::Unavailable("snapshot did not complete within 30 s".into()))),
+            Ok(Ok(m)) => Ok(Reply::new(SnapshotResponse {
+                index: m.snapshot.map(|s| s.index).unwrap_or(0),
+            })),
+            _ => Err(Status::from(NodeError::Unavailable(
+                "snapshot did not complete within 30 s".into(),
+            ))),
         }
     }
 }

@@ -10,7 +10,8 @@ use std::net::IpAddr;
 use tonic::Status;
 
 pub fn key(field: &str, s: &str) -> Result<WgKey, Status> {
-    s.parse::<WgKey>().map_err(|e| invalid(format!("{field}: {e}")))
+    s.parse::<WgKey>()
+        .map_err(|e| invalid(format!("{field}: {e}")))
 }
 
 pub fn cidr(field: &str, s: &str) -> Result<IpNet, Status> {
@@ -18,9 +19,11 @@ pub fn cidr(field: &str, s: &str) -> Result<IpNet, Status> {
     if let Ok(n) = s.parse::<IpNet>() {
         return Ok(n);
     }
-    s.parse::<IpAddr>()
-        .map(IpNet::from)
-        .map_err(|_| invalid(format!("{field}: {s:?} is not a CIDR (like 10.0.0.0/24 or fd00::/64)")))
+    s.parse::<IpAddr>().map(IpNet::from).map_err(|_| {
+        invalid(format!(
+            "{field}: {s:?} is not a CIDR (like 10.0.0.0/24 or fd00::/64)"
+        ))
+    })
 }
 
 pub fn addr(field: &str, s: &str) -> Result<IpAddr, Status> {
@@ -38,7 +41,9 @@ fn name_ok(field: &str, s: &str, required: bool) -> Result<(), Status> {
         return Err(invalid(format!("{field} is required")));
     }
     if s.len() > 128 || s.chars().any(|c| c.is_control()) {
-        return Err(invalid(format!("{field} must be at most 128 printable characters")));
+        return Err(invalid(format!(
+            "{field} must be at most 128 printable characters"
+        )));
     }
     Ok(())
 }
@@ -51,24 +56,44 @@ pub fn new_peer(s: &pb::PeerSpec) -> Result<NewPeer, Status> {
         return Err(invalid("user and device must not contain '/'"));
     }
     if s.allowed_ips.len() + s.addresses.len() > 256 {
-        return Err(invalid("a peer may have at most 256 addresses and allowed IPs"));
+        return Err(invalid(
+            "a peer may have at most 256 addresses and allowed IPs",
+        ));
     }
     if s.labels.len() > 32 {
         return Err(invalid("a peer may have at most 32 labels"));
     }
     let keepalive = match s.persistent_keepalive {
-        Some(k) if k > 65535 => return Err(invalid("persistent_keepalive must be 0-65535 seconds")),
+        Some(k) if k > 65535 => {
+            return Err(invalid("persistent_keepalive must be 0-65535 seconds"))
+        }
         k => k.map(|k| k as u16),
     };
     Ok(NewPeer {
         public_key: key("public_key", &s.public_key)?,
-        preshared_key: s.preshared_key.as_deref().map(|k| key("preshared_key", k)).transpose()?,
-        allowed_ips: s.allowed_ips.iter().map(|c| cidr("allowed_ips", c)).collect::<Result<_, _>>()?,
-        addresses: s.addresses.iter().map(|a| addr("addresses", a)).collect::<Result<_, _>>()?,
+        preshared_key: s
+            .preshared_key
+            .as_deref()
+            .map(|k| key("preshared_key", k))
+            .transpose()?,
+        allowed_ips: s
+            .allowed_ips
+            .iter()
+            .map(|c| cidr("allowed_ips", c))
+            .collect::<Result<_, _>>()?,
+        addresses: s
+            .addresses
+            .iter()
+            .map(|a| addr("addresses", a))
+            .collect::<Result<_, _>>()?,
         user: s.user.clone(),
         device: s.device.clone(),
         group: s.group.clone(),
-        labels: s.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        labels: s
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
         persistent_keepalive: keepalive,
         expires_at_ms: s.expires_at_ms,
         pool: (!s.pool.is_empty()).then(|| s.pool.clone()),
@@ -102,14 +127,22 @@ pub fn peer_to_pb(p: &Peer, secrets: bool) -> pb::Peer {
         user: p.user.clone(),
         device: p.device.clone(),
         group: p.group.clone(),
-        labels: p.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        labels: p
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
         persistent_keepalive: p.persistent_keepalive as u32,
         created_at_ms: p.created_at_ms,
         expires_at_ms: p.expires_at_ms,
         state: state_to_pb(p.state) as i32,
         revision: p.revision,
         pool: p.pool.clone().unwrap_or_default(),
-        preshared_key: if secrets { p.preshared_key.map(|k| k.to_string()) } else { None },
+        preshared_key: if secrets {
+            p.preshared_key.map(|k| k.to_string())
+        } else {
+            None
+        },
     }
 }
 
@@ -127,7 +160,10 @@ pub fn settings_to_pb(s: &Settings) -> pb::GatewaySettings {
     pb::GatewaySettings {
         interface: s.interface.clone(),
         listen_port: s.listen_port as u32,
-        server_public_key: s.server_public_key.map(|k| k.to_string()).unwrap_or_default(),
+        server_public_key: s
+            .server_public_key
+            .map(|k| k.to_string())
+            .unwrap_or_default(),
         mtu: s.mtu as u32,
         anycast_v4: s.anycast_v4.map(|a| a.to_string()).unwrap_or_default(),
         anycast_v6: s.anycast_v6.map(|a| a.to_string()).unwrap_or_default(),
@@ -139,7 +175,10 @@ pub fn settings_to_pb(s: &Settings) -> pb::GatewaySettings {
     }
 }
 
-fn opt<T>(s: &Option<String>, f: impl Fn(&str) -> Result<T, Status>) -> Result<Option<Option<T>>, Status> {
+fn opt<T>(
+    s: &Option<String>,
+    f: impl Fn(&str) -> Result<T, Status>,
+) -> Result<Option<Option<T>>, Status> {
     match s.as_deref() {
         None => Ok(None),
         Some("") => Ok(Some(None)),
@@ -159,21 +198,37 @@ pub fn settings_patch(p: &pb::SettingsPatch) -> Result<SettingsPatch, Status> {
         server_public_key: opt(&p.server_public_key, |v| key("server_public_key", v))?,
         mtu: port16("mtu", p.mtu)?,
         anycast_v4: opt(&p.anycast_v4, |v| {
-            v.parse().map_err(|_| invalid(format!("anycast_v4: {v:?} is not an IPv4 address")))
+            v.parse()
+                .map_err(|_| invalid(format!("anycast_v4: {v:?} is not an IPv4 address")))
         })?,
         anycast_v6: opt(&p.anycast_v6, |v| {
-            v.parse().map_err(|_| invalid(format!("anycast_v6: {v:?} is not an IPv6 address")))
+            v.parse()
+                .map_err(|_| invalid(format!("anycast_v6: {v:?} is not an IPv6 address")))
         })?,
         dns: if p.set_dns {
-            Some(p.dns.iter().map(|a| addr("dns", a)).collect::<Result<_, _>>()?)
+            Some(
+                p.dns
+                    .iter()
+                    .map(|a| addr("dns", a))
+                    .collect::<Result<_, _>>()?,
+            )
         } else {
             None
         },
-        return_mode: p.return_mode.as_deref().map(|m| m.parse().map_err(invalid)).transpose()?,
+        return_mode: p
+            .return_mode
+            .as_deref()
+            .map(|m| m.parse().map_err(invalid))
+            .transpose()?,
         client_keepalive: port16("client_keepalive", p.client_keepalive)?,
         endpoint_host: opt(&p.endpoint_host, |v| Ok(v.to_string()))?,
         client_routes: if p.set_client_routes {
-            Some(p.client_routes.iter().map(|c| cidr("client_routes", c)).collect::<Result<_, _>>()?)
+            Some(
+                p.client_routes
+                    .iter()
+                    .map(|c| cidr("client_routes", c))
+                    .collect::<Result<_, _>>()?,
+            )
         } else {
             None
         },

@@ -25,7 +25,10 @@ pub const MAX_PEERS_PER_REQUEST: usize = 5_000;
 pub const ACTOR_HEADER: &str = "x-anygate-actor";
 
 pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 #[derive(Clone)]
@@ -51,7 +54,11 @@ impl Api {
     }
 
     pub async fn write<T>(&self, req: &tonic::Request<T>, cmd: Command) -> Result<Written, Status> {
-        let r = Request { actor: Self::actor(req), at_ms: now_ms(), cmd };
+        let r = Request {
+            actor: Self::actor(req),
+            at_ms: now_ms(),
+            cmd,
+        };
         let action = r.cmd.describe().0;
         let res = self.node.write(r).await;
         self.metrics.write_result(action, res.is_ok());

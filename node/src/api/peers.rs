@@ -20,12 +20,17 @@ fn peers(r: Response) -> Result<Vec<crate::model::Peer>, Status> {
 
 fn one(r: Response) -> Result<Reply<Peer>, Status> {
     let p = peers(r)?;
-    p.first().map(|p| Reply::new(peer_to_pb(p, false))).ok_or_else(|| Status::internal("empty answer"))
+    p.first()
+        .map(|p| Reply::new(peer_to_pb(p, false)))
+        .ok_or_else(|| Status::internal("empty answer"))
 }
 
 #[tonic::async_trait]
 impl PeerService for PeerApi {
-    async fn add_peers(&self, req: Request<AddPeersRequest>) -> Result<Reply<AddPeersResponse>, Status> {
+    async fn add_peers(
+        &self,
+        req: Request<AddPeersRequest>,
+    ) -> Result<Reply<AddPeersResponse>, Status> {
         let specs = &req.get_ref().peers;
         if specs.is_empty() {
             return Err(invalid("no peers given"));
@@ -44,17 +49,27 @@ impl PeerService for PeerApi {
                     if specs.len() == 1 {
                         st
                     } else {
-                        invalid(format!("peer {} of {}: {}", i + 1, specs.len(), st.message()))
+                        invalid(format!(
+                            "peer {} of {}: {}",
+                            i + 1,
+                            specs.len(),
+                            st.message()
+                        ))
                     }
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
         let w = self.0.write(&req, Command::AddPeers(list)).await?;
         let out = peers(w.response)?;
-        Ok(Reply::new(AddPeersResponse { peers: out.iter().map(|p| peer_to_pb(p, false)).collect() }))
+        Ok(Reply::new(AddPeersResponse {
+            peers: out.iter().map(|p| peer_to_pb(p, false)).collect(),
+        }))
     }
 
-    async fn list_peers(&self, req: Request<ListPeersRequest>) -> Result<Reply<ListPeersResponse>, Status> {
+    async fn list_peers(
+        &self,
+        req: Request<ListPeersRequest>,
+    ) -> Result<Reply<ListPeersResponse>, Status> {
         let r = req.get_ref();
         self.0.read_barrier(&r.read).await?;
         let want_state = convert::state_from_pb(r.state)?;
@@ -68,7 +83,10 @@ impl PeerService for PeerApi {
                 .map(|p| peer_to_pb(p, false))
                 .collect()
         });
-        Ok(Reply::new(ListPeersResponse { peers, applied_index }))
+        Ok(Reply::new(ListPeersResponse {
+            peers,
+            applied_index,
+        }))
     }
 
     async fn get_peer(&self, req: Request<GetPeerRequest>) -> Result<Reply<Peer>, Status> {
@@ -83,17 +101,26 @@ impl PeerService for PeerApi {
             .ok_or_else(|| Status::not_found(format!("no peer {pr}")))
     }
 
-    async fn set_peer_state(&self, req: Request<SetPeerStateRequest>) -> Result<Reply<Peer>, Status> {
+    async fn set_peer_state(
+        &self,
+        req: Request<SetPeerStateRequest>,
+    ) -> Result<Reply<Peer>, Status> {
         let r = req.get_ref();
         let peer = peer_ref(&r.peer)?;
         let Some(state) = convert::state_from_pb(r.state)? else {
             return Err(invalid("state is required (active, disabled or revoked)"));
         };
-        let w = self.0.write(&req, Command::SetPeerState { peer, state }).await?;
+        let w = self
+            .0
+            .write(&req, Command::SetPeerState { peer, state })
+            .await?;
         one(w.response)
     }
 
-    async fn remove_peer(&self, req: Request<RemovePeerRequest>) -> Result<Reply<RemovePeerResponse>, Status> {
+    async fn remove_peer(
+        &self,
+        req: Request<RemovePeerRequest>,
+    ) -> Result<Reply<RemovePeerResponse>, Status> {
         let peer = peer_ref(&req.get_ref().peer)?;
         let w = self.0.write(&req, Command::RemovePeer { peer }).await?;
         let removed = peers(w.response)?.first().map(|p| peer_to_pb(p, false));
@@ -104,8 +131,22 @@ impl PeerService for PeerApi {
         let r = req.get_ref();
         let peer = peer_ref(&r.peer)?;
         let new_key = convert::key("new_public_key", &r.new_public_key)?;
-        let new_psk = r.new_preshared_key.as_deref().map(|k| convert::key("new_preshared_key", k)).transpose()?;
-        let w = self.0.write(&req, Command::RotatePeer { peer, new_key, new_psk }).await?;
+        let new_psk = r
+            .new_preshared_key
+            .as_deref()
+            .map(|k| convert::key("new_preshared_key", k))
+            .transpose()?;
+        let w = self
+            .0
+            .write(
+                &req,
+                Command::RotatePeer {
+                    peer,
+                    new_key,
+                    new_psk,
+                },
+            )
+            .await?;
         one(w.response)
     }
 
@@ -134,28 +175,29 @@ impl PeerService for PeerApi {
     ) -> Result<Reply<ReportEndpointsResponse>, Status> {
         let r = req.get_ref();
         if r.endpoints.len() > MAX_PEERS_PER_REQUEST {
-            return Err(invalid(format!("at most {MAX_PEERS_PER_REQUEST} endpoints per report")));
+            return Err(invalid(format!(
+                "at most {MAX_PEERS_PER_REQUEST} endpoints per report"
+            )));
         }
-        let obs = r
-            .endpoints
-            .iter()
-            .map(|e| {
-                let key = convert::key("public_key", &e.public_key)?;
-                let endpoint = e
-                    .endpoint
-                    .parse()
-                    .map_err(|_| invalid(format!("endpoint {:?} is not ip:port", e.endpoint)))?;
-                Ok((
-                    key,
-                    EndpointRecord {
-                        endpoint,
-                        last_handshake_ms: e.last_handshake_ms,
-                        observed_by: e.observed_by,
-                        observed_at_ms: e.observed_at_ms,
-                    },
-                ))
-            })
-            .collect::<Result<Vec<_>, Status>>()?;
+        let obs =
+            r.endpoints
+                .iter()
+                .map(|e| {
+                    let key = convert::key("public_key", &e.public_key)?;
+                    let endpoint = e.endpoint.parse().map_err(|_| {
+                        invalid(format!("endpoint {:?} is not ip:port", e.endpoint))
+                    })?;
+                    Ok((
+                        key,
+                        EndpointRecord {
+                            endpoint,
+                            last_handshake_ms: e.last_handshake_ms,
+                            observed_by: e.observed_by,
+                            observed_at_ms: e.observed_at_ms,
+                        },
+                    ))
+                })
+                .collect::<Result<Vec<_>, Status>>()?;
         let w = self.0.write(&req, Command::UpdateEndpoints(obs)).await?;
         match w.response {
             Response::Count(n) => Ok(Reply::new(ReportEndpointsResponse { accepted: n as u32 })),
@@ -163,4 +205,3 @@ impl PeerService for PeerApi {
         }
     }
 }
-

@@ -13,14 +13,29 @@ pub struct PoolApi(pub Api);
 #[tonic::async_trait]
 impl PoolService for PoolApi {
     async fn add_pool(&self, req: Request<AddPoolRequest>) -> Result<Reply<Pool>, Status> {
-        let Some(p) = &req.get_ref().pool else { return Err(invalid("pool is required")) };
-        if p.name.is_empty() || p.name.len() > 64 || !p.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-            return Err(invalid(format!("pool name {:?} must be 1-64 characters of A-Z a-z 0-9 - _ .", p.name)));
+        let Some(p) = &req.get_ref().pool else {
+            return Err(invalid("pool is required"));
+        };
+        if p.name.is_empty()
+            || p.name.len() > 64
+            || !p
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(invalid(format!(
+                "pool name {:?} must be 1-64 characters of A-Z a-z 0-9 - _ .",
+                p.name
+            )));
         }
         if p.cidrs.is_empty() || p.cidrs.len() > 16 {
             return Err(invalid("a pool needs 1-16 CIDRs"));
         }
-        let cidrs = p.cidrs.iter().map(|c| cidr("cidr", c)).collect::<Result<Vec<_>, _>>()?;
+        let cidrs = p
+            .cidrs
+            .iter()
+            .map(|c| cidr("cidr", c))
+            .collect::<Result<Vec<_>, _>>()?;
         let cmd = Command::AddPool {
             name: p.name.clone(),
             cidrs,
@@ -32,13 +47,23 @@ impl PoolService for PoolApi {
         }
     }
 
-    async fn list_pools(&self, req: Request<ListPoolsRequest>) -> Result<Reply<ListPoolsResponse>, Status> {
+    async fn list_pools(
+        &self,
+        req: Request<ListPoolsRequest>,
+    ) -> Result<Reply<ListPoolsResponse>, Status> {
         self.0.read_barrier(&req.get_ref().read).await?;
-        let pools = self.0.node.view.read(|inv| inv.pools().iter().map(pool_to_pb).collect());
+        let pools = self
+            .0
+            .node
+            .view
+            .read(|inv| inv.pools().iter().map(pool_to_pb).collect());
         Ok(Reply::new(ListPoolsResponse { pools }))
     }
 
-    async fn remove_pool(&self, req: Request<RemovePoolRequest>) -> Result<Reply<RemovePoolResponse>, Status> {
+    async fn remove_pool(
+        &self,
+        req: Request<RemovePoolRequest>,
+    ) -> Result<Reply<RemovePoolResponse>, Status> {
         let name = req.get_ref().name.clone();
         self.0.write(&req, Command::RemovePool { name }).await?;
         Ok(Reply::new(RemovePoolResponse {}))

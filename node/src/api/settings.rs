@@ -12,18 +12,33 @@ pub struct SettingsApi(pub Api);
 
 #[tonic::async_trait]
 impl SettingsService for SettingsApi {
-    async fn get_settings(&self, req: Request<GetSettingsRequest>) -> Result<Reply<GatewaySettings>, Status> {
+    async fn get_settings(
+        &self,
+        req: Request<GetSettingsRequest>,
+    ) -> Result<Reply<GatewaySettings>, Status> {
         self.0.read_barrier(&req.get_ref().read).await?;
-        Ok(Reply::new(self.0.node.view.read(|inv| settings_to_pb(inv.settings()))))
+        Ok(Reply::new(
+            self.0.node.view.read(|inv| settings_to_pb(inv.settings())),
+        ))
     }
 
-    async fn set_settings(&self, req: Request<SetSettingsRequest>) -> Result<Reply<GatewaySettings>, Status> {
-        let Some(p) = &req.get_ref().patch else { return Err(invalid("patch is required")) };
+    async fn set_settings(
+        &self,
+        req: Request<SetSettingsRequest>,
+    ) -> Result<Reply<GatewaySettings>, Status> {
+        let Some(p) = &req.get_ref().patch else {
+            return Err(invalid("patch is required"));
+        };
         let patch = settings_patch(p)?;
         if patch == Default::default() {
             return Err(invalid("nothing to change: give at least one setting"));
         }
-        match self.0.write(&req, Command::SetSettings(patch)).await?.response {
+        match self
+            .0
+            .write(&req, Command::SetSettings(patch))
+            .await?
+            .response
+        {
             Response::Settings(s) => Ok(Reply::new(settings_to_pb(&s))),
             other => Err(unexpected(other)),
         }

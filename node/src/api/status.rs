@@ -13,7 +13,12 @@ impl From<NodeError> for Status {
     fn from(e: NodeError) -> Status {
         match e {
             NodeError::NotLeader { leader } => {
-                let mut s = Status::unavailable(NodeError::NotLeader { leader: leader.clone() }.to_string());
+                let mut s = Status::unavailable(
+                    NodeError::NotLeader {
+                        leader: leader.clone(),
+                    }
+                    .to_string(),
+                );
                 if let Some((id, addr)) = leader {
                     if let Ok(v) = addr.parse() {
                         s.metadata_mut().insert(LEADER_ADDR, v);

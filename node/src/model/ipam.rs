@@ -103,7 +103,11 @@ pub fn find_free(
     let (f, _, _) = span(net);
     let (lo, hi) = usable_range(net)?;
     let size = hi - lo + 1;
-    let start = if cursor >= lo && cursor <= hi { cursor } else { lo };
+    let start = if cursor >= lo && cursor <= hi {
+        cursor
+    } else {
+        lo
+    };
     let probes = size.min(max_probes.max(1));
     for i in 0..probes {
         let off = (start - lo + i) % size;
@@ -165,9 +169,12 @@ mod tests {
         assert_eq!(skip, "10.0.0.3".parse::<IpAddr>().unwrap());
         assert_eq!(find_free(&n("10.0.0.0/30"), 0, 10, |_| true), None);
         // wraps around from the cursor
-        let wrapped = find_free(&n("10.0.0.0/29"), u32::from(Ipv4Addr::new(10, 0, 0, 6)) as u128, 10, |a| {
-            a.to_string() == "10.0.0.6"
-        })
+        let wrapped = find_free(
+            &n("10.0.0.0/29"),
+            u32::from(Ipv4Addr::new(10, 0, 0, 6)) as u128,
+            10,
+            |a| a.to_string() == "10.0.0.6",
+        )
         .unwrap();
         assert_eq!(wrapped, "10.0.0.2".parse::<IpAddr>().unwrap());
     }

@@ -74,8 +74,14 @@ mod tests {
     fn parse_table() {
         let good = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=";
         assert_eq!(good.parse::<WgKey>().unwrap().to_base64(), good);
-        assert!(matches!("not base64!".parse::<WgKey>(), Err(KeyError::NotBase64(_))));
-        assert!(matches!("AAAA".parse::<WgKey>(), Err(KeyError::WrongLength(_, 3))));
+        assert!(matches!(
+            "not base64!".parse::<WgKey>(),
+            Err(KeyError::NotBase64(_))
+        ));
+        assert!(matches!(
+            "AAAA".parse::<WgKey>(),
+            Err(KeyError::WrongLength(_, 3))
+        ));
         let k: WgKey = good.parse().unwrap();
         let j = serde_json::to_string(&k).unwrap();
         assert_eq!(serde_json::from_str::<WgKey>(&j).unwrap(), k);

@@ -237,16 +237,35 @@ pub struct Request {
 pub enum Command {
     /// All or nothing.
     AddPeers(Vec<NewPeer>),
-    SetPeerState { peer: PeerRef, state: PeerState },
-    RemovePeer { peer: PeerRef },
-    RotatePeer { peer: PeerRef, new_key: WgKey, new_psk: Option<WgKey> },
+    SetPeerState {
+        peer: PeerRef,
+        state: PeerState,
+    },
+    RemovePeer {
+        peer: PeerRef,
+    },
+    RotatePeer {
+        peer: PeerRef,
+        new_key: WgKey,
+        new_psk: Option<WgKey>,
+    },
     /// Remove every peer whose expiry is at or before `at_ms` of the request.
     ExpirePeers,
-    AddPool { name: String, cidrs: Vec<IpNet>, group: Option<String> },
-    RemovePool { name: String },
+    AddPool {
+        name: String,
+        cidrs: Vec<IpNet>,
+        group: Option<String>,
+    },
+    RemovePool {
+        name: String,
+    },
     SetSettings(SettingsPatch),
     UpdateEndpoints(Vec<(WgKey, EndpointRecord)>),
-    SetNodeFlags { node: NodeId, drained: Option<bool>, site: Option<Option<String>> },
+    SetNodeFlags {
+        node: NodeId,
+        drained: Option<bool>,
+        site: Option<Option<String>>,
+    },
 }
 
 impl Command {
@@ -292,7 +311,10 @@ pub struct ApplyError {
 
 impl ApplyError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        ApplyError { kind, message: message.into() }
+        ApplyError {
+            kind,
+            message: message.into(),
+        }
     }
 }
 

@@ -63,8 +63,12 @@ fn leader_of(f: &ForwardToLeader<NodeId, BasicNode>) -> Option<(NodeId, String)>
 /// Map openraft's write errors (client writes and membership changes).
 pub fn write_error(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> NodeError {
     match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => NodeError::NotLeader { leader: leader_of(&f) },
-        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => NodeError::FailedPrecondition(e.to_string()),
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => NodeError::NotLeader {
+            leader: leader_of(&f),
+        },
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+            NodeError::FailedPrecondition(e.to_string())
+        }
         RaftError::Fatal(f) => NodeError::Fatal(f.to_string()),
     }
 }
@@ -74,9 +78,9 @@ impl RaftNode {
     /// A `Rejected` answer means the command was refused and changed nothing.
     pub async fn write(&self, req: Request) -> Result<Written, NodeError> {
         match self.write_local(req.clone()).await {
-            Err(NodeError::NotLeader { leader: Some((id, addr)) }) if id != self.id => {
-                self.forward(req, id, &addr).await
-            }
+            Err(NodeError::NotLeader {
+                leader: Some((id, addr)),
+            }) if id != self.id => self.forward(req, id, &addr).await,
             other => other,
         }
     }
@@ -86,14 +90,24 @@ impl RaftNode {
         match self.raft.client_write(req).await {
             Ok(r) => match r.data {
                 Response::Rejected(e) => Err(NodeError::Rejected(e)),
-                response => Ok(Written { index: r.log_id.index, response }),
+                response => Ok(Written {
+                    index: r.log_id.index,
+                    response,
+                }),
             },
             Err(e) => Err(write_error(e)),
         }
     }
 
-    async fn forward(&self, req: Request, leader: NodeId, addr: &str) -> Result<Written, NodeError> {
-        let not_leader = || NodeError::NotLeader { leader: Some((leader, addr.to_string())) };
+    async fn forward(
+        &self,
+        req: Request,
+        leader: NodeId,
+        addr: &str,
+    ) -> Result<Written, NodeError> {
+        let not_leader = || NodeError::NotLeader {
+            leader: Some((leader, addr.to_string())),
+        };
         let mut client = self.channels.raft_client(addr).map_err(|_| not_leader())?;
         let mut r = tonic::Request::new(encode(&req));
         r.set_timeout(CLIENT_TIMEOUT);
@@ -114,14 +128,23 @@ impl RaftNode {
                 let Some((id, addr)) = leader_of(&f) else {
                     return Err(NodeError::NotLeader { leader: None });
                 };
-                let not_leader = || NodeError::NotLeader { leader: Some((id, addr.clone())) };
+                let not_leader = || NodeError::NotLeader {
+                    leader: Some((id, addr.clone())),
+                };
                 let mut client = self.channels.raft_client(&addr).map_err(|_| not_leader())?;
                 let mut r = tonic::Request::new(ReadIndexRequest {});
                 r.set_timeout(CLIENT_TIMEOUT);
-                client.read_index(r).await.map_err(|_| not_leader())?.into_inner().index
+                client
+                    .read_index(r)
+                    .await
+                    .map_err(|_| not_leader())?
+                    .into_inner()
+                    .index
             }
             Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q))) => {
-                return Err(NodeError::Unavailable(format!("leader cannot reach a quorum: {q}")))
+                return Err(NodeError::Unavailable(format!(
+                    "leader cannot reach a quorum: {q}"
+                )))
             }
             Err(RaftError::Fatal(f)) => return Err(NodeError::Fatal(f.to_string())),
         };
@@ -130,7 +153,10 @@ impl RaftNode {
 
     pub async fn wait_applied(&self, index: u64, timeout: Duration) -> Result<(), NodeError> {
         let mut rx = self.view.subscribe();
-        let res = tokio::time::timeout(timeout, async { rx.wait_for(|applied| *applied >= index).await.map(|_| ()) }).await;
+        let res = tokio::time::timeout(timeout, async {
+            rx.wait_for(|applied| *applied >= index).await.map(|_| ())
+        })
+        .await;
         match res {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(_)) => Err(NodeError::Fatal("state machine closed".into())),

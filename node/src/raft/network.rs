@@ -5,11 +5,13 @@ use super::types::TypeConfig;
 use crate::model::NodeId;
 use anygate_proto::raft::v1::raft_service_client::RaftServiceClient;
 use anygate_proto::raft::v1::RaftPayload;
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
-    VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
 };
 use openraft::BasicNode;
 use serde::{de::DeserializeOwned, Serialize};
@@ -43,7 +45,10 @@ impl Channels {
         Ok(ch)
     }
 
-    pub fn raft_client(&self, addr: &str) -> Result<RaftServiceClient<Channel>, tonic::transport::Error> {
+    pub fn raft_client(
+        &self,
+        addr: &str,
+    ) -> Result<RaftServiceClient<Channel>, tonic::transport::Error> {
         Ok(RaftServiceClient::new(self.get(addr)?)
             .max_decoding_message_size(MAX_RAFT_MESSAGE)
             .max_encoding_message_size(MAX_RAFT_MESSAGE))
@@ -54,7 +59,11 @@ impl RaftNetworkFactory<TypeConfig> for Channels {
     type Network = Conn;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Conn {
-        Conn { target, addr: node.addr.clone(), client: self.raft_client(&node.addr).map_err(|e| e.to_string()) }
+        Conn {
+            target,
+            addr: node.addr.clone(),
+            client: self.raft_client(&node.addr).map_err(|e| e.to_string()),
+        }
     }
 }
 
@@ -65,7 +74,9 @@ pub struct Conn {
 }
 
 pub fn encode<T: Serialize>(v: &T) -> RaftPayload {
-    RaftPayload { data: serde_json::to_vec(v).expect("raft message serialises") }
+    RaftPayload {
+        data: serde_json::to_vec(v).expect("raft message serialises"),
+    }
 }
 
 pub fn decode<T: DeserializeOwned>(p: &RaftPayload) -> Result<T, serde_json::Error> {
@@ -83,7 +94,11 @@ enum Rpc {
 }
 
 impl Conn {
-    async fn call<Req: Serialize, Resp: DeserializeOwned, E: std::error::Error + DeserializeOwned>(
+    async fn call<
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    >(
         &mut self,
         rpc: Rpc,
         req: &Req,
@@ -91,7 +106,12 @@ impl Conn {
     ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>> {
         let client = match &mut self.client {
             Ok(c) => c,
-            Err(e) => return Err(RPCError::Unreachable(Unreachable::new(&Msg(format!("{}: {e}", self.addr))))),
+            Err(e) => {
+                return Err(RPCError::Unreachable(Unreachable::new(&Msg(format!(
+                    "{}: {e}",
+                    self.addr
+                )))))
+            }
         };
         let mut request = tonic::Request::new(encode(req));
         request.set_timeout(option.hard_ttl());
@@ -103,10 +123,18 @@ impl Conn {
         let payload = match res {
             Ok(r) => r.into_inner(),
             Err(s) if s.code() == tonic::Code::Unavailable => {
-                return Err(RPCError::Unreachable(Unreachable::new(&Msg(format!("{}: {}", self.addr, s.message())))))
+                return Err(RPCError::Unreachable(Unreachable::new(&Msg(format!(
+                    "{}: {}",
+                    self.addr,
+                    s.message()
+                )))))
             }
             Err(s) => {
-                return Err(RPCError::Network(NetworkError::new(&Msg(format!("{}: {}", self.addr, s.message())))))
+                return Err(RPCError::Network(NetworkError::new(&Msg(format!(
+                    "{}: {}",
+                    self.addr,
+                    s.message()
+                )))))
             }
         };
         let res: Result<Resp, RaftError<NodeId, E>> =
@@ -128,8 +156,10 @@ impl RaftNetwork<TypeConfig> for Conn {
         &mut self,
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>>
-    {
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
+    > {
         self.call(Rpc::Snapshot, &rpc, &option).await
     }
 
@@ -141,4 +171,3 @@ impl RaftNetwork<TypeConfig> for Conn {
         self.call(Rpc::Vote, &rpc, &option).await
     }
 }
-

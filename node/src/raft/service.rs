@@ -24,9 +24,14 @@ fn bad(e: serde_json::Error) -> Status {
 
 #[tonic::async_trait]
 impl RaftService for RaftServiceImpl {
-    async fn append_entries(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+    async fn append_entries(
+        &self,
+        req: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
         let rpc = decode(req.get_ref()).map_err(bad)?;
-        Ok(Response::new(encode(&self.node.raft.append_entries(rpc).await)))
+        Ok(Response::new(encode(
+            &self.node.raft.append_entries(rpc).await,
+        )))
     }
 
     async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
@@ -34,9 +39,14 @@ impl RaftService for RaftServiceImpl {
         Ok(Response::new(encode(&self.node.raft.vote(rpc).await)))
     }
 
-    async fn install_snapshot(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+    async fn install_snapshot(
+        &self,
+        req: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
         let rpc = decode(req.get_ref()).map_err(bad)?;
-        Ok(Response::new(encode(&self.node.raft.install_snapshot(rpc).await)))
+        Ok(Response::new(encode(
+            &self.node.raft.install_snapshot(rpc).await,
+        )))
     }
 
     async fn forward(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
@@ -46,9 +56,14 @@ impl RaftService for RaftServiceImpl {
         Ok(Response::new(encode(&res)))
     }
 
-    async fn read_index(&self, _req: Request<ReadIndexRequest>) -> Result<Response<ReadIndexResponse>, Status> {
+    async fn read_index(
+        &self,
+        _req: Request<ReadIndexRequest>,
+    ) -> Result<Response<ReadIndexResponse>, Status> {
         match self.node.raft.get_read_log_id().await {
-            Ok((read, _)) => Ok(Response::new(ReadIndexResponse { index: read.map(|l| l.index).unwrap_or(0) })),
+            Ok((read, _)) => Ok(Response::new(ReadIndexResponse {
+                index: read.map(|l| l.index).unwrap_or(0),
+            })),
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
                 Err(Status::failed_precondition("not the leader"))
             }

@@ -3,7 +3,7 @@
 use super::*;
 use crate::raft::types::{Entry, LogId, TypeConfig, Vote};
 use openraft::storage::{LogFlushed, RaftLogStorage};
-use openraft::{LogState, RaftLogReader, RaftLogId};
+use openraft::{LogState, RaftLogId, RaftLogReader};
 use rocksdb::{Direction, IteratorMode, WriteBatch};
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -22,7 +22,10 @@ impl LogStore {
         LogStore { db }
     }
 
-    fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
+    fn get_meta<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &[u8],
+    ) -> Result<Option<T>, StorageError> {
         let v = self
             .db
             .get_cf(cf(&self.db, CF_RAFT), key)
@@ -44,7 +47,8 @@ impl LogStore {
             None => Ok(None),
             Some(Err(e)) => Err(io_err(StorageIOError::read_logs, e)),
             Some(Ok((_, v))) => {
-                let ent: Entry = serde_json::from_slice(&v).map_err(|e| io_err(StorageIOError::read_logs, e))?;
+                let ent: Entry =
+                    serde_json::from_slice(&v).map_err(|e| io_err(StorageIOError::read_logs, e))?;
                 Ok(Some(*ent.get_log_id()))
             }
         }
@@ -62,9 +66,10 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Unbounded => 0,
         };
         let mut out = Vec::new();
-        let it = self
-            .db
-            .iterator_cf(cf(&self.db, CF_LOG), IteratorMode::From(&be(start), Direction::Forward));
+        let it = self.db.iterator_cf(
+            cf(&self.db, CF_LOG),
+            IteratorMode::From(&be(start), Direction::Forward),
+        );
         for item in it {
             let (k, v) = item.map_err(|e| io_err(StorageIOError::read_logs, e))?;
             if !range.contains(&from_be(&k)) {
@@ -82,7 +87,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_purged_log_id: Option<LogId> = self.get_meta(KEY_PURGED)?;
         let last_log_id = self.last_entry_id()?.or(last_purged_log_id);
-        Ok(LogState { last_purged_log_id, last_log_id })
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -90,8 +98,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
-        self.put_meta(KEY_VOTE, vote)
-            .map_err(|_| io_err(StorageIOError::write_vote, std::io::Error::other("vote write failed")))
+        self.put_meta(KEY_VOTE, vote).map_err(|_| {
+            io_err(
+                StorageIOError::write_vote,
+                std::io::Error::other("vote write failed"),
+            )
+        })
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
@@ -106,7 +118,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(self.get_meta::<Option<LogId>>(KEY_COMMITTED)?.flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,

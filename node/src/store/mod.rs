@@ -34,16 +34,36 @@ pub(crate) const CF_AUDIT: &str = "audit";
 pub(crate) const CF_SNAPSHOT: &str = "snapshot";
 
 const ALL_CFS: &[&str] = &[
-    CF_LOG, CF_RAFT, CF_SM, CF_PEERS, CF_POOLS, CF_SETTINGS, CF_ENDPOINTS, CF_NODES, CF_AUDIT, CF_SNAPSHOT,
+    CF_LOG,
+    CF_RAFT,
+    CF_SM,
+    CF_PEERS,
+    CF_POOLS,
+    CF_SETTINGS,
+    CF_ENDPOINTS,
+    CF_NODES,
+    CF_AUDIT,
+    CF_SNAPSHOT,
 ];
 
 /// State-machine column families: wiped and rewritten when a snapshot is installed.
-pub(crate) const SM_CFS: &[&str] = &[CF_SM, CF_PEERS, CF_POOLS, CF_SETTINGS, CF_ENDPOINTS, CF_NODES, CF_AUDIT];
+pub(crate) const SM_CFS: &[&str] = &[
+    CF_SM,
+    CF_PEERS,
+    CF_POOLS,
+    CF_SETTINGS,
+    CF_ENDPOINTS,
+    CF_NODES,
+    CF_AUDIT,
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     #[error("cannot open RocksDB at {path}: {source}")]
-    Rocks { path: String, source: rocksdb::Error },
+    Rocks {
+        path: String,
+        source: rocksdb::Error,
+    },
     #[error("stored state in {path} is unreadable: {msg}")]
     Corrupt { path: String, msg: String },
 }
@@ -54,7 +74,9 @@ pub fn open(dir: &Path) -> Result<(LogStore, StateMachine), OpenError> {
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
     opts.set_keep_log_file_num(4);
-    let cfs = ALL_CFS.iter().map(|n| ColumnFamilyDescriptor::new(*n, Options::default()));
+    let cfs = ALL_CFS
+        .iter()
+        .map(|n| ColumnFamilyDescriptor::new(*n, Options::default()));
     let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(|source| OpenError::Rocks {
         path: dir.display().to_string(),
         source,
@@ -91,7 +113,9 @@ pub(crate) fn io_err(
     f: fn(AnyError) -> StorageIOError<crate::model::NodeId>,
     e: impl std::error::Error + 'static,
 ) -> StorageError {
-    StorageError::IO { source: f(AnyError::new(&e)) }
+    StorageError::IO {
+        source: f(AnyError::new(&e)),
+    }
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use super::*;
 use crate::model::{AuditEntry, Changes, Inventory, InventoryImage, NodeId, Response};
 use crate::raft::types::{Entry, LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
 use openraft::storage::RaftStateMachine;
-use openraft::{EntryPayload, RaftSnapshotBuilder, RaftLogId};
+use openraft::{EntryPayload, RaftLogId, RaftSnapshotBuilder};
 use rocksdb::{IteratorMode, WriteBatch};
 use serde::{Deserialize, Serialize};
 use std::io::Cursor;
@@ -62,13 +62,18 @@ impl StateView {
         let limit = if f.limit == 0 { usize::MAX } else { f.limit };
         for item in db.iterator_cf(cf(db, CF_AUDIT), IteratorMode::End) {
             let Ok((_, v)) = item else { break };
-            let Ok(e) = serde_json::from_slice::<AuditEntry>(&v) else { continue };
+            let Ok(e) = serde_json::from_slice::<AuditEntry>(&v) else {
+                continue;
+            };
             if e.at_ms < f.since_ms {
                 // Entries are in log order and stamped by proposers whose
                 // clocks may differ slightly; keep scanning a little.
                 continue;
             }
-            if f.actor.as_ref().is_some_and(|a| e.actor != *a && !e.actor.starts_with(&format!("{a}@"))) {
+            if f.actor
+                .as_ref()
+                .is_some_and(|a| e.actor != *a && !e.actor.starts_with(&format!("{a}@")))
+            {
                 continue;
             }
             out.push(e);
@@ -109,14 +114,23 @@ impl StateMachine {
                 .map_err(|e| io_err(StorageIOError::read_state_machine, e))
         };
         let last_applied: Option<LogId> = get(CF_SM, KEY_APPLIED)?.map(|b| rd(&b)).transpose()?;
-        let membership: StoredMembership = get(CF_SM, KEY_MEMBERSHIP)?.map(|b| rd(&b)).transpose()?.unwrap_or_default();
-        let settings = get(CF_SETTINGS, KEY_SETTINGS)?.map(|b| rd(&b)).transpose()?.unwrap_or_default();
+        let membership: StoredMembership = get(CF_SM, KEY_MEMBERSHIP)?
+            .map(|b| rd(&b))
+            .transpose()?
+            .unwrap_or_default();
+        let settings = get(CF_SETTINGS, KEY_SETTINGS)?
+            .map(|b| rd(&b))
+            .transpose()?
+            .unwrap_or_default();
         let all = |cfn: &str| -> R<Vec<(Box<[u8]>, Box<[u8]>)>> {
             db.iterator_cf(cf(&db, cfn), IteratorMode::Start)
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| io_err(StorageIOError::read_state_machine, e))
         };
-        let mut img = InventoryImage { settings, ..Default::default() };
+        let mut img = InventoryImage {
+            settings,
+            ..Default::default()
+        };
         for (_, v) in all(CF_PEERS)? {
             img.peers.push(rd(&v)?);
         }
@@ -131,9 +145,18 @@ impl StateMachine {
         }
         let (applied, _) = watch::channel(last_applied.map(|l| l.index).unwrap_or(0));
         let view = StateView {
-            inner: Arc::new(Shared { inv: RwLock::new(Inventory::from_image(img)), applied, db: db.clone() }),
+            inner: Arc::new(Shared {
+                inv: RwLock::new(Inventory::from_image(img)),
+                applied,
+                db: db.clone(),
+            }),
         };
-        Ok(StateMachine { view, db, last_applied, membership })
+        Ok(StateMachine {
+            view,
+            db,
+            last_applied,
+            membership,
+        })
     }
 
     pub fn view(&self) -> StateView {
@@ -175,12 +198,16 @@ impl StateMachine {
         }
         b.put_cf(cf(db, CF_SM), KEY_APPLIED, wr(&self.last_applied)?);
         b.put_cf(cf(db, CF_SM), KEY_MEMBERSHIP, wr(&self.membership)?);
-        db.write(b).map_err(|e| io_err(StorageIOError::write_state_machine, e))
+        db.write(b)
+            .map_err(|e| io_err(StorageIOError::write_state_machine, e))
     }
 
     fn read_audit_all(&self) -> R<Vec<AuditEntry>> {
         let mut out = Vec::new();
-        for item in self.db.iterator_cf(cf(&self.db, CF_AUDIT), IteratorMode::Start) {
+        for item in self
+            .db
+            .iterator_cf(cf(&self.db, CF_AUDIT), IteratorMode::Start)
+        {
             let (_, v) = item.map_err(|e| io_err(StorageIOError::read_state_machine, e))?;
             out.push(rd(&v)?);
         }
@@ -189,13 +216,19 @@ impl StateMachine {
 
     fn stored_snapshot(&self) -> R<Option<Snapshot>> {
         let c = cf(&self.db, CF_SNAPSHOT);
-        let get = |k| self.db.get_cf(c, k).map_err(|e| io_err(StorageIOError::read_snapshot_none, e));
+        let get = |k| {
+            self.db
+                .get_cf(c, k)
+                .map_err(|e| io_err(StorageIOError::read_snapshot_none, e))
+        };
         match (get(KEY_SNAP_META)?, get(KEY_SNAP_DATA)?) {
-            (Some(m), Some(d)) => Ok(Some(Snapshot { meta: rd(&m)?, snapshot: Box::new(Cursor::new(d)) })),
+            (Some(m), Some(d)) => Ok(Some(Snapshot {
+                meta: rd(&m)?,
+                snapshot: Box::new(Cursor::new(d)),
+            })),
             _ => Ok(None),
         }
     }
-
 }
 
 fn save_snapshot(db: &DB, meta: &SnapshotMeta, data: &[u8]) -> R<()> {
@@ -235,7 +268,10 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             .flush_wal(true)
             .map_err(|e| io_err(StorageIOError::write_state_machine, e))?;
         save_snapshot(&self.db, &self.meta, &self.body)?;
-        Ok(Snapshot { meta: self.meta.clone(), snapshot: Box::new(Cursor::new(std::mem::take(&mut self.body))) })
+        Ok(Snapshot {
+            meta: self.meta.clone(),
+            snapshot: Box::new(Cursor::new(std::mem::take(&mut self.body))),
+        })
     }
 }
 
@@ -285,7 +321,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         };
         SnapshotBuilder {
             body,
-            meta: SnapshotMeta { last_log_id: last, last_membership: self.membership.clone(), snapshot_id },
+            meta: SnapshotMeta {
+                last_log_id: last,
+                last_membership: self.membership.clone(),
+                snapshot_id,
+            },
             db: self.db.clone(),
         }
     }
@@ -294,7 +334,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<Cursor<Vec<u8>>>) -> R<()> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> R<()> {
         let data = snapshot.into_inner();
         let body: SnapshotBody = serde_json::from_slice(&data)
             .map_err(|e| io_err(StorageIOError::read_snapshot_none, e))?;
@@ -331,7 +375,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
         self.last_applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
-        *self.view.inner.inv.write().expect("inventory lock poisoned") = Inventory::from_image(body.image);
+        *self
+            .view
+            .inner
+            .inv
+            .write()
+            .expect("inventory lock poisoned") = Inventory::from_image(body.image);
         self.view
             .inner
             .applied

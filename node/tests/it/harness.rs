@@ -14,12 +14,20 @@ pub fn node_bin() -> PathBuf {
 /// anygatectl is built next to anygate by `cargo test --workspace`.
 pub fn ctl_bin() -> PathBuf {
     let p = node_bin().with_file_name("anygatectl");
-    assert!(p.exists(), "{} missing: run the tests with `cargo test --workspace`", p.display());
+    assert!(
+        p.exists(),
+        "{} missing: run the tests with `cargo test --workspace`",
+        p.display()
+    );
     p
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Poll `f` until it returns Some, or panic with `what` after `timeout`.
@@ -49,9 +57,16 @@ pub struct Node {
 impl Node {
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "node {} already running", self.id);
-        let log = std::fs::File::create(self.dir.with_extension(format!("log{}", self.id))).unwrap();
+        let log =
+            std::fs::File::create(self.dir.with_extension(format!("log{}", self.id))).unwrap();
         let child = Command::new(node_bin())
-            .args(["--id", &self.id.to_string(), "--listen", &self.addr, "--data-dir"])
+            .args([
+                "--id",
+                &self.id.to_string(),
+                "--listen",
+                &self.addr,
+                "--data-dir",
+            ])
             .arg(&self.dir)
             .args(["--log-level", "info,openraft=warn"])
             .args(&self.extra)
@@ -61,9 +76,11 @@ impl Node {
             .expect("spawn anygate");
         self.child = Some(child);
         let addr = self.addr.clone();
-        eventually(&format!("node {} listening on {addr}", self.id), Duration::from_secs(20), || {
-            std::net::TcpStream::connect(&addr).ok()
-        });
+        eventually(
+            &format!("node {} listening on {addr}", self.id),
+            Duration::from_secs(20),
+            || std::net::TcpStream::connect(&addr).ok(),
+        );
     }
 
     /// kill -9: no shutdown path runs.
@@ -75,7 +92,8 @@ impl Node {
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.with_extension(format!("log{}", self.id))).unwrap_or_default()
+        std::fs::read_to_string(self.dir.with_extension(format!("log{}", self.id)))
+            .unwrap_or_default()
     }
 }
 
@@ -106,7 +124,10 @@ impl Cluster {
     /// `n` nodes started but not yet joined.
     pub fn start(n: u64, extra: &[&str]) -> Cluster {
         let tmp = tempfile::tempdir().unwrap();
-        let mut c = Cluster { nodes: vec![], _tmp: tmp };
+        let mut c = Cluster {
+            nodes: vec![],
+            _tmp: tmp,
+        };
         for id in 1..=n {
             c.add_node(id, extra);
         }
@@ -128,7 +149,10 @@ impl Cluster {
     }
 
     pub fn node(&mut self, id: u64) -> &mut Node {
-        self.nodes.iter_mut().find(|n| n.id == id).expect("node exists")
+        self.nodes
+            .iter_mut()
+            .find(|n| n.id == id)
+            .expect("node exists")
     }
 
     pub fn addr(&self, id: u64) -> String {
@@ -136,27 +160,52 @@ impl Cluster {
     }
 
     pub fn all_endpoints(&self) -> String {
-        self.nodes.iter().map(|n| n.addr.clone()).collect::<Vec<_>>().join(",")
+        self.nodes
+            .iter()
+            .map(|n| n.addr.clone())
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// init on node 1, add and promote the rest, all through anygatectl.
     pub fn form(&mut self) {
         let first = self.addr(1);
         ctl_ok(&first, &["cluster", "init"]);
-        let others: Vec<(u64, String)> = self.nodes.iter().skip(1).map(|n| (n.id, n.addr.clone())).collect();
+        let others: Vec<(u64, String)> = self
+            .nodes
+            .iter()
+            .skip(1)
+            .map(|n| (n.id, n.addr.clone()))
+            .collect();
         for (id, addr) in &others {
-            ctl_ok(&first, &["cluster", "add-learner", "--id", &id.to_string(), "--addr", addr]);
+            ctl_ok(
+                &first,
+                &[
+                    "cluster",
+                    "add-learner",
+                    "--id",
+                    &id.to_string(),
+                    "--addr",
+                    addr,
+                ],
+            );
             ctl_ok(&first, &["cluster", "promote", "--id", &id.to_string()]);
         }
         let want = self.nodes.len();
-        eventually("every node a voter with a leader", Duration::from_secs(20), || {
-            let s = status(&first)?;
-            let nodes = s["nodes"].as_array()?;
-            (nodes.len() == want
-                && nodes.iter().all(|n| n["voter"] == Value::Bool(true) && n["role"] != "unreachable")
-                && s["leader_id"].as_u64()? > 0)
-                .then_some(())
-        });
+        eventually(
+            "every node a voter with a leader",
+            Duration::from_secs(20),
+            || {
+                let s = status(&first)?;
+                let nodes = s["nodes"].as_array()?;
+                (nodes.len() == want
+                    && nodes
+                        .iter()
+                        .all(|n| n["voter"] == Value::Bool(true) && n["role"] != "unreachable")
+                    && s["leader_id"].as_u64()? > 0)
+                    .then_some(())
+            },
+        );
     }
 
     pub fn leader(&self) -> u64 {
@@ -169,13 +218,25 @@ impl Cluster {
     }
 
     pub fn live_endpoints(&self) -> String {
-        self.nodes.iter().filter(|n| n.child.is_some()).map(|n| n.addr.clone()).collect::<Vec<_>>().join(",")
+        self.nodes
+            .iter()
+            .filter(|n| n.child.is_some())
+            .map(|n| n.addr.clone())
+            .collect::<Vec<_>>()
+            .join(",")
     }
 }
 
 pub fn ctl(endpoint: &str, args: &[&str]) -> Output {
     Command::new(ctl_bin())
-        .args(["--endpoint", endpoint, "--timeout", "15s", "--operator", "tester"])
+        .args([
+            "--endpoint",
+            endpoint,
+            "--timeout",
+            "15s",
+            "--operator",
+            "tester",
+        ])
         .args(args)
         .stdin(Stdio::null())
         .output()
@@ -202,7 +263,10 @@ pub fn ctl_json(endpoint: &str, args: &[&str]) -> Value {
 }
 
 pub fn status(endpoint: &str) -> Option<Value> {
-    let out = ctl(endpoint, &["--json", "--timeout", "2s", "cluster", "status"]);
+    let out = ctl(
+        endpoint,
+        &["--json", "--timeout", "2s", "cluster", "status"],
+    );
     if !out.status.success() {
         return None;
     }
@@ -220,8 +284,11 @@ pub fn peer_keys(endpoint: &str, stale: bool) -> Option<Vec<String>> {
         return None;
     }
     let v: Value = serde_json::from_slice(&out.stdout).ok()?;
-    let mut keys: Vec<String> =
-        v.as_array()?.iter().map(|p| p["public_key"].as_str().unwrap_or_default().to_string()).collect();
+    let mut keys: Vec<String> = v
+        .as_array()?
+        .iter()
+        .map(|p| p["public_key"].as_str().unwrap_or_default().to_string())
+        .collect();
     keys.sort();
     Some(keys)
 }
@@ -229,7 +296,8 @@ pub fn peer_keys(endpoint: &str, stale: bool) -> Option<Vec<String>> {
 pub fn random_key() -> String {
     use base64::Engine;
     let secret = x25519_dalek::StaticSecret::random_from_rng(rand::rngs::OsRng);
-    base64::engine::general_purpose::STANDARD.encode(x25519_dalek::PublicKey::from(&secret).as_bytes())
+    base64::engine::general_purpose::STANDARD
+        .encode(x25519_dalek::PublicKey::from(&secret).as_bytes())
 }
 
 pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {

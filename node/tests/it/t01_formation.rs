@@ -12,12 +12,37 @@ fn three_nodes_form_and_serve_writes_from_any_node() {
     let f = c.addr(follower);
 
     // Writes sent to a follower reach the leader.
-    ctl_ok(&f, &["pool", "add", "corp", "--cidr", "10.80.0.0/16", "--cidr", "fd00:80::/64"]);
     ctl_ok(
         &f,
-        &["settings", "set", "--anycast-v4", "192.0.2.10", "--server-public-key", &random_key(), "--dns", "10.80.0.1"],
+        &[
+            "pool",
+            "add",
+            "corp",
+            "--cidr",
+            "10.80.0.0/16",
+            "--cidr",
+            "fd00:80::/64",
+        ],
     );
-    let added = ctl_json(&f, &["peer", "add", "--user", "alice", "--device", "laptop", "--group", "eng", "--psk"]);
+    ctl_ok(
+        &f,
+        &[
+            "settings",
+            "set",
+            "--anycast-v4",
+            "192.0.2.10",
+            "--server-public-key",
+            &random_key(),
+            "--dns",
+            "10.80.0.1",
+        ],
+    );
+    let added = ctl_json(
+        &f,
+        &[
+            "peer", "add", "--user", "alice", "--device", "laptop", "--group", "eng", "--psk",
+        ],
+    );
     assert_eq!(added["addresses"][0], "10.80.0.2");
     assert_eq!(added["addresses"][1], "fd00:80::2");
     let cfg = added["client_config"].as_str().unwrap();
@@ -39,7 +64,10 @@ fn three_nodes_form_and_serve_writes_from_any_node() {
         let p = ctl_json(&n.addr, &["peer", "show", &key]);
         assert_eq!(p["user"], "alice", "node {}", n.id);
         assert_eq!(p["state"], "active");
-        assert!(p.get("preshared_key").is_none_or(|v| v.is_null()), "list/show hide the PSK by default");
+        assert!(
+            p.get("preshared_key").is_none_or(|v| v.is_null()),
+            "list/show hide the PSK by default"
+        );
     }
     // Disable, filters, enable, remove.
     ctl_ok(&f, &["peer", "disable", "alice/laptop"]);
@@ -56,7 +84,9 @@ fn three_nodes_form_and_serve_writes_from_any_node() {
 
     // Table output for people.
     let table = ctl_ok(&f, &["cluster", "status"]);
-    for col in ["ROLE", "TERM", "LAST LOG", "APPLIED", "LAG", "LEADER", "leader"] {
+    for col in [
+        "ROLE", "TERM", "LAST LOG", "APPLIED", "LAG", "LEADER", "leader",
+    ] {
         assert!(table.contains(col), "status table lacks {col}:\n{table}");
     }
     let settings = ctl_json(&f, &["settings", "get"]);
@@ -65,20 +95,53 @@ fn three_nodes_form_and_serve_writes_from_any_node() {
 
     // Audit: who did what, on any node.
     let audit = ctl_json(&c.addr(follower), &["audit", "list", "--actor", "tester"]);
-    let actions: Vec<&str> = audit.as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
-    for a in ["pool.add", "settings.set", "peer.add", "peer.disable", "peer.enable", "peer.rotate"] {
+    let actions: Vec<&str> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    for a in [
+        "pool.add",
+        "settings.set",
+        "peer.add",
+        "peer.disable",
+        "peer.enable",
+        "peer.rotate",
+    ] {
         assert!(actions.contains(&a), "audit lacks {a}: {actions:?}");
     }
 
     // Ephemeral peers disappear everywhere.
-    ctl_ok(&f, &["peer", "add", "--user", "bob", "--device", "kiosk", "--ttl", "3s"]);
-    let bobs = |n: &Node| ctl_json(&n.addr, &["peer", "list", "--stale", "--user", "bob"]).as_array().unwrap().len();
-    eventually("ephemeral peer on every node", std::time::Duration::from_secs(5), || {
-        c.nodes.iter().all(|n| bobs(n) == 1).then_some(())
-    });
-    eventually("ephemeral peer expired on every node", std::time::Duration::from_secs(15), || {
-        c.nodes.iter().all(|n| bobs(n) == 0).then_some(())
-    });
+    ctl_ok(
+        &f,
+        &[
+            "peer", "add", "--user", "bob", "--device", "kiosk", "--ttl", "3s",
+        ],
+    );
+    let bobs = |n: &Node| {
+        ctl_json(&n.addr, &["peer", "list", "--stale", "--user", "bob"])
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    eventually(
+        "ephemeral peer on every node",
+        std::time::Duration::from_secs(5),
+        || c.nodes.iter().all(|n| bobs(n) == 1).then_some(()),
+    );
+    eventually(
+        "ephemeral peer expired on every node",
+        std::time::Duration::from_secs(15),
+        || c.nodes.iter().all(|n| bobs(n) == 0).then_some(()),
+    );
     let audit = ctl_json(&f, &["audit", "list"]);
-    assert!(audit.as_array().unwrap().iter().any(|e| e["action"] == "peer.expire"), "{audit:#}");
+    assert!(
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "peer.expire"),
+        "{audit:#}"
+    );
 }

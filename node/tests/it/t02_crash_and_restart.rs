@@ -24,7 +24,19 @@ fn leader_crash_loses_no_acknowledged_write() {
             let mut i = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let key = random_key();
-                let out = ctl(&eps, &["peer", "add", "--user", &format!("w{w}"), "--device", &format!("d{i}"), "--public-key", &key]);
+                let out = ctl(
+                    &eps,
+                    &[
+                        "peer",
+                        "add",
+                        "--user",
+                        &format!("w{w}"),
+                        "--device",
+                        &format!("d{i}"),
+                        "--public-key",
+                        &key,
+                    ],
+                );
                 if out.status.success() {
                     acked.lock().unwrap().push(key);
                 }
@@ -32,19 +44,27 @@ fn leader_crash_loses_no_acknowledged_write() {
             }
         }));
     }
-    eventually("some writes acknowledged", Duration::from_secs(30), || (acked.lock().unwrap().len() >= 10).then_some(()));
+    eventually("some writes acknowledged", Duration::from_secs(30), || {
+        (acked.lock().unwrap().len() >= 10).then_some(())
+    });
 
     let old = c.leader();
     c.node(old).kill();
-    let new = eventually("a new leader among the survivors", Duration::from_secs(20), || {
-        let s = status(&c.live_endpoints())?;
-        let l = s["leader_id"].as_u64()?;
-        (l != 0 && l != old).then_some(l)
-    });
+    let new = eventually(
+        "a new leader among the survivors",
+        Duration::from_secs(20),
+        || {
+            let s = status(&c.live_endpoints())?;
+            let l = s["leader_id"].as_u64()?;
+            (l != 0 && l != old).then_some(l)
+        },
+    );
     let before = acked.lock().unwrap().len();
-    eventually("writes acknowledged under the new leader", Duration::from_secs(30), || {
-        (acked.lock().unwrap().len() >= before + 10).then_some(())
-    });
+    eventually(
+        "writes acknowledged under the new leader",
+        Duration::from_secs(30),
+        || (acked.lock().unwrap().len() >= before + 10).then_some(()),
+    );
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for w in writers {
         w.join().unwrap();
@@ -55,17 +75,31 @@ fn leader_crash_loses_no_acknowledged_write() {
     // Every acknowledged write is on both survivors (linearizable reads).
     for n in c.nodes.iter().filter(|n| n.child.is_some()) {
         let keys = peer_keys(&n.addr, false).expect("list peers");
-        let missing: Vec<_> = acked.iter().filter(|k| keys.binary_search(k).is_err()).collect();
-        assert!(missing.is_empty(), "node {} lacks {} acknowledged peers", n.id, missing.len());
+        let missing: Vec<_> = acked
+            .iter()
+            .filter(|k| keys.binary_search(k).is_err())
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "node {} lacks {} acknowledged peers",
+            n.id,
+            missing.len()
+        );
     }
 
     // The killed node restarts from its data dir and catches up.
     c.node(old).start();
     let addr = c.addr(old);
     let want = peer_keys(&c.addr(new), false).unwrap();
-    eventually("restarted node has every peer", Duration::from_secs(30), || {
-        (peer_keys(&addr, true)? == want).then_some(())
-    });
-    let dup = want.len() - { let mut d = want.clone(); d.dedup(); d.len() };
+    eventually(
+        "restarted node has every peer",
+        Duration::from_secs(30),
+        || (peer_keys(&addr, true)? == want).then_some(()),
+    );
+    let dup = want.len() - {
+        let mut d = want.clone();
+        d.dedup();
+        d.len()
+    };
     assert_eq!(dup, 0);
 }

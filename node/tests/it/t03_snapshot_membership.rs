@@ -16,43 +16,88 @@ fn new_node_catches_up_by_snapshot_then_membership_changes() {
         .collect();
     let file = write_file(dir.path(), "peers.jsonl", &lines.join("\n"));
     // Small batches: many log entries, so the snapshot policy kicks in.
-    ctl_ok(&eps, &["peer", "import", file.to_str().unwrap(), "--batch", "3"]);
+    ctl_ok(
+        &eps,
+        &["peer", "import", file.to_str().unwrap(), "--batch", "3"],
+    );
     for n in &c.nodes {
         ctl_ok(&n.addr, &["cluster", "snapshot"]);
     }
     let leader = c.leader();
     let st = status(&c.addr(leader)).unwrap();
     for n in st["nodes"].as_array().unwrap() {
-        assert!(n["purged_index"].as_u64().unwrap() > 50, "log purged behind the snapshot: {n}");
+        assert!(
+            n["purged_index"].as_u64().unwrap() > 50,
+            "log purged behind the snapshot: {n}"
+        );
     }
 
     // Node 4 joins: the leader no longer has the early log, so it must be
     // sent the snapshot.
     c.add_node(4, &["--snapshot-logs", "50"]);
     let a4 = c.addr(4);
-    ctl_ok(&eps, &["cluster", "add-learner", "--id", "4", "--addr", &a4]);
+    ctl_ok(
+        &eps,
+        &["cluster", "add-learner", "--id", "4", "--addr", &a4],
+    );
     let want = peer_keys(&eps, false).unwrap();
     assert_eq!(want.len(), 300);
-    eventually("node 4 has every peer", Duration::from_secs(30), || (peer_keys(&a4, true)? == want).then_some(()));
+    eventually("node 4 has every peer", Duration::from_secs(30), || {
+        (peer_keys(&a4, true)? == want).then_some(())
+    });
     let info = status(&a4).unwrap();
-    let me = info["nodes"].as_array().unwrap().iter().find(|n| n["id"] == 4).unwrap().clone();
-    assert!(me["snapshot_index"].as_u64().unwrap() > 0, "node 4 installed a snapshot: {me}");
+    let me = info["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == 4)
+        .unwrap()
+        .clone();
+    assert!(
+        me["snapshot_index"].as_u64().unwrap() > 0,
+        "node 4 installed a snapshot: {me}"
+    );
 
     ctl_ok(&eps, &["cluster", "promote", "--id", "4"]);
     eventually("4 voters", Duration::from_secs(10), || {
         let s = status(&eps)?;
-        (s["nodes"].as_array()?.iter().filter(|n| n["voter"] == true).count() == 4).then_some(())
+        (s["nodes"]
+            .as_array()?
+            .iter()
+            .filter(|n| n["voter"] == true)
+            .count()
+            == 4)
+            .then_some(())
     });
     // Remove one voter (the leader, the hardest case).
     let leader = c.leader();
     ctl_ok(&eps, &["cluster", "remove", "--id", &leader.to_string()]);
     c.node(leader).kill();
     let rest = c.live_endpoints();
-    eventually("3 voters and a leader without the removed node", Duration::from_secs(20), || {
-        let s = status(&rest)?;
-        let nodes = s["nodes"].as_array()?;
-        (nodes.len() == 3 && nodes.iter().all(|n| n["id"] != leader) && s["leader_id"].as_u64()? != 0).then_some(())
-    });
+    eventually(
+        "3 voters and a leader without the removed node",
+        Duration::from_secs(20),
+        || {
+            let s = status(&rest)?;
+            let nodes = s["nodes"].as_array()?;
+            (nodes.len() == 3
+                && nodes.iter().all(|n| n["id"] != leader)
+                && s["leader_id"].as_u64()? != 0)
+                .then_some(())
+        },
+    );
     // Still writable.
-    ctl_ok(&rest, &["peer", "add", "--user", "after", "--device", "removal", "--public-key", &random_key()]);
+    ctl_ok(
+        &rest,
+        &[
+            "peer",
+            "add",
+            "--user",
+            "after",
+            "--device",
+            "removal",
+            "--public-key",
+            &random_key(),
+        ],
+    );
 }

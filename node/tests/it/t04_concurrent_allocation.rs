@@ -9,7 +9,18 @@ fn concurrent_adds_never_share_an_address() {
     let mut c = Cluster::start(3, &[]);
     c.form();
     let addrs: Vec<String> = c.nodes.iter().map(|n| n.addr.clone()).collect();
-    ctl_ok(&addrs[0], &["pool", "add", "corp", "--cidr", "10.83.0.0/24", "--cidr", "fd00:83::/120"]);
+    ctl_ok(
+        &addrs[0],
+        &[
+            "pool",
+            "add",
+            "corp",
+            "--cidr",
+            "10.83.0.0/24",
+            "--cidr",
+            "fd00:83::/120",
+        ],
+    );
 
     let mut got: Vec<String> = Vec::new();
     // 20 workers x 10 adds each = 200, every worker on its own node in turn.
@@ -20,7 +31,19 @@ fn concurrent_adds_never_share_an_address() {
                 let mut mine = vec![];
                 for i in 0..10 {
                     let ep = &addrs[(w + i) % addrs.len()];
-                    let v = ctl_json(ep, &["peer", "add", "--user", &format!("w{w}"), "--device", &format!("d{i}"), "--public-key", &random_key()]);
+                    let v = ctl_json(
+                        ep,
+                        &[
+                            "peer",
+                            "add",
+                            "--user",
+                            &format!("w{w}"),
+                            "--device",
+                            &format!("d{i}"),
+                            "--public-key",
+                            &random_key(),
+                        ],
+                    );
                     for a in v["addresses"].as_array().unwrap() {
                         mine.push(a.as_str().unwrap().to_string());
                     }
@@ -38,6 +61,18 @@ fn concurrent_adds_never_share_an_address() {
     let pools = ctl_json(&addrs[1], &["pool", "list"]);
     assert_eq!(pools[0]["allocated"], 400);
     // The /24 has 253 usable addresses; the v6 /120 has 254. 53 more fit in v4.
-    let many = ctl(&addrs[2], &["peer", "add", "--user", "x", "--device", "y", "--public-key", &random_key()]);
+    let many = ctl(
+        &addrs[2],
+        &[
+            "peer",
+            "add",
+            "--user",
+            "x",
+            "--device",
+            "y",
+            "--public-key",
+            &random_key(),
+        ],
+    );
     assert!(many.status.success());
 }

@@ -19,37 +19,228 @@ fn bad_input_is_refused_clearly_and_changes_nothing() {
     let mut c = Cluster::start(3, &[]);
     c.form();
     let ep = c.all_endpoints();
-    let follower = c.nodes.iter().find(|n| n.id != c.leader()).unwrap().addr.clone();
+    let follower = c
+        .nodes
+        .iter()
+        .find(|n| n.id != c.leader())
+        .unwrap()
+        .addr
+        .clone();
     ctl_ok(&ep, &["pool", "add", "corp", "--cidr", "10.84.0.0/24"]);
     ctl_ok(&ep, &["pool", "add", "tiny", "--cidr", "10.85.0.0/30"]);
     let alice = random_key();
-    ctl_ok(&ep, &["peer", "add", "--user", "alice", "--device", "phone", "--public-key", &alice, "--allowed-ip", "192.168.50.0/24", "--pool", "corp"]);
-    ctl_ok(&ep, &["peer", "add", "--user", "t", "--device", "1", "--pool", "tiny", "--public-key", &random_key()]);
+    ctl_ok(
+        &ep,
+        &[
+            "peer",
+            "add",
+            "--user",
+            "alice",
+            "--device",
+            "phone",
+            "--public-key",
+            &alice,
+            "--allowed-ip",
+            "192.168.50.0/24",
+            "--pool",
+            "corp",
+        ],
+    );
+    ctl_ok(
+        &ep,
+        &[
+            "peer",
+            "add",
+            "--user",
+            "t",
+            "--device",
+            "1",
+            "--pool",
+            "tiny",
+            "--public-key",
+            &random_key(),
+        ],
+    );
     let before = snapshot_state(&ep);
 
     let short_key = base64_of(&[7u8; 31]);
     // (args, exit code, text that must appear in stderr)
     let k = random_key;
     let cases: Vec<(Vec<String>, i32, &str)> = vec![
-        (argv(&["peer", "add", "--user", "b", "--device", "d", "--public-key", "abc!"]), 2, "not valid base64"),
-        (argv(&["peer", "add", "--user", "b", "--device", "d", "--public-key", &short_key]), 2, "decodes to 31 bytes"),
-        (argv(&["peer", "add", "--user", "b", "--device", "d", "--public-key", &k(), "--allowed-ip", "10.0.0.0/33"]), 2, "is not a CIDR"),
-        (argv(&["peer", "add", "--user", "b", "--device", "d", "--public-key", &k(), "--allowed-ip", "192.168.50.128/25"]), 1, "overlaps peer alice/phone"),
-        (argv(&["peer", "add", "--user", "b", "--device", "d", "--public-key", &k(), "--address", "172.31.0.5"]), 2, "outside every pool"),
-        (argv(&["peer", "add", "--user", "b", "--device", "d", "--public-key", &k(), "--pool", "tiny"]), 1, "no free IPv4 address"),
-        (argv(&["peer", "add", "--user", "b", "--device", "d", "--public-key", &alice]), 1, "already belongs to peer alice/phone"),
-        (argv(&["peer", "add", "--user", "alice", "--device", "phone", "--public-key", &k()]), 1, "already has a device"),
-        (argv(&["peer", "add", "--user", "b", "--device", "d", "--public-key", &k(), "--pool", "nope"]), 1, "no pool named \"nope\""),
-        (argv(&["peer", "show", "nobody/none"]), 1, "no peer nobody/none"),
-        (argv(&["peer", "remove", "nobody/none"]), 1, "no peer nobody/none"),
-        (argv(&["peer", "disable", "not-a-key"]), 2, "neither a public key"),
+        (
+            argv(&[
+                "peer",
+                "add",
+                "--user",
+                "b",
+                "--device",
+                "d",
+                "--public-key",
+                "abc!",
+            ]),
+            2,
+            "not valid base64",
+        ),
+        (
+            argv(&[
+                "peer",
+                "add",
+                "--user",
+                "b",
+                "--device",
+                "d",
+                "--public-key",
+                &short_key,
+            ]),
+            2,
+            "decodes to 31 bytes",
+        ),
+        (
+            argv(&[
+                "peer",
+                "add",
+                "--user",
+                "b",
+                "--device",
+                "d",
+                "--public-key",
+                &k(),
+                "--allowed-ip",
+                "10.0.0.0/33",
+            ]),
+            2,
+            "is not a CIDR",
+        ),
+        (
+            argv(&[
+                "peer",
+                "add",
+                "--user",
+                "b",
+                "--device",
+                "d",
+                "--public-key",
+                &k(),
+                "--allowed-ip",
+                "192.168.50.128/25",
+            ]),
+            1,
+            "overlaps peer alice/phone",
+        ),
+        (
+            argv(&[
+                "peer",
+                "add",
+                "--user",
+                "b",
+                "--device",
+                "d",
+                "--public-key",
+                &k(),
+                "--address",
+                "172.31.0.5",
+            ]),
+            2,
+            "outside every pool",
+        ),
+        (
+            argv(&[
+                "peer",
+                "add",
+                "--user",
+                "b",
+                "--device",
+                "d",
+                "--public-key",
+                &k(),
+                "--pool",
+                "tiny",
+            ]),
+            1,
+            "no free IPv4 address",
+        ),
+        (
+            argv(&[
+                "peer",
+                "add",
+                "--user",
+                "b",
+                "--device",
+                "d",
+                "--public-key",
+                &alice,
+            ]),
+            1,
+            "already belongs to peer alice/phone",
+        ),
+        (
+            argv(&[
+                "peer",
+                "add",
+                "--user",
+                "alice",
+                "--device",
+                "phone",
+                "--public-key",
+                &k(),
+            ]),
+            1,
+            "already has a device",
+        ),
+        (
+            argv(&[
+                "peer",
+                "add",
+                "--user",
+                "b",
+                "--device",
+                "d",
+                "--public-key",
+                &k(),
+                "--pool",
+                "nope",
+            ]),
+            1,
+            "no pool named \"nope\"",
+        ),
+        (
+            argv(&["peer", "show", "nobody/none"]),
+            1,
+            "no peer nobody/none",
+        ),
+        (
+            argv(&["peer", "remove", "nobody/none"]),
+            1,
+            "no peer nobody/none",
+        ),
+        (
+            argv(&["peer", "disable", "not-a-key"]),
+            2,
+            "neither a public key",
+        ),
         (argv(&["pool", "remove", "nope"]), 1, "no pool named"),
         (argv(&["pool", "remove", "corp"]), 1, "still has 1 peers"),
-        (argv(&["pool", "add", "x", "--cidr", "10.84.0.0/25"]), 1, "overlaps 10.84.0.0/24"),
-        (argv(&["pool", "add", "bad name", "--cidr", "10.99.0.0/24"]), 2, "pool name"),
+        (
+            argv(&["pool", "add", "x", "--cidr", "10.84.0.0/25"]),
+            1,
+            "overlaps 10.84.0.0/24",
+        ),
+        (
+            argv(&["pool", "add", "bad name", "--cidr", "10.99.0.0/24"]),
+            2,
+            "pool name",
+        ),
         (argv(&["settings", "set", "--mtu", "100"]), 2, "MTU 100"),
-        (argv(&["settings", "set", "--return-mode", "bridge"]), 2, "not one of: nat, routed"),
-        (argv(&["settings", "set", "--server-public-key", "zzz"]), 2, "server_public_key"),
+        (
+            argv(&["settings", "set", "--return-mode", "bridge"]),
+            2,
+            "not one of: nat, routed",
+        ),
+        (
+            argv(&["settings", "set", "--server-public-key", "zzz"]),
+            2,
+            "server_public_key",
+        ),
     ];
     for (args, code, text) in &cases {
         let a: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -64,48 +255,86 @@ fn bad_input_is_refused_clearly_and_changes_nothing() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let leader_addr = c.addr(c.leader());
     rt.block_on(async {
-        let mut client = PeerServiceClient::connect(format!("http://{leader_addr}")).await.unwrap();
-        let spec = |i: usize| PeerSpec { public_key: random_key(), user: format!("big{i}"), device: "d".into(), pool: "corp".into(), ..Default::default() };
-        let too_many = AddPeersRequest { peers: (0..5001).map(spec).collect() };
+        let mut client = PeerServiceClient::connect(format!("http://{leader_addr}"))
+            .await
+            .unwrap();
+        let spec = |i: usize| PeerSpec {
+            public_key: random_key(),
+            user: format!("big{i}"),
+            device: "d".into(),
+            pool: "corp".into(),
+            ..Default::default()
+        };
+        let too_many = AddPeersRequest {
+            peers: (0..5001).map(spec).collect(),
+        };
         let e = client.add_peers(too_many).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
         assert!(e.message().contains("request too large"), "{}", e.message());
         let mut huge = spec(0);
-        huge.labels.insert("blob".into(), "x".repeat(17 * 1024 * 1024));
-        let e = client.add_peers(AddPeersRequest { peers: vec![huge] }).await.unwrap_err();
-        assert!(e.message().contains("message length too large") || e.message().contains("too large"), "{e:?}");
+        huge.labels
+            .insert("blob".into(), "x".repeat(17 * 1024 * 1024));
+        let e = client
+            .add_peers(AddPeersRequest { peers: vec![huge] })
+            .await
+            .unwrap_err();
+        assert!(
+            e.message().contains("message length too large") || e.message().contains("too large"),
+            "{e:?}"
+        );
         // A batch with one bad peer applies none of them.
         let mut batch: Vec<PeerSpec> = (0..10).map(spec).collect();
         batch[7].allowed_ips = vec!["192.168.50.1/32".into()];
         batch[7].pool = String::new();
-        let e = client.add_peers(AddPeersRequest { peers: batch }).await.unwrap_err();
+        let e = client
+            .add_peers(AddPeersRequest { peers: batch })
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), tonic::Code::FailedPrecondition);
         assert!(e.message().contains("peer 8 of 10"), "{}", e.message());
     });
 
-    assert_eq!(snapshot_state(&ep), before, "a refused request changed the inventory");
+    assert_eq!(
+        snapshot_state(&ep),
+        before,
+        "a refused request changed the inventory"
+    );
     // Refusals that reached the log are audited as refused.
     let audit = ctl_json(&ep, &["audit", "list"]);
-    assert!(audit.as_array().unwrap().iter().any(|e| e["error"].as_str().is_some_and(|s| s.contains("overlaps peer"))));
+    assert!(audit.as_array().unwrap().iter().any(|e| e["error"]
+        .as_str()
+        .is_some_and(|s| s.contains("overlaps peer"))));
 }
 
 #[test]
 fn bad_config_exits_64_and_names_the_key() {
     let dir = tempfile::tempdir().unwrap();
-    let run = |args: &[&str]| std::process::Command::new(node_bin()).args(args).output().unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(node_bin())
+            .args(args)
+            .output()
+            .unwrap()
+    };
     let d = dir.path().join("data");
     let d = d.to_str().unwrap();
     for (args, key) in [
         (vec!["--id", "0", "--data-dir", d], "`id`"),
         (vec!["--id", "1"], "`data-dir`"),
-        (vec!["--id", "1", "--data-dir", d, "--listen", "localhost"], "`listen`"),
+        (
+            vec!["--id", "1", "--data-dir", d, "--listen", "localhost"],
+            "`listen`",
+        ),
     ] {
         let out = run(&args);
         assert_eq!(out.status.code(), Some(64), "{args:?}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(key), "{args:?}: {err}");
     }
-    let cfg = write_file(dir.path(), "node.toml", "id = 1\ndata-dir = \"/tmp/x\"\nlisten-port = 7\n");
+    let cfg = write_file(
+        dir.path(),
+        "node.toml",
+        "id = 1\ndata-dir = \"/tmp/x\"\nlisten-port = 7\n",
+    );
     let out = run(&["--config", cfg.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("listen-port"));

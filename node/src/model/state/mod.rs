@@ -65,7 +65,11 @@ impl Inventory {
             peers: self.peers.values().cloned().collect(),
             pools: self.pools.values().cloned().collect(),
             settings: self.settings.clone(),
-            endpoints: self.endpoints.iter().map(|(k, v)| (*k, v.clone())).collect(),
+            endpoints: self
+                .endpoints
+                .iter()
+                .map(|(k, v)| (*k, v.clone()))
+                .collect(),
             nodes: self.nodes.iter().map(|(k, v)| (*k, v.clone())).collect(),
         }
     }
@@ -185,7 +189,11 @@ impl Inventory {
                 let p = self.remove_peer(&key, ch);
                 Ok(Response::Peers(vec![p]))
             }
-            Command::RotatePeer { peer, new_key, new_psk } => {
+            Command::RotatePeer {
+                peer,
+                new_key,
+                new_psk,
+            } => {
                 let key = self.must_resolve(peer)?;
                 if self.peers.contains_key(new_key) {
                     return Err(err(
@@ -242,8 +250,19 @@ impl Inventory {
                 macro_rules! set {
                     ($($f:ident),*) => {$( if let Some(v) = &patch.$f { s.$f = v.clone(); } )*};
                 }
-                set!(interface, listen_port, server_public_key, mtu, anycast_v4, anycast_v6, dns,
-                     return_mode, client_keepalive, endpoint_host, client_routes);
+                set!(
+                    interface,
+                    listen_port,
+                    server_public_key,
+                    mtu,
+                    anycast_v4,
+                    anycast_v6,
+                    dns,
+                    return_mode,
+                    client_keepalive,
+                    endpoint_host,
+                    client_routes
+                );
                 validate_settings(&s)?;
                 self.settings = s;
                 ch.settings = true;
@@ -267,7 +286,11 @@ impl Inventory {
                 }
                 Ok(Response::Count(n))
             }
-            Command::SetNodeFlags { node, drained, site } => {
+            Command::SetNodeFlags {
+                node,
+                drained,
+                site,
+            } => {
                 let f = self.nodes.entry(*node).or_default();
                 if let Some(d) = drained {
                     f.drained = *d;
@@ -300,7 +323,8 @@ impl Inventory {
         for n in &p.allowed_ips {
             self.nets.remove(n);
         }
-        self.by_user_device.remove(&(p.user.clone(), p.device.clone()));
+        self.by_user_device
+            .remove(&(p.user.clone(), p.device.clone()));
         if self.endpoints.remove(key).is_some() {
             ch.endpoints.insert(*key);
         }
@@ -315,7 +339,13 @@ impl Inventory {
             .unwrap_or_else(|| k.to_string())
     }
 
-    fn add_peers(&mut self, index: u64, at_ms: i64, list: &[NewPeer], ch: &mut Changes) -> Res<Response> {
+    fn add_peers(
+        &mut self,
+        index: u64,
+        at_ms: i64,
+        list: &[NewPeer],
+        ch: &mut Changes,
+    ) -> Res<Response> {
         let cursors: Vec<(String, Vec<u128>)> = self
             .pools
             .iter()
@@ -344,7 +374,14 @@ impl Inventory {
                         }
                     }
                     if list.len() > 1 {
-                        e.message = format!("peer {} of {} ({}/{}): {}", i + 1, list.len(), np.user, np.device, e.message);
+                        e.message = format!(
+                            "peer {} of {} ({}/{}): {}",
+                            i + 1,
+                            list.len(),
+                            np.user,
+                            np.device,
+                            e.message
+                        );
                     }
                     return Err(e);
                 }
@@ -359,16 +396,28 @@ impl Inventory {
         if let Some(p) = self.peers.get(&np.public_key) {
             return Err(err(
                 ErrorKind::AlreadyExists,
-                format!("public key {} already belongs to peer {}/{}", np.public_key, p.user, p.device),
+                format!(
+                    "public key {} already belongs to peer {}/{}",
+                    np.public_key, p.user, p.device
+                ),
             ));
         }
         if np.user.is_empty() || np.device.is_empty() {
-            return Err(err(ErrorKind::InvalidArgument, "user and device must not be empty"));
+            return Err(err(
+                ErrorKind::InvalidArgument,
+                "user and device must not be empty",
+            ));
         }
-        if let Some(k) = self.by_user_device.get(&(np.user.clone(), np.device.clone())) {
+        if let Some(k) = self
+            .by_user_device
+            .get(&(np.user.clone(), np.device.clone()))
+        {
             return Err(err(
                 ErrorKind::AlreadyExists,
-                format!("user {:?} already has a device {:?} (peer {k})", np.user, np.device),
+                format!(
+                    "user {:?} already has a device {:?} (peer {k})",
+                    np.user, np.device
+                ),
             ));
         }
         if let Some(t) = np.expires_at_ms {
@@ -381,7 +430,11 @@ impl Inventory {
         let mut pool_name: Option<String> = None;
 
         for a in &np.addresses {
-            let Some(pool) = self.pools.values().find(|p| p.cidrs.iter().any(|c| c.contains(a))) else {
+            let Some(pool) = self
+                .pools
+                .values()
+                .find(|p| p.cidrs.iter().any(|c| c.contains(a)))
+            else {
                 return Err(err(
                     ErrorKind::OutOfRange,
                     format!("address {a} is outside every pool; add a pool that contains it first"),
@@ -406,7 +459,10 @@ impl Inventory {
 
         // Overlap: within the peer itself and against every other peer.
         for (i, n) in allowed.iter().enumerate() {
-            if let Some(prev) = allowed[..i].iter().find(|m| m.contains(n) || n.contains(*m)) {
+            if let Some(prev) = allowed[..i]
+                .iter()
+                .find(|m| m.contains(n) || n.contains(*m))
+            {
                 return Err(err(
                     ErrorKind::InvalidArgument,
                     format!("allowed IPs {prev} and {n} of this peer overlap"),
@@ -429,7 +485,9 @@ impl Inventory {
             device: np.device.clone(),
             group: np.group.clone(),
             labels: np.labels.clone(),
-            persistent_keepalive: np.persistent_keepalive.unwrap_or(self.settings.client_keepalive),
+            persistent_keepalive: np
+                .persistent_keepalive
+                .unwrap_or(self.settings.client_keepalive),
             created_at_ms: at_ms,
             expires_at_ms: np.expires_at_ms,
             state: PeerState::Active,
@@ -450,7 +508,10 @@ impl Inventory {
                 if g != &np.group {
                     return Err(err(
                         ErrorKind::FailedPrecondition,
-                        format!("pool {n:?} is reserved for group {g:?}, peer is in group {:?}", np.group),
+                        format!(
+                            "pool {n:?} is reserved for group {g:?}, peer is in group {:?}",
+                            np.group
+                        ),
                     ));
                 }
             }
@@ -476,7 +537,10 @@ impl Inventory {
                 ErrorKind::InvalidArgument,
                 format!(
                     "several pools could serve this peer ({}); name one with --pool",
-                    many.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ")
+                    many.iter()
+                        .map(|p| p.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             )),
         }
@@ -522,20 +586,38 @@ impl Inventory {
         Ok(out)
     }
 
-    fn add_pool(&mut self, name: &str, cidrs: &[IpNet], group: &Option<String>, ch: &mut Changes) -> Res<Response> {
+    fn add_pool(
+        &mut self,
+        name: &str,
+        cidrs: &[IpNet],
+        group: &Option<String>,
+        ch: &mut Changes,
+    ) -> Res<Response> {
         if self.pools.contains_key(name) {
-            return Err(err(ErrorKind::AlreadyExists, format!("pool {name:?} already exists")));
+            return Err(err(
+                ErrorKind::AlreadyExists,
+                format!("pool {name:?} already exists"),
+            ));
         }
         if cidrs.is_empty() {
-            return Err(err(ErrorKind::InvalidArgument, "a pool needs at least one CIDR"));
+            return Err(err(
+                ErrorKind::InvalidArgument,
+                "a pool needs at least one CIDR",
+            ));
         }
         let cidrs: Vec<IpNet> = cidrs.iter().map(|c| c.trunc()).collect();
         for (i, c) in cidrs.iter().enumerate() {
             if ipam::capacity(c) == 0 {
-                return Err(err(ErrorKind::InvalidArgument, format!("CIDR {c} has no usable address")));
+                return Err(err(
+                    ErrorKind::InvalidArgument,
+                    format!("CIDR {c} has no usable address"),
+                ));
             }
             if cidrs[..i].iter().any(|d| d.contains(c) || c.contains(d)) {
-                return Err(err(ErrorKind::InvalidArgument, format!("CIDR {c} is given twice or overlaps")));
+                return Err(err(
+                    ErrorKind::InvalidArgument,
+                    format!("CIDR {c} is given twice or overlaps"),
+                ));
             }
             for p in self.pools.values() {
                 if let Some(d) = p.cidrs.iter().find(|d| d.contains(c) || c.contains(*d)) {
@@ -562,7 +644,10 @@ impl Inventory {
 pub fn validate_settings(s: &Settings) -> Result<(), ApplyError> {
     let bad = |m: String| Err(err(ErrorKind::InvalidArgument, m));
     if s.interface.is_empty() || s.interface.len() > 15 || s.interface.contains(['/', ' ']) {
-        return bad(format!("interface name {:?} must be 1-15 characters without '/' or spaces", s.interface));
+        return bad(format!(
+            "interface name {:?} must be 1-15 characters without '/' or spaces",
+            s.interface
+        ));
     }
     if s.listen_port == 0 {
         return bad("listen port must be 1-65535".into());

@@ -8,7 +8,11 @@ fn key(i: u32) -> WgKey {
 }
 
 fn req(cmd: Command) -> Request {
-    Request { actor: "test".into(), at_ms: 1_000, cmd }
+    Request {
+        actor: "test".into(),
+        at_ms: 1_000,
+        cmd,
+    }
 }
 
 fn np(i: u32) -> NewPeer {
@@ -57,15 +61,31 @@ fn rejected(r: Response) -> ApplyError {
 #[test]
 fn allocation_is_sequential_dual_stack_and_unique() {
     let mut inv = inv_with_pool(&["10.8.0.0/24", "fd00:8::/64"]);
-    let Response::Peers(p) = add(&mut inv, 2, vec![np(1), np(2)]) else { panic!() };
-    assert_eq!(p[0].addresses, vec!["10.8.0.2".parse::<IpAddr>().unwrap(), "fd00:8::2".parse().unwrap()]);
+    let Response::Peers(p) = add(&mut inv, 2, vec![np(1), np(2)]) else {
+        panic!()
+    };
+    assert_eq!(
+        p[0].addresses,
+        vec![
+            "10.8.0.2".parse::<IpAddr>().unwrap(),
+            "fd00:8::2".parse().unwrap()
+        ]
+    );
     assert_eq!(p[1].addresses[0], "10.8.0.3".parse::<IpAddr>().unwrap());
     assert_eq!(p[0].allowed_ips.len(), 2);
     assert_eq!(p[0].persistent_keepalive, DEFAULT_KEEPALIVE);
     assert_eq!(p[0].pool.as_deref(), Some("corp"));
     // Removing a peer frees its address; the cursor moves on, then wraps.
-    inv.apply(3, &req(Command::RemovePeer { peer: PeerRef::Key(key(1)) }), &mut Changes::default());
-    let Response::Peers(p) = add(&mut inv, 4, vec![np(3)]) else { panic!() };
+    inv.apply(
+        3,
+        &req(Command::RemovePeer {
+            peer: PeerRef::Key(key(1)),
+        }),
+        &mut Changes::default(),
+    );
+    let Response::Peers(p) = add(&mut inv, 4, vec![np(3)]) else {
+        panic!()
+    };
     assert_eq!(p[0].addresses[0], "10.8.0.4".parse::<IpAddr>().unwrap());
 }
 
@@ -76,11 +96,20 @@ fn exhausted_pool_and_batch_rollback() {
     let e = rejected(add(&mut inv, 2, batch));
     assert_eq!(e.kind, ErrorKind::ResourceExhausted);
     assert!(e.message.contains("peer 6 of 6"), "{}", e.message);
-    assert_eq!(inv.peer_count(), 0, "a rejected batch leaves nothing behind");
+    assert_eq!(
+        inv.peer_count(),
+        0,
+        "a rejected batch leaves nothing behind"
+    );
     assert_eq!(inv.pools()[0].allocated, 0);
-    let Response::Peers(p) = add(&mut inv, 3, (1..=5).map(np).collect()) else { panic!() };
+    let Response::Peers(p) = add(&mut inv, 3, (1..=5).map(np).collect()) else {
+        panic!()
+    };
     assert_eq!(p.len(), 5);
-    assert_eq!(rejected(add(&mut inv, 4, vec![np(7)])).kind, ErrorKind::ResourceExhausted);
+    assert_eq!(
+        rejected(add(&mut inv, 4, vec![np(7)])).kind,
+        ErrorKind::ResourceExhausted
+    );
 }
 
 #[test]
@@ -103,29 +132,83 @@ fn rejections_change_nothing() {
     let mut same_dev = np(5);
     same_dev.user = "u1".into();
     let mut self_overlap = np(6);
-    self_overlap.allowed_ips = vec!["10.1.0.0/16".parse().unwrap(), "10.1.2.0/24".parse().unwrap()];
+    self_overlap.allowed_ips = vec![
+        "10.1.0.0/16".parse().unwrap(),
+        "10.1.2.0/24".parse().unwrap(),
+    ];
     let cases: Vec<(Command, ErrorKind, &str)> = vec![
-        (Command::AddPeers(vec![dup]), ErrorKind::AlreadyExists, "already belongs"),
-        (Command::AddPeers(vec![overlap]), ErrorKind::FailedPrecondition, "overlaps peer u1/laptop"),
-        (Command::AddPeers(vec![outside]), ErrorKind::OutOfRange, "outside every pool"),
-        (Command::AddPeers(vec![nopool]), ErrorKind::NotFound, "no pool named"),
-        (Command::AddPeers(vec![same_dev]), ErrorKind::AlreadyExists, "already has a device"),
-        (Command::AddPeers(vec![self_overlap]), ErrorKind::InvalidArgument, "overlap"),
-        (Command::RemovePeer { peer: PeerRef::Key(key(99)) }, ErrorKind::NotFound, "no peer"),
-        (Command::RemovePool { name: "corp".into() }, ErrorKind::FailedPrecondition, "still has 1 peers"),
-        (Command::RemovePool { name: "x".into() }, ErrorKind::NotFound, "no pool"),
         (
-            Command::AddPool { name: "b".into(), cidrs: vec!["10.8.0.128/25".parse().unwrap()], group: None },
+            Command::AddPeers(vec![dup]),
+            ErrorKind::AlreadyExists,
+            "already belongs",
+        ),
+        (
+            Command::AddPeers(vec![overlap]),
+            ErrorKind::FailedPrecondition,
+            "overlaps peer u1/laptop",
+        ),
+        (
+            Command::AddPeers(vec![outside]),
+            ErrorKind::OutOfRange,
+            "outside every pool",
+        ),
+        (
+            Command::AddPeers(vec![nopool]),
+            ErrorKind::NotFound,
+            "no pool named",
+        ),
+        (
+            Command::AddPeers(vec![same_dev]),
+            ErrorKind::AlreadyExists,
+            "already has a device",
+        ),
+        (
+            Command::AddPeers(vec![self_overlap]),
+            ErrorKind::InvalidArgument,
+            "overlap",
+        ),
+        (
+            Command::RemovePeer {
+                peer: PeerRef::Key(key(99)),
+            },
+            ErrorKind::NotFound,
+            "no peer",
+        ),
+        (
+            Command::RemovePool {
+                name: "corp".into(),
+            },
+            ErrorKind::FailedPrecondition,
+            "still has 1 peers",
+        ),
+        (
+            Command::RemovePool { name: "x".into() },
+            ErrorKind::NotFound,
+            "no pool",
+        ),
+        (
+            Command::AddPool {
+                name: "b".into(),
+                cidrs: vec!["10.8.0.128/25".parse().unwrap()],
+                group: None,
+            },
             ErrorKind::FailedPrecondition,
             "overlaps 10.8.0.0/24",
         ),
         (
-            Command::SetSettings(SettingsPatch { mtu: Some(100), ..Default::default() }),
+            Command::SetSettings(SettingsPatch {
+                mtu: Some(100),
+                ..Default::default()
+            }),
             ErrorKind::InvalidArgument,
             "MTU",
         ),
         (
-            Command::RotatePeer { peer: PeerRef::Key(key(1)), new_key: key(1), new_psk: None },
+            Command::RotatePeer {
+                peer: PeerRef::Key(key(1)),
+                new_key: key(1),
+                new_psk: None,
+            },
             ErrorKind::AlreadyExists,
             "already belongs",
         ),
@@ -138,7 +221,11 @@ fn rejections_change_nothing() {
         assert!(ch.peers.is_empty() && ch.pools.is_empty() && !ch.settings);
         assert_eq!(ch.audit.len(), 1, "refusals are audited");
         assert!(ch.audit[0].error.is_some());
-        assert_eq!(serde_json::to_string(&inv.to_image()).unwrap(), before, "{cmd:?} changed state");
+        assert_eq!(
+            serde_json::to_string(&inv.to_image()).unwrap(),
+            before,
+            "{cmd:?} changed state"
+        );
     }
 }
 
@@ -149,21 +236,61 @@ fn state_transitions_rotate_and_expiry() {
     eph.expires_at_ms = Some(5_000);
     add(&mut inv, 2, vec![np(1), eph]);
     let ud = PeerRef::UserDevice("u1".into(), "laptop".into());
-    let r = inv.apply(3, &req(Command::SetPeerState { peer: ud.clone(), state: PeerState::Disabled }), &mut Changes::default());
-    let Response::Peers(p) = r else { panic!("{r:?}") };
+    let r = inv.apply(
+        3,
+        &req(Command::SetPeerState {
+            peer: ud.clone(),
+            state: PeerState::Disabled,
+        }),
+        &mut Changes::default(),
+    );
+    let Response::Peers(p) = r else {
+        panic!("{r:?}")
+    };
     assert_eq!((p[0].state, p[0].revision), (PeerState::Disabled, 3));
-    inv.apply(4, &req(Command::SetPeerState { peer: ud.clone(), state: PeerState::Revoked }), &mut Changes::default());
-    let e = rejected(inv.apply(5, &req(Command::SetPeerState { peer: ud.clone(), state: PeerState::Active }), &mut Changes::default()));
+    inv.apply(
+        4,
+        &req(Command::SetPeerState {
+            peer: ud.clone(),
+            state: PeerState::Revoked,
+        }),
+        &mut Changes::default(),
+    );
+    let e = rejected(inv.apply(
+        5,
+        &req(Command::SetPeerState {
+            peer: ud.clone(),
+            state: PeerState::Active,
+        }),
+        &mut Changes::default(),
+    ));
     assert_eq!(e.kind, ErrorKind::FailedPrecondition);
 
-    let r = inv.apply(6, &req(Command::RotatePeer { peer: ud.clone(), new_key: key(50), new_psk: None }), &mut Changes::default());
-    let Response::Peers(p) = r else { panic!("{r:?}") };
-    assert_eq!(p[0].addresses[0], "10.8.0.2".parse::<IpAddr>().unwrap(), "rotation keeps addresses");
+    let r = inv.apply(
+        6,
+        &req(Command::RotatePeer {
+            peer: ud.clone(),
+            new_key: key(50),
+            new_psk: None,
+        }),
+        &mut Changes::default(),
+    );
+    let Response::Peers(p) = r else {
+        panic!("{r:?}")
+    };
+    assert_eq!(
+        p[0].addresses[0],
+        "10.8.0.2".parse::<IpAddr>().unwrap(),
+        "rotation keeps addresses"
+    );
     assert!(inv.peer(&key(1)).is_none() && inv.peer(&key(50)).is_some());
 
     let mut early = req(Command::ExpirePeers);
     early.at_ms = 4_999;
-    assert_eq!(inv.apply(7, &early, &mut Changes::default()), Response::Count(0));
+    assert_eq!(
+        inv.apply(7, &early, &mut Changes::default()),
+        Response::Count(0)
+    );
     let mut late = req(Command::ExpirePeers);
     late.at_ms = 5_000;
     let mut ch = Changes::default();
@@ -182,10 +309,25 @@ fn endpoints_keep_the_freshest_and_image_roundtrips() {
         observed_by: 1,
         observed_at_ms: at,
     };
-    let r = inv.apply(3, &req(Command::UpdateEndpoints(vec![(key(1), rec(10, 1000)), (key(9), rec(10, 1))])), &mut Changes::default());
+    let r = inv.apply(
+        3,
+        &req(Command::UpdateEndpoints(vec![
+            (key(1), rec(10, 1000)),
+            (key(9), rec(10, 1)),
+        ])),
+        &mut Changes::default(),
+    );
     assert_eq!(r, Response::Count(1), "unknown peers are ignored");
-    inv.apply(4, &req(Command::UpdateEndpoints(vec![(key(1), rec(5, 2000))])), &mut Changes::default());
-    assert_eq!(inv.endpoint(&key(1)).unwrap().endpoint.port(), 1000, "older observation loses");
+    inv.apply(
+        4,
+        &req(Command::UpdateEndpoints(vec![(key(1), rec(5, 2000))])),
+        &mut Changes::default(),
+    );
+    assert_eq!(
+        inv.endpoint(&key(1)).unwrap().endpoint.port(),
+        1000,
+        "older observation loses"
+    );
     let img = serde_json::to_string(&inv.to_image()).unwrap();
     let back = Inventory::from_image(serde_json::from_str(&img).unwrap());
     assert_eq!(serde_json::to_string(&back.to_image()).unwrap(), img);
@@ -193,7 +335,10 @@ fn endpoints_keep_the_freshest_and_image_roundtrips() {
     let mut dup = np(3);
     dup.addresses = vec!["10.8.0.2".parse().unwrap()];
     let mut back = back;
-    assert_eq!(rejected(add(&mut back, 5, vec![dup])).kind, ErrorKind::FailedPrecondition);
+    assert_eq!(
+        rejected(add(&mut back, 5, vec![dup])).kind,
+        ErrorKind::FailedPrecondition
+    );
 }
 
 #[test]
@@ -201,16 +346,27 @@ fn pool_choice_by_group() {
     let mut inv = inv_with_pool(&["10.8.0.0/24"]);
     inv.apply(
         2,
-        &req(Command::AddPool { name: "eng".into(), cidrs: vec!["10.9.0.0/24".parse().unwrap()], group: Some("eng".into()) }),
+        &req(Command::AddPool {
+            name: "eng".into(),
+            cidrs: vec!["10.9.0.0/24".parse().unwrap()],
+            group: Some("eng".into()),
+        }),
         &mut Changes::default(),
     );
     let mut e = np(1);
     e.group = "eng".into();
-    let Response::Peers(p) = add(&mut inv, 3, vec![e]) else { panic!() };
+    let Response::Peers(p) = add(&mut inv, 3, vec![e]) else {
+        panic!()
+    };
     assert_eq!(p[0].pool.as_deref(), Some("eng"));
-    let Response::Peers(p) = add(&mut inv, 4, vec![np(2)]) else { panic!() };
+    let Response::Peers(p) = add(&mut inv, 4, vec![np(2)]) else {
+        panic!()
+    };
     assert_eq!(p[0].pool.as_deref(), Some("corp"));
     let mut wrong = np(3);
     wrong.pool = Some("eng".into());
-    assert_eq!(rejected(add(&mut inv, 5, vec![wrong])).kind, ErrorKind::FailedPrecondition);
+    assert_eq!(
+        rejected(add(&mut inv, 5, vec![wrong])).kind,
+        ErrorKind::FailedPrecondition
+    );
 }
