@@ -4,17 +4,25 @@
 //! leader.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
 pub const LEADER_ADDR: &str = "x-anygate-leader";
 pub const ACTOR_HEADER: &str = "x-anygate-actor";
+pub const REQUEST_ID_HEADER: &str = "x-anygate-request-id";
 
 pub struct Client {
     endpoints: Vec<String>,
     actor: String,
     pub timeout: Duration,
+    /// Every attempt of one `call` carries the same request id, so a write
+    /// retried after a leader change is applied once.
+    nonce: String,
+    seq: AtomicU64,
+    current_id: Mutex<String>,
 }
 
 fn channel(addr: &str) -> Result<Channel, Status> {
@@ -32,10 +40,16 @@ fn channel(addr: &str) -> Result<Channel, Status> {
 
 impl Client {
     pub fn new(endpoints: Vec<String>, actor: String, timeout: Duration) -> Client {
+        let mut b = [0u8; 12];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut b);
+        let nonce = b.iter().map(|x| format!("{x:02x}")).collect();
         Client {
             endpoints,
             actor,
             timeout,
+            nonce,
+            seq: AtomicU64::new(0),
+            current_id: Mutex::new(String::new()),
         }
     }
 
@@ -44,6 +58,9 @@ impl Client {
         let mut r = tonic::Request::new(msg);
         if let Ok(v) = self.actor.parse() {
             r.metadata_mut().insert(ACTOR_HEADER, v);
+        }
+        if let Ok(v) = self.current_id.lock().expect("request id lock").parse() {
+            r.metadata_mut().insert(REQUEST_ID_HEADER, v);
         }
         r.set_timeout(self.timeout);
         r
@@ -57,6 +74,8 @@ impl Client {
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let deadline = Instant::now() + self.timeout;
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        *self.current_id.lock().expect("request id lock") = format!("{}-{n}", self.nonce);
         let mut last = Status::unavailable("no endpoint given");
         let mut backoff = Duration::from_millis(50);
         loop {

@@ -262,6 +262,7 @@ async fn expiry_sweeper(node: RaftNode, shutdown: CancellationToken) {
             let req = Request {
                 actor: format!("node-{}/expiry", node.id),
                 at_ms: now,
+                request_id: None,
                 cmd: Command::ExpirePeers,
             };
             match node.write_local(req).await {

@@ -11,7 +11,7 @@ pub mod settings;
 pub mod status;
 
 use crate::metrics::Metrics;
-use crate::model::{Command, Request};
+use crate::model::{Command, Request, Response};
 use crate::raft::{RaftNode, Written};
 use anygate_proto::v1::ReadOptions;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -23,6 +23,8 @@ pub const MAX_API_MESSAGE: usize = 16 * 1024 * 1024;
 pub const MAX_PEERS_PER_REQUEST: usize = 5_000;
 
 pub const ACTOR_HEADER: &str = "x-anygate-actor";
+/// Clients that retry send the same id with every attempt of one write.
+pub const REQUEST_ID_HEADER: &str = "x-anygate-request-id";
 
 pub fn now_ms() -> i64 {
     SystemTime::now()
@@ -54,15 +56,75 @@ impl Api {
     }
 
     pub async fn write<T>(&self, req: &tonic::Request<T>, cmd: Command) -> Result<Written, Status> {
+        let request_id = match req.metadata().get(REQUEST_ID_HEADER) {
+            None => None,
+            Some(v) => match v.to_str() {
+                Ok(s) if !s.is_empty() && s.len() <= 64 => Some(s.to_string()),
+                _ => {
+                    return Err(status::invalid(format!(
+                        "{REQUEST_ID_HEADER} must be 1-64 visible ASCII characters"
+                    )))
+                }
+            },
+        };
         let r = Request {
             actor: Self::actor(req),
             at_ms: now_ms(),
+            request_id,
             cmd,
         };
         let action = r.cmd.describe().0;
-        let res = self.node.write(r).await;
+        let res = self.node.write(r.clone()).await;
         self.metrics.write_result(action, res.is_ok());
-        res.map_err(Status::from)
+        match res {
+            Ok(Written {
+                index,
+                response: Response::Duplicate { index: first },
+            }) => {
+                // A retry of a write that already applied: answer from the
+                // state as it is now, once this node has applied that far.
+                self.node
+                    .wait_applied(index, crate::raft::CLIENT_TIMEOUT)
+                    .await?;
+                tracing::info!(
+                    first,
+                    action,
+                    "retried request answered without applying it again"
+                );
+                Ok(Written {
+                    index,
+                    response: self.replay(&r.cmd),
+                })
+            }
+            other => other.map_err(Status::from),
+        }
+    }
+
+    /// The answer a command would have given, rebuilt from current state.
+    fn replay(&self, cmd: &Command) -> Response {
+        self.node.view.read(|inv| match cmd {
+            Command::AddPeers(list) => Response::Peers(
+                list.iter()
+                    .filter_map(|p| inv.peer(&p.public_key).cloned())
+                    .collect(),
+            ),
+            Command::SetPeerState { peer, .. } => {
+                Response::Peers(inv.resolve(peer).cloned().into_iter().collect())
+            }
+            Command::RotatePeer { new_key, .. } => {
+                Response::Peers(inv.peer(new_key).cloned().into_iter().collect())
+            }
+            Command::RemovePeer { .. } => Response::Peers(vec![]),
+            Command::AddPool { name, .. } => {
+                match inv.pools().into_iter().find(|p| &p.name == name) {
+                    Some(p) => Response::Pool(p),
+                    None => Response::Empty,
+                }
+            }
+            Command::SetSettings(_) => Response::Settings(inv.settings().clone()),
+            Command::ExpirePeers | Command::UpdateEndpoints(_) => Response::Count(0),
+            Command::RemovePool { .. } | Command::SetNodeFlags { .. } => Response::Empty,
+        })
     }
 
     /// Linearizable unless the caller asked for a stale (local) read.

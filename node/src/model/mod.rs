@@ -7,7 +7,7 @@ pub mod key;
 mod state;
 
 pub use key::{KeyError, WgKey};
-pub use state::{Changes, Inventory, InventoryImage};
+pub use state::{Changes, Inventory, InventoryImage, RememberedRequest};
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -230,8 +230,15 @@ pub struct AuditEntry {
 pub struct Request {
     pub actor: String,
     pub at_ms: i64,
+    /// Set by clients that may retry: a request id already applied is not
+    /// applied again (exactly-once across leader changes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
     pub cmd: Command,
 }
+
+/// How many applied request ids the state machine remembers.
+pub const REMEMBERED_REQUESTS: usize = 100_000;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
@@ -337,4 +344,8 @@ pub enum Response {
     Settings(Settings),
     Count(u64),
     Rejected(ApplyError),
+    /// The request id was already applied at `index`; nothing changed now.
+    Duplicate {
+        index: u64,
+    },
 }

@@ -32,6 +32,7 @@ pub(crate) const CF_ENDPOINTS: &str = "endpoints";
 pub(crate) const CF_NODES: &str = "nodes";
 pub(crate) const CF_AUDIT: &str = "audit";
 pub(crate) const CF_SNAPSHOT: &str = "snapshot";
+pub(crate) const CF_REQUESTS: &str = "requests";
 
 const ALL_CFS: &[&str] = &[
     CF_LOG,
@@ -44,6 +45,7 @@ const ALL_CFS: &[&str] = &[
     CF_NODES,
     CF_AUDIT,
     CF_SNAPSHOT,
+    CF_REQUESTS,
 ];
 
 /// State-machine column families: wiped and rewritten when a snapshot is installed.
@@ -55,6 +57,7 @@ pub(crate) const SM_CFS: &[&str] = &[
     CF_ENDPOINTS,
     CF_NODES,
     CF_AUDIT,
+    CF_REQUESTS,
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -143,6 +143,9 @@ impl StateMachine {
         for (_, v) in all(CF_NODES)? {
             img.nodes.push(rd(&v)?);
         }
+        for (_, v) in all(CF_REQUESTS)? {
+            img.requests.push(rd(&v)?);
+        }
         let (applied, _) = watch::channel(last_applied.map(|l| l.index).unwrap_or(0));
         let view = StateView {
             inner: Arc::new(Shared {
@@ -195,6 +198,12 @@ impl StateMachine {
         }
         for a in &ch.audit {
             b.put_cf(cf(db, CF_AUDIT), be(a.index), wr(a)?);
+        }
+        for r in &ch.requests_added {
+            b.put_cf(cf(db, CF_REQUESTS), be(r.index), wr(r)?);
+        }
+        for i in &ch.requests_evicted {
+            b.delete_cf(cf(db, CF_REQUESTS), be(*i));
         }
         b.put_cf(cf(db, CF_SM), KEY_APPLIED, wr(&self.last_applied)?);
         b.put_cf(cf(db, CF_SM), KEY_MEMBERSHIP, wr(&self.membership)?);
@@ -366,6 +375,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         for a in &body.audit {
             b.put_cf(cf(db, CF_AUDIT), be(a.index), wr(a)?);
+        }
+        for r in &img.requests {
+            b.put_cf(cf(db, CF_REQUESTS), be(r.index), wr(r)?);
         }
         b.put_cf(cf(db, CF_SM), KEY_APPLIED, wr(&meta.last_log_id)?);
         b.put_cf(cf(db, CF_SM), KEY_MEMBERSHIP, wr(&meta.last_membership)?);

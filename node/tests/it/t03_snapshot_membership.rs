@@ -36,8 +36,18 @@ fn new_node_catches_up_by_snapshot_then_membership_changes() {
     // sent the snapshot.
     c.add_node(4, &["--snapshot-logs", "50"]);
     let a4 = c.addr(4);
+    // Sent to a follower only: it answers Unavailable with the leader's
+    // address, and anygatectl follows it.
+    let leader = c.leader();
+    let follower = c
+        .nodes
+        .iter()
+        .find(|n| n.id != leader && n.id != 4)
+        .unwrap()
+        .addr
+        .clone();
     ctl_ok(
-        &eps,
+        &follower,
         &["cluster", "add-learner", "--id", "4", "--addr", &a4],
     );
     let want = peer_keys(&eps, false).unwrap();
@@ -58,7 +68,7 @@ fn new_node_catches_up_by_snapshot_then_membership_changes() {
         "node 4 installed a snapshot: {me}"
     );
 
-    ctl_ok(&eps, &["cluster", "promote", "--id", "4"]);
+    ctl_ok(&follower, &["cluster", "promote", "--id", "4"]);
     eventually("4 voters", Duration::from_secs(10), || {
         let s = status(&eps)?;
         (s["nodes"]

@@ -282,6 +282,31 @@ fn bad_input_is_refused_clearly_and_changes_nothing() {
             e.message().contains("message length too large") || e.message().contains("too large"),
             "{e:?}"
         );
+        // The same request id twice (a client retrying after a lost answer)
+        // applies once and answers the same both times, through any node.
+        let retry = spec(100);
+        let mut answers = vec![];
+        for _ in 0..2 {
+            let mut r = tonic::Request::new(AddPeersRequest {
+                peers: vec![retry.clone()],
+            });
+            r.metadata_mut()
+                .insert("x-anygate-request-id", "test-retry-1".parse().unwrap());
+            answers.push(
+                client
+                    .add_peers(r)
+                    .await
+                    .expect("retry answered")
+                    .into_inner(),
+            );
+        }
+        assert_eq!(answers[0], answers[1]);
+        let mut r = tonic::Request::new(anygate_proto::v1::RemovePeerRequest {
+            peer: retry.public_key.clone(),
+        });
+        r.metadata_mut()
+            .insert("x-anygate-request-id", "test-retry-2".parse().unwrap());
+        client.remove_peer(r).await.expect("cleanup");
         // A batch with one bad peer applies none of them.
         let mut batch: Vec<PeerSpec> = (0..10).map(spec).collect();
         batch[7].allowed_ips = vec!["192.168.50.1/32".into()];

@@ -15,6 +15,17 @@ pub struct Changes {
     pub endpoints: BTreeSet<WgKey>,
     pub nodes: BTreeSet<NodeId>,
     pub audit: Vec<AuditEntry>,
+    /// Request ids remembered (index, id, outcome) and forgotten (index).
+    pub requests_added: Vec<RememberedRequest>,
+    pub requests_evicted: Vec<u64>,
+}
+
+/// An applied request id and how it ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RememberedRequest {
+    pub index: u64,
+    pub id: String,
+    pub error: Option<ApplyError>,
 }
 
 /// The serialisable whole state (snapshots, and what the store loads).
@@ -25,6 +36,8 @@ pub struct InventoryImage {
     pub settings: Settings,
     pub endpoints: Vec<(WgKey, EndpointRecord)>,
     pub nodes: Vec<(NodeId, NodeFlags)>,
+    #[serde(default)]
+    pub requests: Vec<RememberedRequest>,
 }
 
 #[derive(Debug, Default)]
@@ -36,6 +49,8 @@ pub struct Inventory {
     settings: Settings,
     endpoints: HashMap<WgKey, EndpointRecord>,
     nodes: BTreeMap<NodeId, NodeFlags>,
+    requests: HashMap<String, RememberedRequest>,
+    request_order: BTreeMap<u64, String>,
 }
 
 type Res<T> = Result<T, ApplyError>;
@@ -57,6 +72,10 @@ impl Inventory {
             inv.index_peer(&p);
             inv.peers.insert(p.public_key, p);
         }
+        for r in img.requests {
+            inv.request_order.insert(r.index, r.id.clone());
+            inv.requests.insert(r.id.clone(), r);
+        }
         inv
     }
 
@@ -71,6 +90,11 @@ impl Inventory {
                 .map(|(k, v)| (*k, v.clone()))
                 .collect(),
             nodes: self.nodes.iter().map(|(k, v)| (*k, v.clone())).collect(),
+            requests: self
+                .request_order
+                .values()
+                .map(|id| self.requests[id].clone())
+                .collect(),
         }
     }
 
@@ -138,7 +162,16 @@ impl Inventory {
     /// Apply one request at log `index`. On `Err` nothing changed; the
     /// rejection is still audited.
     pub fn apply(&mut self, index: u64, req: &Request, ch: &mut Changes) -> Response {
+        if let Some(seen) = req.request_id.as_ref().and_then(|id| self.requests.get(id)) {
+            return match &seen.error {
+                Some(e) => Response::Rejected(e.clone()),
+                None => Response::Duplicate { index: seen.index },
+            };
+        }
         let result = self.apply_cmd(index, req, ch);
+        if let Some(id) = &req.request_id {
+            self.remember(index, id, result.as_ref().err().cloned(), ch);
+        }
         let (action, object) = req.cmd.describe();
         let audited = !matches!(req.cmd, Command::UpdateEndpoints(_))
             && !(matches!(req.cmd, Command::ExpirePeers)
@@ -165,6 +198,22 @@ impl Inventory {
             });
         }
         result.unwrap_or_else(Response::Rejected)
+    }
+
+    fn remember(&mut self, index: u64, id: &str, error: Option<ApplyError>, ch: &mut Changes) {
+        let r = RememberedRequest {
+            index,
+            id: id.to_string(),
+            error,
+        };
+        self.requests.insert(id.to_string(), r.clone());
+        self.request_order.insert(index, id.to_string());
+        ch.requests_added.push(r);
+        while self.request_order.len() > REMEMBERED_REQUESTS {
+            let (old, id) = self.request_order.pop_first().expect("non-empty");
+            self.requests.remove(&id);
+            ch.requests_evicted.push(old);
+        }
     }
 
     fn apply_cmd(&mut self, index: u64, req: &Request, ch: &mut Changes) -> Res<Response> {

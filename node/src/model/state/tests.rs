@@ -11,6 +11,7 @@ fn req(cmd: Command) -> Request {
     Request {
         actor: "test".into(),
         at_ms: 1_000,
+        request_id: None,
         cmd,
     }
 }
@@ -368,5 +369,32 @@ fn pool_choice_by_group() {
     assert_eq!(
         rejected(add(&mut inv, 5, vec![wrong])).kind,
         ErrorKind::FailedPrecondition
+    );
+}
+
+#[test]
+fn retried_request_ids_apply_once() {
+    let mut inv = inv_with_pool(&["10.8.0.0/24"]);
+    let mut r = req(Command::AddPeers(vec![np(1)]));
+    r.request_id = Some("abc".into());
+    let mut ch = Changes::default();
+    assert!(matches!(inv.apply(2, &r, &mut ch), Response::Peers(_)));
+    assert_eq!(ch.requests_added.len(), 1);
+    // The same id again, e.g. resent after a leader crash: not applied twice.
+    let mut ch = Changes::default();
+    assert_eq!(inv.apply(3, &r, &mut ch), Response::Duplicate { index: 2 });
+    assert!(ch.peers.is_empty() && ch.audit.is_empty());
+    // A refused request stays refused on retry.
+    let mut bad = req(Command::RemovePeer {
+        peer: PeerRef::Key(key(99)),
+    });
+    bad.request_id = Some("def".into());
+    let first = inv.apply(4, &bad, &mut Changes::default());
+    assert_eq!(inv.apply(5, &bad, &mut Changes::default()), first);
+    // Remembered ids survive the image round trip.
+    let mut back = Inventory::from_image(inv.to_image());
+    assert_eq!(
+        back.apply(6, &r, &mut Changes::default()),
+        Response::Duplicate { index: 2 }
     );
 }
