@@ -40,7 +40,7 @@ pub struct Cli {
     /// This node's Raft id: a positive integer, unique in the cluster, never reused.
     #[arg(long)]
     pub id: Option<u64>,
-    /// gRPC listen address, for the operator API and Raft alike.
+    /// gRPC listen address, for the operator API and Raft alike [default: 127.0.0.1:7400].
     #[arg(long)]
     pub listen: Option<String>,
     /// Address other nodes and anygatectl use to reach this node (default: --listen).
@@ -52,13 +52,13 @@ pub struct Cli {
     /// HTTP address for /metrics, /ready and /live (off when unset).
     #[arg(long)]
     pub metrics_listen: Option<String>,
-    /// Log format.
+    /// Log format [default: text].
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
     /// Log filter, e.g. "info" or "anygate_node=debug,openraft=warn".
     #[arg(long)]
     pub log_level: Option<String>,
-    /// Build a snapshot (and purge the log) every this many applied entries.
+    /// Build a snapshot (and purge the log) every this many applied entries [default: 10000].
     #[arg(long)]
     pub snapshot_logs: Option<u64>,
 }

@@ -23,8 +23,10 @@ pub enum PeerCmd {
     Add(AddArgs),
     /// List peers (filters combine).
     List {
+        /// Only this user's devices.
         #[arg(long)]
         user: Option<String>,
+        /// Only this group.
         #[arg(long)]
         group: Option<String>,
         /// active, disabled or revoked.
@@ -85,10 +87,13 @@ pub enum PeerCmd {
 
 #[derive(Args)]
 pub struct AddArgs {
+    /// The person (or service) the device belongs to.
     #[arg(long)]
     user: String,
+    /// The device name, unique per user (e.g. laptop, phone).
     #[arg(long)]
     device: String,
+    /// Group for pool choice and access policy (e.g. eng, sales).
     #[arg(long)]
     group: Option<String>,
     /// Allocate from this pool.
