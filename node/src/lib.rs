@@ -5,7 +5,9 @@
 pub mod api;
 pub mod app;
 pub mod config;
+pub mod dataplane;
 pub mod metrics;
 pub mod model;
 pub mod raft;
+pub mod reconcile;
 pub mod store;

@@ -6,7 +6,8 @@ use crate::model::NodeId;
 use anygate_proto::raft::v1::raft_service_client::RaftServiceClient;
 use anygate_proto::raft::v1::RaftPayload;
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
+    Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -104,6 +105,15 @@ impl Conn {
         req: &Req,
         option: &RPCOption,
     ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>> {
+        self.send(rpc, encode(req), option).await
+    }
+
+    async fn send<Resp: DeserializeOwned, E: std::error::Error + DeserializeOwned>(
+        &mut self,
+        rpc: Rpc,
+        payload: RaftPayload,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>> {
         let client = match &mut self.client {
             Ok(c) => c,
             Err(e) => {
@@ -113,7 +123,7 @@ impl Conn {
                 )))))
             }
         };
-        let mut request = tonic::Request::new(encode(req));
+        let mut request = tonic::Request::new(payload);
         request.set_timeout(option.hard_ttl());
         let res = match rpc {
             Rpc::Append => client.append_entries(request).await,
@@ -149,7 +159,18 @@ impl RaftNetwork<TypeConfig> for Conn {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.call(Rpc::Append, &rpc, &option).await
+        let payload = encode(&rpc);
+        let n = rpc.entries.len() as u64;
+        // Leave room for the envelope; openraft retries with fewer entries.
+        let limit = MAX_RAFT_MESSAGE as u64 - 64 * 1024;
+        let size = payload.data.len() as u64;
+        if size > limit && n > 1 {
+            let hint = (n * limit / size).clamp(1, n - 1);
+            return Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(hint),
+            ));
+        }
+        self.send(Rpc::Append, payload, &option).await
     }
 
     async fn install_snapshot(

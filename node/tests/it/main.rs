@@ -8,3 +8,4 @@ mod t02_crash_and_restart;
 mod t03_snapshot_membership;
 mod t04_concurrent_allocation;
 mod t05_bad_input;
+mod t06_uapi_wireguard_go;
