@@ -10,6 +10,10 @@
 //!
 //! This module must not know about gRPC or the network.
 
+// openraft's storage traits return its `StorageError` (over 200 bytes); the
+// helpers here return what the traits need.
+#![allow(clippy::result_large_err)]
+
 mod log;
 mod sm;
 

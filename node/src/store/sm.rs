@@ -122,7 +122,8 @@ impl StateMachine {
             .map(|b| rd(&b))
             .transpose()?
             .unwrap_or_default();
-        let all = |cfn: &str| -> R<Vec<(Box<[u8]>, Box<[u8]>)>> {
+        type Kv = (Box<[u8]>, Box<[u8]>);
+        let all = |cfn: &str| -> R<Vec<Kv>> {
             db.iterator_cf(cf(&db, cfn), IteratorMode::Start)
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| io_err(StorageIOError::read_state_machine, e))

@@ -1,4 +1,5 @@
 //! openraft's own storage conformance suite against the RocksDB store.
+#![allow(clippy::result_large_err)]
 
 use crate::raft::types::{StorageError, TypeConfig};
 use crate::store::{open, LogStore, StateMachine};

@@ -173,9 +173,12 @@ impl Inventory {
             self.remember(index, id, result.as_ref().err().cloned(), ch);
         }
         let (action, object) = req.cmd.describe();
-        let audited = !matches!(req.cmd, Command::UpdateEndpoints(_))
-            && !(matches!(req.cmd, Command::ExpirePeers)
-                && matches!(result, Ok(Response::Count(0))));
+        // Endpoint observations are telemetry, and a sweep that expired
+        // nothing is noise: neither is an operator action worth auditing.
+        let audited = !matches!(
+            (&req.cmd, &result),
+            (Command::UpdateEndpoints(_), _) | (Command::ExpirePeers, Ok(Response::Count(0)))
+        );
         if audited {
             let detail = match &result {
                 Ok(Response::Peers(p)) if p.len() <= 3 => p
