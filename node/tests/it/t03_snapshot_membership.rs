@@ -55,14 +55,19 @@ fn new_node_catches_up_by_snapshot_then_membership_changes() {
     eventually("node 4 has every peer", Duration::from_secs(30), || {
         (peer_keys(&a4, true)? == want).then_some(())
     });
-    let info = status(&a4).unwrap();
-    let me = info["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["id"] == 4)
-        .unwrap()
-        .clone();
+    // The leader's view (it asks node 4 itself).
+    let me = eventually(
+        "node 4 in the status table",
+        Duration::from_secs(10),
+        || {
+            let info = status(&eps)?;
+            info["nodes"]
+                .as_array()?
+                .iter()
+                .find(|n| n["id"] == 4 && n["role"] != "unreachable")
+                .cloned()
+        },
+    );
     assert!(
         me["snapshot_index"].as_u64().unwrap() > 0,
         "node 4 installed a snapshot: {me}"
