@@ -401,8 +401,9 @@ impl PeerCmd {
                     );
                     return Ok(());
                 }
-                let rows = r
-                    .peers
+                let mut peers: Vec<&Peer> = r.peers.iter().collect();
+                peers.sort_by(|a, b| (&a.user, &a.device).cmp(&(&b.user, &b.device)));
+                let rows = peers
                     .iter()
                     .map(|p| {
                         vec![

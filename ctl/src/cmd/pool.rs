@@ -58,7 +58,7 @@ impl PoolCmd {
                         "pool {} added: {} ({} addresses)",
                         p.name,
                         p.cidrs.join(", "),
-                        p.capacity
+                        capacity(p.capacity)
                     );
                 }
             }
@@ -89,7 +89,7 @@ impl PoolCmd {
                                 p.group.clone()
                             },
                             p.allocated.to_string(),
-                            p.capacity.to_string(),
+                            capacity(p.capacity),
                         ]
                     })
                     .collect();
@@ -112,5 +112,14 @@ impl PoolCmd {
             }
         }
         Ok(())
+    }
+}
+
+/// The API saturates at 2^64-1 (an IPv6 /64 alone has 2^64 addresses).
+fn capacity(c: u64) -> String {
+    if c == u64::MAX {
+        "2^64 or more".into()
+    } else {
+        c.to_string()
     }
 }
