@@ -160,11 +160,9 @@ fn peer_json(p: &Peer) -> serde_json::Value {
     v
 }
 
-fn to_spec(p: &Peer) -> PeerSpec {
-    // Allocated addresses are exported explicitly so an import into a fresh
-    // cluster keeps them.
-    let hosts: Vec<String> = p
-        .addresses
+/// The peer's tunnel addresses as host routes (/32, /128).
+fn host_routes(p: &Peer) -> Vec<String> {
+    p.addresses
         .iter()
         .map(|a| {
             if a.contains(':') {
@@ -173,7 +171,13 @@ fn to_spec(p: &Peer) -> PeerSpec {
                 format!("{a}/32")
             }
         })
-        .collect();
+        .collect()
+}
+
+fn to_spec(p: &Peer) -> PeerSpec {
+    // Allocated addresses are exported explicitly so an import into a fresh
+    // cluster keeps them.
+    let hosts = host_routes(p);
     PeerSpec {
         public_key: p.public_key.clone(),
         preshared_key: p.preshared_key.clone(),
@@ -218,17 +222,7 @@ fn client_config(
             );
         }
     }
-    let addrs: Vec<String> = p
-        .addresses
-        .iter()
-        .map(|a| {
-            if a.contains(':') {
-                format!("{a}/128")
-            } else {
-                format!("{a}/32")
-            }
-        })
-        .collect();
+    let addrs = host_routes(p);
     if !addrs.is_empty() {
         let _ = writeln!(w, "Address = {}", addrs.join(", "));
     }

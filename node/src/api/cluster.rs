@@ -15,15 +15,18 @@ use tonic::{Request, Response as Reply, Status};
 pub struct ClusterApi(pub Api);
 
 impl ClusterApi {
-    fn membership(&self, log_index: u64) -> MembershipResponse {
-        let m = self
-            .0
+    fn membership_config(&self) -> std::sync::Arc<crate::raft::types::StoredMembership> {
+        self.0
             .node
             .raft
             .metrics()
             .borrow()
             .membership_config
-            .clone();
+            .clone()
+    }
+
+    fn membership(&self, log_index: u64) -> MembershipResponse {
+        let m = self.membership_config();
         let voters: BTreeSet<u64> = m.membership().voter_ids().collect();
         MembershipResponse {
             learners: m.membership().learner_ids().collect(),
@@ -115,14 +118,7 @@ impl ClusterService for ClusterApi {
                 r.addr
             )));
         }
-        let m = self
-            .0
-            .node
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .clone();
+        let m = self.membership_config();
         if let Some(n) = m.membership().get_node(&r.id) {
             if n.addr != r.addr {
                 return Err(Status::already_exists(format!(
@@ -146,14 +142,7 @@ impl ClusterService for ClusterApi {
         req: Request<PromoteRequest>,
     ) -> Result<Reply<MembershipResponse>, Status> {
         let id = req.get_ref().id;
-        let m = self
-            .0
-            .node
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .clone();
+        let m = self.membership_config();
         if m.membership().get_node(&id).is_none() {
             return Err(Status::not_found(format!(
                 "node {id} is not a member; add it with `cluster add-learner` first"
@@ -174,14 +163,7 @@ impl ClusterService for ClusterApi {
         req: Request<RemoveNodeRequest>,
     ) -> Result<Reply<MembershipResponse>, Status> {
         let id = req.get_ref().id;
-        let m = self
-            .0
-            .node
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .clone();
+        let m = self.membership_config();
         let is_voter = m.membership().voter_ids().any(|v| v == id);
         if m.membership().get_node(&id).is_none() {
             return Err(Status::not_found(format!("node {id} is not a member")));

@@ -38,19 +38,8 @@ pub(crate) const CF_AUDIT: &str = "audit";
 pub(crate) const CF_SNAPSHOT: &str = "snapshot";
 pub(crate) const CF_REQUESTS: &str = "requests";
 
-const ALL_CFS: &[&str] = &[
-    CF_LOG,
-    CF_RAFT,
-    CF_SM,
-    CF_PEERS,
-    CF_POOLS,
-    CF_SETTINGS,
-    CF_ENDPOINTS,
-    CF_NODES,
-    CF_AUDIT,
-    CF_SNAPSHOT,
-    CF_REQUESTS,
-];
+/// Raft's own column families; the state machine's are [`SM_CFS`].
+const RAFT_CFS: &[&str] = &[CF_LOG, CF_RAFT, CF_SNAPSHOT];
 
 /// State-machine column families: wiped and rewritten when a snapshot is installed.
 pub(crate) const SM_CFS: &[&str] = &[
@@ -81,8 +70,9 @@ pub fn open(dir: &Path) -> Result<(LogStore, StateMachine), OpenError> {
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
     opts.set_keep_log_file_num(4);
-    let cfs = ALL_CFS
+    let cfs = RAFT_CFS
         .iter()
+        .chain(SM_CFS)
         .map(|n| ColumnFamilyDescriptor::new(*n, Options::default()));
     let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(|source| OpenError::Rocks {
         path: dir.display().to_string(),
