@@ -2,6 +2,7 @@
 //! hold (desired), and the backends that read and program it. Backends are
 //! plain IO; every decision lives in `reconcile::plan`.
 
+pub mod identity;
 pub mod uapi;
 
 use crate::model::WgKey;
