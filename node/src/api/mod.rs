@@ -74,7 +74,8 @@ impl Api {
             cmd,
         };
         let action = r.cmd.describe().0;
-        let res = self.node.write(r.clone()).await;
+        let replay = Replay::of(&r.cmd);
+        let res = self.node.write(r).await;
         self.metrics.write_result(action, res.is_ok());
         match res {
             Ok(Written {
@@ -93,7 +94,7 @@ impl Api {
                 );
                 Ok(Written {
                     index,
-                    response: self.replay(&r.cmd),
+                    response: self.replay(replay),
                 })
             }
             other => other.map_err(Status::from),
@@ -101,29 +102,19 @@ impl Api {
     }
 
     /// The answer a command would have given, rebuilt from current state.
-    fn replay(&self, cmd: &Command) -> Response {
-        self.node.view.read(|inv| match cmd {
-            Command::AddPeers(list) => Response::Peers(
-                list.iter()
-                    .filter_map(|p| inv.peer(&p.public_key).cloned())
-                    .collect(),
-            ),
-            Command::SetPeerState { peer, .. } => {
-                Response::Peers(inv.resolve(peer).cloned().into_iter().collect())
+    fn replay(&self, key: Replay) -> Response {
+        self.node.view.read(|inv| match key {
+            Replay::Peers(keys) => {
+                Response::Peers(keys.iter().filter_map(|k| inv.peer(k).cloned()).collect())
             }
-            Command::RotatePeer { new_key, .. } => {
-                Response::Peers(inv.peer(new_key).cloned().into_iter().collect())
-            }
-            Command::RemovePeer { .. } => Response::Peers(vec![]),
-            Command::AddPool { name, .. } => {
-                match inv.pools().into_iter().find(|p| &p.name == name) {
-                    Some(p) => Response::Pool(p),
-                    None => Response::Empty,
-                }
-            }
-            Command::SetSettings(_) => Response::Settings(inv.settings().clone()),
-            Command::ExpirePeers | Command::UpdateEndpoints(_) => Response::Count(0),
-            Command::RemovePool { .. } | Command::SetNodeFlags { .. } => Response::Empty,
+            Replay::PeerRef(r) => Response::Peers(inv.resolve(&r).cloned().into_iter().collect()),
+            Replay::Pool(name) => match inv.pools().into_iter().find(|p| p.name == name) {
+                Some(p) => Response::Pool(p),
+                None => Response::Empty,
+            },
+            Replay::Settings => Response::Settings(inv.settings().clone()),
+            Replay::Count => Response::Count(0),
+            Replay::Empty => Response::Empty,
         })
     }
 
@@ -133,6 +124,32 @@ impl Api {
             return Ok(());
         }
         self.node.read_barrier().await.map_err(Status::from)
+    }
+}
+
+/// What is needed to answer a retried request again (small: never the
+/// whole command).
+enum Replay {
+    Peers(Vec<crate::model::WgKey>),
+    PeerRef(crate::model::PeerRef),
+    Pool(String),
+    Settings,
+    Count,
+    Empty,
+}
+
+impl Replay {
+    fn of(cmd: &Command) -> Replay {
+        match cmd {
+            Command::AddPeers(list) => Replay::Peers(list.iter().map(|p| p.public_key).collect()),
+            Command::SetPeerState { peer, .. } => Replay::PeerRef(peer.clone()),
+            Command::RotatePeer { new_key, .. } => Replay::Peers(vec![*new_key]),
+            Command::RemovePeer { .. } => Replay::Peers(vec![]),
+            Command::AddPool { name, .. } => Replay::Pool(name.clone()),
+            Command::SetSettings(_) => Replay::Settings,
+            Command::ExpirePeers | Command::UpdateEndpoints(_) => Replay::Count,
+            Command::RemovePool { .. } | Command::SetNodeFlags { .. } => Replay::Empty,
+        }
     }
 }
 

@@ -76,12 +76,12 @@ pub fn write_error(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) ->
 impl RaftNode {
     /// Commit `req` on the leader (here, or forwarded) and return its result.
     /// A `Rejected` answer means the command was refused and changed nothing.
+    /// Leadership is read from the metrics; if it moved in between, the
+    /// answer is `NotLeader` with the new leader, which clients follow.
     pub async fn write(&self, req: Request) -> Result<Written, NodeError> {
-        match self.write_local(req.clone()).await {
-            Err(NodeError::NotLeader {
-                leader: Some((id, addr)),
-            }) if id != self.id => self.forward(req, id, &addr).await,
-            other => other,
+        match self.leader() {
+            Some((id, addr)) if id != self.id => self.forward(req, id, &addr).await,
+            _ => self.write_local(req).await,
         }
     }
 
