@@ -3,7 +3,10 @@
 //! spawned; the shutdown order lives here.
 
 use crate::api::{self, Api};
-use crate::config::Config;
+use crate::config::{BackendKind, Config};
+use crate::dataplane::backend::Device;
+use crate::dataplane::identity::Identity;
+use crate::reconcile::driver::{disabled_status, DataplaneStatus, Reconciler};
 use crate::metrics::Metrics;
 use crate::model::{Command, Request};
 use crate::raft::network::{Channels, MAX_RAFT_MESSAGE};
@@ -33,6 +36,8 @@ pub enum AppError {
     DataDir(String, std::io::Error),
     #[error("raft: {0}")]
     Raft(String),
+    #[error("dataplane: {0}")]
+    Dataplane(String),
     #[error("gRPC server: {0}")]
     Serve(#[from] tonic::transport::Error),
 }
@@ -42,6 +47,8 @@ pub struct App {
     pub cfg: Config,
     pub grpc: TcpListener,
     pub admin: Option<TcpListener>,
+    /// The WireGuard identity (None when the dataplane is off).
+    pub identity: Option<Identity>,
 }
 
 impl App {
@@ -69,9 +76,41 @@ impl App {
             channels,
         };
         let metrics = Metrics::new();
+        // The dataplane: a reconciler owning the device, or a fixed "off" status.
+        let (dp_status, dp_rx) = match (&self.identity, cfg.dataplane.backend) {
+            (Some(_), b) if b != BackendKind::None => {
+                tokio::sync::watch::channel(DataplaneStatus {
+                    backend: format!("{:?}", Device::resolve(b)).to_lowercase(),
+                    reason: "starting".into(),
+                    ..Default::default()
+                })
+            }
+            _ => disabled_status(),
+        };
+        let reconciler = match self.identity {
+            Some(id) if cfg.dataplane.backend != BackendKind::None => {
+                let ifname = cfg
+                    .dataplane
+                    .interface
+                    .clone()
+                    .unwrap_or_else(|| node.view.read(|i| i.settings().interface.clone()));
+                let device = Device::open(&cfg.dataplane, &ifname)
+                    .map_err(|e| AppError::Dataplane(e.to_string()))?;
+                Some(Reconciler::new(
+                    cfg.dataplane.clone(),
+                    node.clone(),
+                    metrics.clone(),
+                    id,
+                    device,
+                    dp_status,
+                ))
+            }
+            _ => None,
+        };
         let api = Api {
             node: node.clone(),
             metrics: metrics.clone(),
+            dataplane: dp_rx.clone(),
         };
         info!(id = cfg.id, listen = %cfg.listen, advertise = %cfg.advertise, data_dir = %cfg.data_dir.display(), "node starting");
 
@@ -135,6 +174,13 @@ impl App {
             metrics_loop(node.clone(), metrics.clone(), shutdown.clone())
                 .instrument(tracing::info_span!("metrics")),
         );
+        let stop_dp = CancellationToken::new();
+        let dataplane = reconciler.map(|r| {
+            tasks.spawn(
+                r.run(stop_dp.clone())
+                    .instrument(tracing::info_span!("dataplane")),
+            )
+        });
         tasks.spawn(
             expiry_sweeper(node.clone(), shutdown.clone())
                 .instrument(tracing::info_span!("expiry")),
@@ -146,6 +192,10 @@ impl App {
         // Order: stop serving, hand leadership over by stepping down, stop Raft, close RocksDB (drop).
         stop_api.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(5), grpc).await;
+        stop_dp.cancel();
+        if let Some(d) = dataplane {
+            let _ = tokio::time::timeout(Duration::from_secs(5), d).await;
+        }
         if let Err(e) = raft.shutdown().await {
             warn!(error = %e, "raft shutdown");
         }

@@ -61,6 +61,146 @@ pub struct Cli {
     /// Build a snapshot (and purge the log) every this many applied entries [default: 10000].
     #[arg(long)]
     pub snapshot_logs: Option<u64>,
+    /// WireGuard backend: auto (kernel when the module is there), kernel,
+    /// userspace (UAPI socket of wireguard-go/boringtun) or none [default: auto].
+    #[arg(long, value_enum)]
+    pub dataplane_backend: Option<BackendKind>,
+    /// WireGuard interface name on this node [default: the cluster setting `interface`].
+    #[arg(long)]
+    pub wg_interface: Option<String>,
+    /// File holding the gateways' shared WireGuard private key (base64, mode 0600 or stricter).
+    #[arg(long)]
+    pub wg_private_key_file: Option<PathBuf>,
+    /// UAPI socket of a userspace WireGuard [default: /var/run/wireguard/IFNAME.sock].
+    #[arg(long)]
+    pub wg_uapi_socket: Option<PathBuf>,
+    /// Start and supervise this wireguard-go binary (userspace backend) instead
+    /// of using one started elsewhere.
+    #[arg(long)]
+    pub wireguard_go: Option<PathBuf>,
+    /// Full resync of the device and host routes (repairs hand edits) [default: 10s].
+    #[arg(long)]
+    pub resync_interval: Option<String>,
+    /// How often the device is read for endpoints and routes are checked [default: 1s].
+    #[arg(long)]
+    pub observe_interval: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackendKind {
+    Auto,
+    Kernel,
+    Userspace,
+    None,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileDataplane {
+    backend: Option<BackendKind>,
+    interface: Option<String>,
+    private_key_file: Option<PathBuf>,
+    uapi_socket: Option<PathBuf>,
+    wireguard_go: Option<PathBuf>,
+    resync_interval: Option<String>,
+    observe_interval: Option<String>,
+    fwmark: Option<u32>,
+    manage_routes: Option<bool>,
+    endpoint_batch_interval: Option<String>,
+    endpoint_batch_max: Option<usize>,
+}
+
+/// Validated `[dataplane]` section.
+#[derive(Debug, Clone)]
+pub struct DataplaneConfig {
+    pub backend: BackendKind,
+    /// Overrides the cluster setting `interface` when set.
+    pub interface: Option<String>,
+    pub private_key_file: Option<PathBuf>,
+    pub uapi_socket: Option<PathBuf>,
+    pub wireguard_go: Option<PathBuf>,
+    pub resync_interval: std::time::Duration,
+    pub observe_interval: std::time::Duration,
+    pub fwmark: u32,
+    pub manage_routes: bool,
+    pub endpoint_batch_interval: std::time::Duration,
+    pub endpoint_batch_max: usize,
+}
+
+fn duration(
+    key: &'static str,
+    v: Option<String>,
+    default: &str,
+) -> Result<std::time::Duration, ConfigError> {
+    let s = v.unwrap_or_else(|| default.to_string());
+    let d = humantime::parse_duration(&s)
+        .map_err(|e| bad(key, format!("{s:?} is not a duration like 10s or 500ms: {e}")))?;
+    if d.is_zero() {
+        return Err(bad(key, "must be more than zero"));
+    }
+    Ok(d)
+}
+
+impl DataplaneConfig {
+    fn load(cli: &Cli, f: FileDataplane) -> Result<DataplaneConfig, ConfigError> {
+        let backend = cli
+            .dataplane_backend
+            .or(f.backend)
+            .unwrap_or(BackendKind::Auto);
+        let interface = cli.wg_interface.clone().or(f.interface);
+        if let Some(i) = &interface {
+            if i.is_empty() || i.len() > 15 || i.contains(['/', ' ']) {
+                return Err(bad(
+                    "dataplane.interface",
+                    format!("{i:?} is not a valid interface name (1-15 characters, no / or space)"),
+                ));
+            }
+        }
+        let private_key_file = cli.wg_private_key_file.clone().or(f.private_key_file);
+        if backend != BackendKind::None && private_key_file.is_none() {
+            return Err(bad(
+                "dataplane.private-key-file",
+                "is required unless dataplane.backend = \"none\"",
+            ));
+        }
+        let wireguard_go = cli.wireguard_go.clone().or(f.wireguard_go);
+        if wireguard_go.is_some() && backend == BackendKind::Kernel {
+            return Err(bad(
+                "dataplane.wireguard-go",
+                "only applies to the userspace backend",
+            ));
+        }
+        let endpoint_batch_max = f.endpoint_batch_max.unwrap_or(5000);
+        if endpoint_batch_max == 0 || endpoint_batch_max > 5000 {
+            return Err(bad("dataplane.endpoint-batch-max", "must be 1..=5000"));
+        }
+        Ok(DataplaneConfig {
+            backend,
+            interface,
+            private_key_file,
+            uapi_socket: cli.wg_uapi_socket.clone().or(f.uapi_socket),
+            wireguard_go,
+            resync_interval: duration(
+                "dataplane.resync-interval",
+                cli.resync_interval.clone().or(f.resync_interval),
+                "10s",
+            )?,
+            observe_interval: duration(
+                "dataplane.observe-interval",
+                cli.observe_interval.clone().or(f.observe_interval),
+                "1s",
+            )?,
+            fwmark: f.fwmark.unwrap_or(0),
+            manage_routes: f.manage_routes.unwrap_or(true),
+            endpoint_batch_interval: duration(
+                "dataplane.endpoint-batch-interval",
+                f.endpoint_batch_interval,
+                "1s",
+            )?,
+            endpoint_batch_max,
+        })
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -74,6 +214,8 @@ struct FileConfig {
     log_format: Option<LogFormat>,
     log_level: Option<String>,
     snapshot_logs: Option<u64>,
+    #[serde(default)]
+    dataplane: FileDataplane,
 }
 
 /// Validated configuration.
@@ -87,6 +229,7 @@ pub struct Config {
     pub log_format: LogFormat,
     pub log_level: String,
     pub snapshot_logs: u64,
+    pub dataplane: DataplaneConfig,
 }
 
 impl Config {
@@ -163,7 +306,9 @@ impl Config {
         if snapshot_logs == 0 {
             return Err(bad("snapshot-logs", "must be at least 1"));
         }
+        let dataplane = DataplaneConfig::load(cli, file.dataplane)?;
         Ok(Config {
+            dataplane,
             id,
             listen,
             advertise,
@@ -205,6 +350,8 @@ mod tests {
             "/tmp/x",
             "--listen",
             "127.0.0.1:9",
+            "--dataplane-backend",
+            "none",
         ]))
         .unwrap();
         assert_eq!((c.id, c.advertise.as_str()), (3, "127.0.0.1:9"));
@@ -224,6 +371,36 @@ mod tests {
                 vec!["--id", "1", "--data-dir", "/tmp/x", "--listen", "0.0.0.0:1"],
                 "advertise",
             ),
+            (
+                vec!["--id", "1", "--data-dir", "/tmp/x"],
+                "dataplane.private-key-file",
+            ),
+            (
+                vec![
+                    "--id",
+                    "1",
+                    "--data-dir",
+                    "/tmp/x",
+                    "--wg-private-key-file",
+                    "/k",
+                    "--resync-interval",
+                    "soon",
+                ],
+                "dataplane.resync-interval",
+            ),
+            (
+                vec![
+                    "--id",
+                    "1",
+                    "--data-dir",
+                    "/tmp/x",
+                    "--wg-private-key-file",
+                    "/k",
+                    "--wg-interface",
+                    "a-name-far-too-long",
+                ],
+                "dataplane.interface",
+            ),
         ] {
             let e = Config::load(&cli(&args)).unwrap_err();
             assert_eq!(e.key, key, "{args:?}: {e}");
@@ -237,8 +414,14 @@ mod tests {
         std::fs::write(&p, "id = 2\ndata-dir = \"/tmp/y\"\nlisten-port = 5\n").unwrap();
         let e = Config::load(&cli(&["--config", p.to_str().unwrap()])).unwrap_err();
         assert!(e.to_string().contains("listen-port"), "{e}");
-        std::fs::write(&p, "id = 2\ndata-dir = \"/tmp/y\"\n").unwrap();
+        std::fs::write(
+            &p,
+            "id = 2\ndata-dir = \"/tmp/y\"\n[dataplane]\nbackend = \"userspace\"\nprivate-key-file = \"/k\"\nresync-interval = \"2s\"\n",
+        )
+        .unwrap();
         let c = Config::load(&cli(&["--config", p.to_str().unwrap(), "--id", "5"])).unwrap();
         assert_eq!(c.id, 5, "flags win over the file");
+        assert_eq!(c.dataplane.backend, BackendKind::Userspace);
+        assert_eq!(c.dataplane.resync_interval, std::time::Duration::from_secs(2));
     }
 }

@@ -2,7 +2,8 @@
 //! bind listeners, run the node until SIGTERM/SIGINT.
 
 use anygate_node::app::App;
-use anygate_node::config::{Cli, Config, LogFormat};
+use anygate_node::config::{BackendKind, Cli, Config, LogFormat};
+use anygate_node::dataplane::identity;
 use clap::Parser;
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
@@ -18,6 +19,17 @@ fn main() -> ExitCode {
             eprintln!("anygate: bad configuration: {e}");
             return ExitCode::from(EX_CONFIG);
         }
+    };
+    // The WireGuard identity is checked before anything is opened or bound.
+    let identity = match (&cfg.dataplane.private_key_file, cfg.dataplane.backend) {
+        (_, BackendKind::None) | (None, _) => None,
+        (Some(p), _) => match identity::load(p) {
+            Ok(id) => Some(id),
+            Err(e) => {
+                eprintln!("anygate: refusing to start: dataplane.private-key-file: {e}");
+                return ExitCode::from(EX_CONFIG);
+            }
+        },
     };
     let filter = tracing_subscriber::EnvFilter::new(&cfg.log_level);
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -69,7 +81,12 @@ fn main() -> ExitCode {
             tracing::info!("signal received");
             s.cancel();
         });
-        match (App { cfg, grpc, admin }).run(shutdown).await {
+        match (App {
+            cfg,
+            grpc,
+            admin,
+            identity,
+        }).run(shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("anygate: {e}");

@@ -4,6 +4,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use std::sync::Arc;
 
@@ -23,6 +24,30 @@ pub struct Metrics {
     pub applied_index: Gauge,
     pub peers: Gauge,
     pub members: Gauge,
+    /// Seconds per reconcile pass (incremental or full).
+    pub reconcile_seconds: Family<PassLabels, Histogram>,
+    pub reconcile_actions: Family<ActionLabels, Counter>,
+    pub drift_repairs: Counter,
+    pub reconcile_errors: Counter,
+    pub device_peers: Gauge,
+    pub dataplane_healthy: Gauge,
+    pub dataplane_applied_index: Gauge,
+    pub endpoint_updates: Counter,
+    pub route_repairs: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PassLabels {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionLabels {
+    pub action: String,
+}
+
+fn pass_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
 }
 
 impl Default for Metrics {
@@ -43,6 +68,15 @@ impl Metrics {
             applied_index: Gauge::default(),
             peers: Gauge::default(),
             members: Gauge::default(),
+            reconcile_seconds: Family::new_with_constructor(pass_histogram),
+            reconcile_actions: Family::default(),
+            drift_repairs: Counter::default(),
+            reconcile_errors: Counter::default(),
+            device_peers: Gauge::default(),
+            dataplane_healthy: Gauge::default(),
+            dataplane_applied_index: Gauge::default(),
+            endpoint_updates: Counter::default(),
+            route_repairs: Counter::default(),
         };
         r.register(
             "writes",
@@ -70,6 +104,51 @@ impl Metrics {
             "raft_members",
             "Nodes in the Raft membership",
             m.members.clone(),
+        );
+        r.register(
+            "reconcile_seconds",
+            "Duration of reconcile passes (kind: commit = incremental, sync = device read back)",
+            m.reconcile_seconds.clone(),
+        );
+        r.register(
+            "reconcile_actions",
+            "Changes applied to the WireGuard device, by action",
+            m.reconcile_actions.clone(),
+        );
+        r.register(
+            "drift_repairs",
+            "Device changes undone because the device differed from the replicated state",
+            m.drift_repairs.clone(),
+        );
+        r.register(
+            "reconcile_errors",
+            "Failed reconcile passes (retried with backoff)",
+            m.reconcile_errors.clone(),
+        );
+        r.register(
+            "device_peers",
+            "Peers on this node's WireGuard device",
+            m.device_peers.clone(),
+        );
+        r.register(
+            "dataplane_healthy",
+            "1 when the device is programmed, current and its identity matches",
+            m.dataplane_healthy.clone(),
+        );
+        r.register(
+            "dataplane_applied_index",
+            "Raft index whose state the device reflects",
+            m.dataplane_applied_index.clone(),
+        );
+        r.register(
+            "endpoint_updates",
+            "Client endpoint observations proposed to the replicated endpoint map",
+            m.endpoint_updates.clone(),
+        );
+        r.register(
+            "route_repairs",
+            "Host links, addresses and routes restored (e.g. after a link flap)",
+            m.route_repairs.clone(),
         );
         Metrics {
             registry: Arc::new(r),

@@ -102,6 +102,7 @@ impl ClusterCmd {
                             } else {
                                 n.leader_id.to_string()
                             },
+                            dataplane_cell(n.dataplane.as_ref()),
                         ]
                     })
                     .collect();
@@ -110,7 +111,7 @@ impl ClusterCmd {
                     table(
                         &[
                             "ID", "ADDRESS", "ROLE", "MEMBER", "TERM", "LAST LOG", "APPLIED",
-                            "LAG", "LEADER"
+                            "LAG", "LEADER", "DATAPLANE"
                         ],
                         rows
                     )
@@ -124,6 +125,11 @@ impl ClusterCmd {
                     "leader: {leader}   term: {}   answered by node {}",
                     s.term, s.answered_by
                 );
+                for n in &s.nodes {
+                    if let Some(d) = n.dataplane.as_ref().filter(|d| !d.healthy && d.backend != "none") {
+                        println!("warning: node {} dataplane unhealthy: {}", n.id, d.reason);
+                    }
+                }
                 for n in s.nodes.iter().filter(|n| !n.error.is_empty()) {
                     println!(
                         "warning: node {} ({}) unreachable: {}",
@@ -164,5 +170,15 @@ fn print_membership(ctx: &Ctx, m: &MembershipResponse, msg: &str) {
             "{msg} (voters {:?}, learners {:?}, log index {})",
             m.voters, m.learners, m.log_index
         );
+    }
+}
+
+/// "ok 1000 peers @42" or "UNHEALTHY" (the reason is printed below the table).
+fn dataplane_cell(d: Option<&anygate_proto::v1::DataplaneStatus>) -> String {
+    match d {
+        None => "-".into(),
+        Some(d) if d.backend == "none" => "off".into(),
+        Some(d) if d.healthy => format!("ok {} peers @{}", d.device_peers, d.applied_index),
+        Some(_) => "UNHEALTHY".into(),
     }
 }

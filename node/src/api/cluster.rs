@@ -64,6 +64,19 @@ impl ClusterApi {
             error: String::new(),
             snapshot_index: m.snapshot.map(|l| l.index).unwrap_or(0),
             purged_index: m.purged.map(|l| l.index).unwrap_or(0),
+            dataplane: Some({
+                let d = self.0.dataplane.borrow();
+                anygate_proto::v1::DataplaneStatus {
+                    backend: d.backend.clone(),
+                    interface: d.interface.clone(),
+                    public_key: d.public_key.map(|k| k.to_string()).unwrap_or_default(),
+                    identity_ok: d.identity_ok,
+                    healthy: d.healthy,
+                    reason: d.reason.clone(),
+                    applied_index: d.applied_index,
+                    device_peers: d.device_peers,
+                }
+            }),
         }
     }
 }

@@ -37,6 +37,7 @@ pub fn now_ms() -> i64 {
 pub struct Api {
     pub node: RaftNode,
     pub metrics: Metrics,
+    pub dataplane: crate::reconcile::driver::StatusRx,
 }
 
 impl Api {

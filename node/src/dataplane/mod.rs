@@ -2,7 +2,10 @@
 //! hold (desired), and the backends that read and program it. Backends are
 //! plain IO; every decision lives in `reconcile::plan`.
 
+pub mod backend;
 pub mod identity;
+pub mod kernel;
+pub mod net;
 pub mod uapi;
 
 use crate::model::WgKey;

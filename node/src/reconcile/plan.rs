@@ -1,7 +1,9 @@
 //! `plan(desired, observed) -> Plan`: the pure decision of what to change on
 //! a WireGuard device. An empty plan means converged. No IO, no clock.
 
-use crate::dataplane::{clamp_private_key, Action, DeviceSettings, Observed, PeerConfig};
+use crate::dataplane::{
+    clamp_private_key, Action, DeviceSettings, Observed, ObservedPeer, PeerConfig,
+};
 use crate::model::{EndpointRecord, Inventory, PeerState, WgKey};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -40,7 +42,9 @@ pub fn desired_peers(inv: &Inventory, now_ms: i64) -> BTreeMap<WgKey, DesiredPee
                         persistent_keepalive: 0,
                         allowed_ips,
                     },
-                    endpoint_seen_ms: hint.map(|h| h.observed_at_ms).unwrap_or(0),
+                    // When the client was last proven to be at that endpoint
+                    // (its handshake), not when someone read it.
+                    endpoint_seen_ms: hint.map(|h| h.last_handshake_ms).unwrap_or(0),
                 },
             )
         })
@@ -75,6 +79,59 @@ impl fmt::Display for Plan {
             return f.write_str("converged");
         }
         write!(f, "device {dev}, add {add}, update {upd}, remove {rm}")
+    }
+}
+
+/// What the device holds after `actions` succeeded: the reconciler's belief
+/// between reads, so a commit is planned without dumping the device.
+pub fn apply_to(observed: &mut Observed, actions: &[Action]) {
+    for a in actions {
+        match a {
+            Action::SetDevice(d) => {
+                observed.private_key = Some(clamp_private_key(d.private_key));
+                observed.listen_port = d.listen_port;
+                observed.fwmark = d.fwmark;
+            }
+            Action::AddPeer(p) => {
+                let stats = observed
+                    .peers
+                    .remove(&p.public_key)
+                    .map(|o| o.stats)
+                    .unwrap_or_default();
+                observed.peers.insert(
+                    p.public_key,
+                    ObservedPeer {
+                        config: p.clone(),
+                        stats,
+                    },
+                );
+            }
+            Action::UpdatePeer {
+                public_key,
+                preshared_key,
+                endpoint,
+                persistent_keepalive,
+                allowed_ips,
+            } => {
+                if let Some(o) = observed.peers.get_mut(public_key) {
+                    if let Some(psk) = preshared_key {
+                        o.config.preshared_key = *psk;
+                    }
+                    if let Some(e) = endpoint {
+                        o.config.endpoint = Some(*e);
+                    }
+                    if let Some(k) = persistent_keepalive {
+                        o.config.persistent_keepalive = *k;
+                    }
+                    if let Some(ips) = allowed_ips {
+                        o.config.allowed_ips = ips.clone();
+                    }
+                }
+            }
+            Action::RemovePeer(k) => {
+                observed.peers.remove(k);
+            }
+        }
     }
 }
 
@@ -140,7 +197,7 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dataplane::{ObservedPeer, PeerStats};
+    use crate::dataplane::PeerStats;
 
     fn k(b: u8) -> WgKey {
         WgKey([b; 32])
@@ -297,5 +354,22 @@ mod tests {
             plan(&want, &have).to_string(),
             "device 1, add 0, update 0, remove 0"
         );
+    }
+
+    #[test]
+    fn applying_a_plan_converges_the_belief() {
+        let mut a2 = pc(1, &["10.0.0.8/32"]);
+        a2.preshared_key = Some(k(7));
+        let mut want = desired(vec![a2, pc(3, &["10.0.0.4/32"])]);
+        want.device = Some(DeviceSettings {
+            private_key: [1; 32],
+            listen_port: 51820,
+            fwmark: 0,
+        });
+        let mut have = observed(vec![pc(1, &["10.0.0.2/32"]), pc(2, &["10.0.0.3/32"])]);
+        let p = plan(&want, &have);
+        assert_eq!(p.actions.len(), 4, "{p}");
+        apply_to(&mut have, &p.actions);
+        assert!(plan(&want, &have).is_empty(), "{}", plan(&want, &have));
     }
 }

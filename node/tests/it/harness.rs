@@ -52,6 +52,8 @@ pub struct Node {
     pub dir: PathBuf,
     pub child: Option<Child>,
     pub extra: Vec<String>,
+    /// Run inside this network namespace (`ip netns exec`).
+    pub netns: Option<String>,
 }
 
 impl Node {
@@ -59,7 +61,18 @@ impl Node {
         assert!(self.child.is_none(), "node {} already running", self.id);
         let log =
             std::fs::File::create(self.dir.with_extension(format!("log{}", self.id))).unwrap();
-        let child = Command::new(node_bin())
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(node_bin());
+                c
+            }
+            None => Command::new(node_bin()),
+        };
+        if !self.extra.iter().any(|a| a == "--dataplane-backend") {
+            cmd.args(["--dataplane-backend", "none"]);
+        }
+        let child = cmd
             .args([
                 "--id",
                 &self.id.to_string(),
@@ -76,10 +89,21 @@ impl Node {
             .expect("spawn anygate");
         self.child = Some(child);
         let addr = self.addr.clone();
+        let ns = self.netns.clone();
         eventually(
             &format!("node {} listening on {addr}", self.id),
             Duration::from_secs(20),
-            || std::net::TcpStream::connect(&addr).ok(),
+            || match &ns {
+                None => std::net::TcpStream::connect(&addr).ok().map(|_| ()),
+                Some(ns) => Command::new("ip")
+                    .args(["netns", "exec", ns, "bash", "-c"])
+                    .arg(format!("exec 3<>/dev/tcp/{}", addr.replace(':', "/")))
+                    .stderr(Stdio::null())
+                    .status()
+                    .ok()?
+                    .success()
+                    .then_some(()),
+            },
         );
     }
 
@@ -135,13 +159,37 @@ impl Cluster {
     }
 
     pub fn add_node(&mut self, id: u64, extra: &[&str]) -> &mut Node {
+        let addr = format!("127.0.0.1:{}", free_port());
+        self.add_node_at(id, addr, None, extra)
+    }
+
+    /// A cluster with no nodes yet (see `add_node_at`).
+    pub fn empty() -> Cluster {
+        Cluster {
+            nodes: vec![],
+            _tmp: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        self._tmp.path()
+    }
+
+    pub fn add_node_at(
+        &mut self,
+        id: u64,
+        addr: String,
+        netns: Option<String>,
+        extra: &[&str],
+    ) -> &mut Node {
         let dir = self._tmp.path().join(format!("n{id}"));
         let mut node = Node {
             id,
-            addr: format!("127.0.0.1:{}", free_port()),
+            addr,
             dir,
             child: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            netns,
         };
         node.start();
         self.nodes.push(node);
@@ -227,9 +275,32 @@ impl Cluster {
     }
 }
 
+thread_local! {
+    /// Namespace the helpers run anygatectl in (tests whose nodes live in
+    /// network namespaces set it; each test runs on one thread).
+    static CTL_NETNS: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+pub fn set_ctl_netns(ns: Option<&str>) {
+    CTL_NETNS.with(|c| *c.borrow_mut() = ns.map(str::to_string));
+}
+
 pub fn ctl(endpoint: &str, args: &[&str]) -> Output {
-    Command::new(ctl_bin())
-        .args([
+    let ns = CTL_NETNS.with(|c| c.borrow().clone());
+    ctl_in(ns.as_deref(), endpoint, args)
+}
+
+/// anygatectl, inside a network namespace when `ns` is given.
+pub fn ctl_in(ns: Option<&str>, endpoint: &str, args: &[&str]) -> Output {
+    let mut cmd = match ns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(ctl_bin());
+            c
+        }
+        None => Command::new(ctl_bin()),
+    };
+    cmd.args([
             "--endpoint",
             endpoint,
             "--timeout",

@@ -9,3 +9,4 @@ mod t03_snapshot_membership;
 mod t04_concurrent_allocation;
 mod t05_bad_input;
 mod t06_uapi_wireguard_go;
+mod t07_dataplane_netns;

@@ -1,0 +1,488 @@
+//! The host network state a gateway owns, besides the WireGuard peers: the
+//! WireGuard link (up, MTU, the pools' gateway addresses), the anycast
+//! addresses on `lo`, routes for client addresses outside the pools, and one
+//! nftables table (`inet anygate`: SNAT of the listen port to the anycast
+//! address, masquerade in `nat` mode). `net_desired` is pure; `NetManager`
+//! compares with the kernel over rtnetlink and repairs, so a link flap (which
+//! flushes static routes and IPv6 addresses) is undone at the next check.
+
+use crate::model::{Inventory, PeerState, ReturnMode};
+use futures::TryStreamExt;
+use ipnet::IpNet;
+use netlink_packet_route::address::AddressAttribute;
+use netlink_packet_route::link::{LinkAttribute, LinkFlags};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteProtocol};
+use netlink_packet_route::AddressFamily;
+use rtnetlink::{Handle, LinkUnspec, LinkWireguard, RouteMessageBuilder};
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+/// Route protocol number that marks routes anygate installed (see
+/// /etc/iproute2/rt_protos; 240 is unassigned).
+pub const RTPROT_ANYGATE: u8 = 240;
+pub const NFT_TABLE: &str = "anygate";
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NetDesired {
+    pub ifname: String,
+    pub mtu: u32,
+    /// Gateway addresses on the WireGuard link (first host of each pool).
+    pub wg_addrs: BTreeSet<IpNet>,
+    /// Anycast addresses on `lo` (/32 and /128).
+    pub lo_addrs: BTreeSet<IpNet>,
+    /// Client prefixes outside every pool, routed into the WireGuard link.
+    pub routes: BTreeSet<IpNet>,
+    /// The whole `inet anygate` table, as an `nft -f` script.
+    pub nft: String,
+}
+
+/// What the host should look like for this inventory. Pure.
+pub fn net_desired(inv: &Inventory, ifname: &str) -> NetDesired {
+    let s = inv.settings();
+    let mut wg_addrs = BTreeSet::new();
+    let mut pool_nets = Vec::new();
+    for p in inv.pools() {
+        for c in p.cidrs {
+            let first = match c {
+                IpNet::V4(n) => IpAddr::V4((u32::from(n.network()) + 1).into()),
+                IpNet::V6(n) => IpAddr::V6((u128::from(n.network()) + 1).into()),
+            };
+            if let Ok(a) = IpNet::new(first, c.prefix_len()) {
+                wg_addrs.insert(a);
+            }
+            pool_nets.push(c);
+        }
+    }
+    let routes = inv
+        .peers()
+        .filter(|p| p.state == PeerState::Active)
+        .flat_map(|p| p.allowed_ips.iter())
+        .filter(|ip| !pool_nets.iter().any(|n| n.contains(*ip)))
+        .copied()
+        .collect();
+    let mut lo_addrs = BTreeSet::new();
+    if let Some(a) = s.anycast_v4 {
+        lo_addrs.insert(IpNet::new(IpAddr::V4(a), 32).expect("/32"));
+    }
+    if let Some(a) = s.anycast_v6 {
+        lo_addrs.insert(IpNet::new(IpAddr::V6(a), 128).expect("/128"));
+    }
+    let mut rules = Vec::new();
+    // Packets the gateway originates from the listen port (a handshake it
+    // starts) must leave from the anycast address, or the client roams to
+    // the unicast one and loses failover.
+    if let Some(a) = s.anycast_v4 {
+        rules.push(format!(
+            "udp sport {} ip saddr != {a} snat ip to {a}",
+            s.listen_port
+        ));
+    }
+    if let Some(a) = s.anycast_v6 {
+        rules.push(format!(
+            "udp sport {} ip6 saddr != {a} snat ip6 to {a}",
+            s.listen_port
+        ));
+    }
+    if s.return_mode == ReturnMode::Nat {
+        let v4: Vec<String> = pool_nets
+            .iter()
+            .filter(|n| matches!(n, IpNet::V4(_)))
+            .map(|n| n.to_string())
+            .collect();
+        let v6: Vec<String> = pool_nets
+            .iter()
+            .filter(|n| matches!(n, IpNet::V6(_)))
+            .map(|n| n.to_string())
+            .collect();
+        if !v4.is_empty() {
+            rules.push(format!(
+                "oifname != \"{ifname}\" ip saddr {{ {} }} masquerade",
+                v4.join(", ")
+            ));
+        }
+        if !v6.is_empty() {
+            rules.push(format!(
+                "oifname != \"{ifname}\" ip6 saddr {{ {} }} masquerade",
+                v6.join(", ")
+            ));
+        }
+    }
+    let mut nft = format!(
+        "table inet {NFT_TABLE}\ndelete table inet {NFT_TABLE}\ntable inet {NFT_TABLE} {{\n  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n"
+    );
+    for r in rules {
+        nft.push_str("    ");
+        nft.push_str(&r);
+        nft.push('\n');
+    }
+    nft.push_str("  }\n}\n");
+    NetDesired {
+        ifname: ifname.to_string(),
+        mtu: s.mtu as u32,
+        wg_addrs,
+        lo_addrs,
+        routes,
+        nft,
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("rtnetlink: {0}")]
+    Netlink(String),
+    #[error("link {0} does not exist")]
+    NoLink(String),
+    #[error("nft: {0}")]
+    Nft(String),
+}
+
+fn nl(e: impl std::fmt::Display) -> NetError {
+    NetError::Netlink(e.to_string())
+}
+
+/// What one check changed (for logs and the drift counter).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct NetRepair {
+    pub link: bool,
+    pub addrs_added: usize,
+    pub addrs_removed: usize,
+    pub routes_added: usize,
+    pub routes_removed: usize,
+}
+
+impl NetRepair {
+    pub fn is_empty(&self) -> bool {
+        *self == NetRepair::default()
+    }
+}
+
+pub struct NetManager {
+    handle: Handle,
+    /// Anycast addresses this process put on `lo` (removed when settings change).
+    lo_owned: BTreeSet<IpNet>,
+}
+
+impl NetManager {
+    pub fn new() -> Result<Self, NetError> {
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(nl)?;
+        tokio::spawn(conn);
+        Ok(NetManager {
+            handle,
+            lo_owned: BTreeSet::new(),
+        })
+    }
+
+    pub async fn link_index(&self, name: &str) -> Result<Option<(u32, bool, u32)>, NetError> {
+        let mut s = self.handle.link().get().match_name(name.to_string()).execute();
+        match s.try_next().await {
+            Ok(Some(l)) => {
+                let mtu = l
+                    .attributes
+                    .iter()
+                    .find_map(|a| match a {
+                        LinkAttribute::Mtu(m) => Some(*m),
+                        _ => None,
+                    })
+                    .unwrap_or(0);
+                Ok(Some((
+                    l.header.index,
+                    l.header.flags.contains(LinkFlags::Up),
+                    mtu,
+                )))
+            }
+            Ok(None) => Ok(None),
+            // ENODEV comes back as an error for a missing name.
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -19 => Ok(None),
+            Err(e) => Err(nl(e)),
+        }
+    }
+
+    /// Create a kernel WireGuard link (kernel backend only).
+    pub async fn create_wireguard_link(&self, name: &str) -> Result<(), NetError> {
+        self.handle
+            .link()
+            .add(LinkWireguard::new(name).build())
+            .execute()
+            .await
+            .map_err(nl)
+    }
+
+    pub async fn delete_link(&self, name: &str) -> Result<(), NetError> {
+        if let Some((idx, _, _)) = self.link_index(name).await? {
+            self.handle.link().del(idx).execute().await.map_err(nl)?;
+        }
+        Ok(())
+    }
+
+    /// Bring the host in line with `want`. Errors on one item do not stop
+    /// the others; the first is returned after all were tried.
+    pub async fn reconcile(&mut self, want: &NetDesired) -> Result<NetRepair, NetError> {
+        let mut rep = NetRepair::default();
+        let (idx, up, mtu) = self
+            .link_index(&want.ifname)
+            .await?
+            .ok_or_else(|| NetError::NoLink(want.ifname.clone()))?;
+        if !up || (want.mtu != 0 && mtu != want.mtu) {
+            let mut b = LinkUnspec::new_with_index(idx).up();
+            if want.mtu != 0 {
+                b = b.mtu(want.mtu);
+            }
+            self.handle.link().set(b.build()).execute().await.map_err(nl)?;
+            rep.link = true;
+        }
+        let mut first_err = None;
+        // Addresses on the WireGuard link: exactly the wanted ones.
+        let have = self.addresses(idx).await?;
+        for a in want.wg_addrs.difference(&have) {
+            match self.add_addr(idx, a).await {
+                Ok(()) => rep.addrs_added += 1,
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        for a in have.difference(&want.wg_addrs) {
+            // Leave the kernel's IPv6 link-local alone.
+            if matches!(a, IpNet::V6(n) if n.addr().segments()[0] & 0xffc0 == 0xfe80) {
+                continue;
+            }
+            match self.del_addr(idx, a).await {
+                Ok(()) => rep.addrs_removed += 1,
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        // Anycast on lo: add the wanted ones, remove only those we added.
+        if let Some((lo, _, _)) = self.link_index("lo").await? {
+            let have_lo = self.addresses(lo).await?;
+            for a in want.lo_addrs.difference(&have_lo) {
+                match self.add_addr(lo, a).await {
+                    Ok(()) => rep.addrs_added += 1,
+                    Err(e) => {
+                        first_err.get_or_insert(e);
+                    }
+                }
+            }
+            let stale: Vec<IpNet> = self
+                .lo_owned
+                .difference(&want.lo_addrs)
+                .filter(|a| have_lo.contains(a))
+                .copied()
+                .collect();
+            for a in stale {
+                if self.del_addr(lo, &a).await.is_ok() {
+                    rep.addrs_removed += 1;
+                }
+            }
+            self.lo_owned = want.lo_addrs.clone();
+        }
+        // Client routes outside the pools.
+        let have_routes = self.owned_routes().await?;
+        for r in want.routes.difference(&have_routes) {
+            match self.add_route(idx, r).await {
+                Ok(()) => rep.routes_added += 1,
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        for r in have_routes.difference(&want.routes) {
+            match self.del_route(r).await {
+                Ok(()) => rep.routes_removed += 1,
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(rep),
+        }
+    }
+
+    async fn addresses(&self, idx: u32) -> Result<BTreeSet<IpNet>, NetError> {
+        let mut s = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(idx)
+            .execute();
+        let mut out = BTreeSet::new();
+        while let Some(m) = s.try_next().await.map_err(nl)? {
+            if m.header.index != idx {
+                continue;
+            }
+            for a in &m.attributes {
+                if let AddressAttribute::Address(ip) = a {
+                    if let Ok(n) = IpNet::new(*ip, m.header.prefix_len) {
+                        out.insert(n);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn add_addr(&self, idx: u32, a: &IpNet) -> Result<(), NetError> {
+        match self
+            .handle
+            .address()
+            .add(idx, a.addr(), a.prefix_len())
+            .execute()
+            .await
+        {
+            // EEXIST: someone else added it meanwhile; fine.
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -17 => Ok(()),
+            r => r.map_err(nl),
+        }
+    }
+
+    async fn del_addr(&self, idx: u32, a: &IpNet) -> Result<(), NetError> {
+        let mut s = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(idx)
+            .set_address_filter(a.addr())
+            .set_prefix_length_filter(a.prefix_len())
+            .execute();
+        while let Some(m) = s.try_next().await.map_err(nl)? {
+            self.handle.address().del(m).execute().await.map_err(nl)?;
+        }
+        Ok(())
+    }
+
+    /// Routes with protocol `RTPROT_ANYGATE` in the main table.
+    async fn owned_routes(&self) -> Result<BTreeSet<IpNet>, NetError> {
+        let mut out = BTreeSet::new();
+        for fam in [AddressFamily::Inet, AddressFamily::Inet6] {
+            let mut msg = RouteMessageBuilder::<IpAddr>::new().build();
+            msg.header.address_family = fam;
+            let mut s = self.handle.route().get(msg).execute();
+            while let Some(r) = s.try_next().await.map_err(nl)? {
+                if r.header.protocol != RouteProtocol::Other(RTPROT_ANYGATE) {
+                    continue;
+                }
+                let dst = r.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Destination(RouteAddress::Inet(a)) => Some(IpAddr::V4(*a)),
+                    RouteAttribute::Destination(RouteAddress::Inet6(a)) => Some(IpAddr::V6(*a)),
+                    _ => None,
+                });
+                if let Some(Ok(n)) = dst.map(|d| IpNet::new(d, r.header.destination_prefix_length))
+                {
+                    out.insert(n);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn route_msg(&self, idx: Option<u32>, r: &IpNet) -> netlink_packet_route::route::RouteMessage {
+        let b = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(r.addr(), r.prefix_len())
+            .expect("same family");
+        let mut b = b.protocol(RouteProtocol::Other(RTPROT_ANYGATE));
+        if let Some(i) = idx {
+            b = b.output_interface(i);
+        }
+        b.build()
+    }
+
+    async fn add_route(&self, idx: u32, r: &IpNet) -> Result<(), NetError> {
+        let msg = self.route_msg(Some(idx), r);
+        match self.handle.route().add(msg).replace().execute().await {
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -17 => Ok(()),
+            r => r.map_err(nl),
+        }
+    }
+
+    async fn del_route(&self, r: &IpNet) -> Result<(), NetError> {
+        let msg = self.route_msg(None, r);
+        self.handle.route().del(msg).execute().await.map_err(nl)
+    }
+}
+
+/// Replace the `inet anygate` table atomically (`nft -f -` runs the script as
+/// one transaction).
+pub async fn apply_nft(script: &str) -> Result<(), NetError> {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| NetError::Nft(format!("cannot run nft (is nftables installed?): {e}")))?;
+    let mut stdin = child.stdin.take().expect("piped");
+    stdin
+        .write_all(script.as_bytes())
+        .await
+        .map_err(|e| NetError::Nft(e.to_string()))?;
+    drop(stdin);
+    let out = child
+        .wait_with_output()
+        .await
+        .map_err(|e| NetError::Nft(e.to_string()))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(NetError::Nft(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Changes, Command, Request, SettingsPatch};
+
+    #[test]
+    fn desired_host_state_from_inventory() {
+        let mut inv = Inventory::default();
+        let mut ch = Changes::default();
+        let mut run = |inv: &mut Inventory, cmd: Command| {
+            let r = inv.apply(
+                1,
+                &Request {
+                    actor: "t".into(),
+                    at_ms: 0,
+                    request_id: None,
+                    cmd,
+                },
+                &mut ch,
+            );
+            assert!(!matches!(r, crate::model::Response::Rejected(_)), "{r:?}");
+        };
+        run(
+            &mut inv,
+            Command::AddPool {
+                name: "staff".into(),
+                cidrs: vec!["10.100.0.0/16".parse().unwrap(), "fd00:100::/64".parse().unwrap()],
+                group: None,
+            },
+        );
+        run(
+            &mut inv,
+            Command::SetSettings(SettingsPatch {
+                anycast_v4: Some(Some("198.51.100.1".parse().unwrap())),
+                ..Default::default()
+            }),
+        );
+        let d = net_desired(&inv, "wg-test");
+        assert_eq!(
+            d.wg_addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+            ["10.100.0.1/16", "fd00:100::1/64"]
+        );
+        assert_eq!(
+            d.lo_addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+            ["198.51.100.1/32"]
+        );
+        assert!(d.nft.contains("udp sport 51820 ip saddr != 198.51.100.1 snat ip to 198.51.100.1"));
+        assert!(d.nft.contains("oifname != \"wg-test\" ip saddr { 10.100.0.0/16 } masquerade"));
+        assert!(d.nft.contains("ip6 saddr { fd00:100::/64 } masquerade"));
+        assert!(d.routes.is_empty());
+    }
+}

@@ -1,0 +1,460 @@
+//! The reconcile loop: one task owns the WireGuard device and the host
+//! routes. It plans every commit against what it believes the device holds
+//! (no dump per write), reads the device back every `observe-interval`
+//! (endpoints for the replicated map, drift repair, route check), and every
+//! `resync-interval` also re-creates the device if it vanished and rewrites
+//! the nftables table. A failing pass is logged, counted and retried with
+//! backoff; the loop only ends at shutdown.
+
+use super::plan::{apply_to, desired_peers, plan, Desired, Plan};
+use crate::config::DataplaneConfig;
+use crate::dataplane::backend::Device;
+use crate::dataplane::identity::Identity;
+use crate::dataplane::net::{apply_nft, net_desired, NetDesired, NetManager};
+use crate::dataplane::{Action, DeviceSettings, Observed};
+use crate::metrics::{ActionLabels, Metrics, PassLabels};
+use crate::model::{Command, EndpointRecord, Inventory, Request, WgKey};
+use crate::raft::RaftNode;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+/// What this node's dataplane looks like, for `cluster status`, /ready and BGP.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DataplaneStatus {
+    pub backend: String,
+    pub interface: String,
+    pub public_key: Option<WgKey>,
+    pub identity_ok: bool,
+    /// Device programmed, current and identity right.
+    pub healthy: bool,
+    /// Why not healthy (empty when healthy).
+    pub reason: String,
+    /// Raft index whose state the device reflects.
+    pub applied_index: u64,
+    pub device_peers: u64,
+    pub last_error: String,
+}
+
+pub type StatusRx = watch::Receiver<DataplaneStatus>;
+
+/// A status for nodes that run without a dataplane.
+pub fn disabled_status() -> (watch::Sender<DataplaneStatus>, StatusRx) {
+    watch::channel(DataplaneStatus {
+        backend: "none".into(),
+        reason: "dataplane disabled (backend = none)".into(),
+        ..Default::default()
+    })
+}
+
+pub struct Reconciler {
+    cfg: DataplaneConfig,
+    node: RaftNode,
+    metrics: Metrics,
+    identity: Identity,
+    device: Device,
+    net: Option<NetManager>,
+    /// The interface name in use (node override or cluster setting).
+    ifname: String,
+    /// What the device holds, as far as we know; None = read it back first.
+    believed: Option<Observed>,
+    believed_index: u64,
+    last_error: Option<String>,
+    backoff: Duration,
+    retry_at: Instant,
+    last_nft: Option<String>,
+    pending_endpoints: BTreeMap<WgKey, EndpointRecord>,
+    endpoint_flush_at: Instant,
+    endpoint_write: Option<tokio::task::JoinHandle<()>>,
+    status: watch::Sender<DataplaneStatus>,
+}
+
+fn now_ms() -> i64 {
+    crate::api::now_ms()
+}
+
+impl Reconciler {
+    pub fn new(
+        cfg: DataplaneConfig,
+        node: RaftNode,
+        metrics: Metrics,
+        identity: Identity,
+        device: Device,
+        status: watch::Sender<DataplaneStatus>,
+    ) -> Reconciler {
+        let net = if cfg.manage_routes {
+            match NetManager::new() {
+                Ok(n) => Some(n),
+                Err(e) => {
+                    warn!(error = %e, "rtnetlink unavailable: routes will not be managed");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let ifname = cfg
+            .interface
+            .clone()
+            .unwrap_or_else(|| node.view.read(|i| i.settings().interface.clone()));
+        Reconciler {
+            cfg,
+            node,
+            metrics,
+            identity,
+            device,
+            net,
+            ifname,
+            believed: None,
+            believed_index: 0,
+            last_error: None,
+            backoff: Duration::from_millis(100),
+            retry_at: Instant::now(),
+            last_nft: None,
+            pending_endpoints: BTreeMap::new(),
+            endpoint_flush_at: Instant::now(),
+            endpoint_write: None,
+            status,
+        }
+    }
+
+    pub fn ifname(&self) -> &str {
+        &self.ifname
+    }
+
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        info!(backend = self.device.kind(), ifname = %self.ifname, public_key = %self.identity.public_key, "dataplane starting");
+        let mut applied = self.node.view.subscribe();
+        let mut observe = tokio::time::interval(self.cfg.observe_interval);
+        observe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut resync = tokio::time::interval(self.cfg.resync_interval);
+        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        resync.tick().await;
+        self.sync(true).await;
+        loop {
+            let retry = tokio::time::sleep_until(self.retry_at.into());
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = applied.changed() => {
+                    if r.is_err() { break }
+                    self.on_commit().await;
+                }
+                _ = retry, if self.believed.is_none() => self.sync(true).await,
+                _ = observe.tick() => self.sync(false).await,
+                _ = resync.tick() => self.sync(true).await,
+            }
+        }
+        if let Some(h) = self.endpoint_write.take() {
+            h.abort();
+        }
+        self.device.shutdown().await;
+        info!("dataplane stopped");
+    }
+
+    fn desired(&self, inv: &Inventory) -> Desired {
+        Desired {
+            device: Some(DeviceSettings {
+                private_key: self.identity.private_key,
+                listen_port: inv.settings().listen_port,
+                fwmark: self.cfg.fwmark,
+            }),
+            peers: desired_peers(inv, now_ms()),
+        }
+    }
+
+    /// Incremental: plan against the belief and apply only the difference.
+    async fn on_commit(&mut self) {
+        let Some(believed) = &self.believed else {
+            return; // a full sync is pending (retry timer)
+        };
+        let started = Instant::now();
+        let index = self.node.view.applied();
+        let (p, net) = self.node.view.read(|inv| {
+            let d = self.desired(inv);
+            (plan(&d, believed), net_desired(inv, &self.ifname))
+        });
+        let r = self.apply(&p).await;
+        match r {
+            Ok(()) => {
+                if let Some(b) = &mut self.believed {
+                    apply_to(b, &p.actions);
+                }
+                self.believed_index = index;
+                if !p.is_empty() {
+                    debug!(index, plan = %p, "applied commit");
+                }
+                if self.net.is_some() && net.nft != self.last_nft.clone().unwrap_or_default() {
+                    self.reconcile_net(&net, true).await;
+                }
+                self.last_error = None;
+            }
+            Err(e) => self.failed(format!("applying commit {index}: {e}")),
+        }
+        self.observe_pass("commit", started);
+        self.publish();
+    }
+
+    /// Read the device back, repair whatever differs, check the host network.
+    async fn sync(&mut self, full: bool) {
+        if self.believed.is_none() && Instant::now() < self.retry_at {
+            return;
+        }
+        let started = Instant::now();
+        if let Err(e) = self.sync_inner(full).await {
+            self.failed(e);
+        } else {
+            self.last_error = None;
+            self.backoff = Duration::from_millis(100);
+        }
+        self.observe_pass(if full { "resync" } else { "observe" }, started);
+        self.flush_endpoints();
+        self.publish();
+    }
+
+    async fn sync_inner(&mut self, full: bool) -> Result<(), String> {
+        if full || self.believed.is_none() {
+            if let Some(net) = &self.net {
+                if self
+                    .device
+                    .ensure(net, &self.ifname)
+                    .await
+                    .map_err(|e| format!("device {}: {e}", self.ifname))?
+                {
+                    self.believed = None;
+                }
+            }
+        }
+        let had_belief = self.believed.is_some();
+        let observed = self
+            .device
+            .get()
+            .await
+            .map_err(|e| format!("reading {}: {e}", self.ifname))?;
+        let index = self.node.view.applied();
+        let (p, net, proposals) = self.node.view.read(|inv| {
+            let d = self.desired(inv);
+            (
+                plan(&d, &observed),
+                net_desired(inv, &self.ifname),
+                endpoint_proposals(inv, &observed, self.node.id, now_ms()),
+            )
+        });
+        self.apply(&p)
+            .await
+            .map_err(|e| format!("programming {}: {e}", self.ifname))?;
+        if had_belief && !p.is_empty() {
+            warn!(plan = %p, "device differed from the replicated state (hand edit?); repaired");
+            self.metrics.drift_repairs.inc_by(p.actions.len() as u64);
+        } else if !p.is_empty() {
+            info!(plan = %p, "device programmed");
+        }
+        let mut observed = observed;
+        apply_to(&mut observed, &p.actions);
+        self.metrics.device_peers.set(observed.peers.len() as i64);
+        self.believed = Some(observed);
+        self.believed_index = index;
+        for (k, r) in proposals {
+            self.pending_endpoints.insert(k, r);
+        }
+        if self.net.is_some() {
+            self.reconcile_net(&net, full).await;
+        }
+        Ok(())
+    }
+
+    async fn reconcile_net(&mut self, want: &NetDesired, nft: bool) {
+        let Some(net) = &mut self.net else { return };
+        match net.reconcile(want).await {
+            Ok(rep) if !rep.is_empty() => {
+                info!(ifname = %want.ifname, ?rep, "host network restored");
+                self.metrics.route_repairs.inc();
+            }
+            Ok(_) => {}
+            Err(e) => {
+                self.metrics.reconcile_errors.inc();
+                warn!(error = %e, "host network reconcile failed; will retry");
+            }
+        }
+        if nft || self.last_nft.as_deref() != Some(&want.nft) {
+            match apply_nft(&want.nft).await {
+                Ok(()) => self.last_nft = Some(want.nft.clone()),
+                Err(e) => {
+                    self.metrics.reconcile_errors.inc();
+                    warn!(error = %e, "nftables table anygate not applied; will retry");
+                }
+            }
+        }
+    }
+
+    async fn apply(&self, p: &Plan) -> Result<(), crate::dataplane::DataplaneError> {
+        if p.is_empty() {
+            return Ok(());
+        }
+        self.device.set(&p.actions).await?;
+        for a in &p.actions {
+            let action = match a {
+                Action::SetDevice(_) => "device",
+                Action::AddPeer(_) => "add",
+                Action::UpdatePeer { .. } => "update",
+                Action::RemovePeer(_) => "remove",
+            };
+            self.metrics
+                .reconcile_actions
+                .get_or_create(&ActionLabels {
+                    action: action.into(),
+                })
+                .inc();
+        }
+        Ok(())
+    }
+
+    fn failed(&mut self, e: String) {
+        self.metrics.reconcile_errors.inc();
+        warn!(error = %e, retry_in = ?self.backoff, "dataplane pass failed");
+        self.last_error = Some(e);
+        self.believed = None;
+        self.retry_at = Instant::now() + self.backoff;
+        self.backoff = (self.backoff * 2).min(Duration::from_secs(5));
+    }
+
+    fn observe_pass(&self, kind: &str, started: Instant) {
+        self.metrics
+            .reconcile_seconds
+            .get_or_create(&PassLabels { kind: kind.into() })
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Propose the coalesced endpoint observations, at most one batch per
+    /// `endpoint-batch-interval` and one write in flight.
+    fn flush_endpoints(&mut self) {
+        if self.pending_endpoints.is_empty() || Instant::now() < self.endpoint_flush_at {
+            return;
+        }
+        if self.endpoint_write.as_ref().is_some_and(|h| !h.is_finished()) {
+            return;
+        }
+        let mut batch = Vec::new();
+        while batch.len() < self.cfg.endpoint_batch_max {
+            match self.pending_endpoints.pop_first() {
+                Some(e) => batch.push(e),
+                None => break,
+            }
+        }
+        self.endpoint_flush_at = Instant::now() + self.cfg.endpoint_batch_interval;
+        let n = batch.len() as u64;
+        let node = self.node.clone();
+        let metrics = self.metrics.clone();
+        self.endpoint_write = Some(tokio::spawn(async move {
+            let req = Request {
+                actor: format!("node-{}/endpoints", node.id),
+                at_ms: now_ms(),
+                request_id: None,
+                cmd: Command::UpdateEndpoints(batch),
+            };
+            match node.write(req).await {
+                Ok(w) => {
+                    metrics.endpoint_updates.inc_by(n);
+                    debug!(index = w.index, endpoints = n, "endpoint observations replicated");
+                }
+                // Dropped, not retried: the next read observes them again.
+                Err(e) => debug!(error = %e, "endpoint observations not replicated"),
+            }
+        }));
+    }
+
+    fn publish(&self) {
+        let settings_key = self
+            .node
+            .view
+            .read(|inv| inv.settings().server_public_key);
+        let identity_ok = settings_key == Some(self.identity.public_key);
+        let applied = self.node.view.applied();
+        let current = self.believed.is_some() && self.believed_index >= applied;
+        let reason = if !identity_ok {
+            match settings_key {
+                None => "cluster setting server-public-key is not set".to_string(),
+                Some(k) => format!(
+                    "identity mismatch: this node's key is {}, the cluster's server-public-key is {k}",
+                    self.identity.public_key
+                ),
+            }
+        } else if let Some(e) = &self.last_error {
+            e.clone()
+        } else if !current {
+            format!(
+                "device at index {}, state at {applied}",
+                self.believed_index
+            )
+        } else {
+            String::new()
+        };
+        let healthy = reason.is_empty();
+        self.metrics.dataplane_healthy.set(healthy as i64);
+        self.metrics
+            .dataplane_applied_index
+            .set(self.believed_index as i64);
+        let st = DataplaneStatus {
+            backend: self.device.kind().into(),
+            interface: self.ifname.clone(),
+            public_key: Some(self.identity.public_key),
+            identity_ok,
+            healthy,
+            reason,
+            applied_index: self.believed_index,
+            device_peers: self.believed.as_ref().map(|b| b.peers.len() as u64).unwrap_or(0),
+            last_error: self.last_error.clone().unwrap_or_default(),
+        };
+        self.status.send_if_modified(|s| {
+            if *s != st {
+                if s.healthy != st.healthy {
+                    if st.healthy {
+                        info!("dataplane healthy");
+                    } else {
+                        warn!(reason = %st.reason, "dataplane unhealthy");
+                    }
+                }
+                *s = st;
+                true
+            } else {
+                false
+            }
+        });
+    }
+}
+
+/// Endpoint observations worth replicating: the device saw the client at an
+/// endpoint the map does not have, after the map's last handshake. Pure.
+pub fn endpoint_proposals(
+    inv: &Inventory,
+    observed: &Observed,
+    node: u64,
+    now_ms: i64,
+) -> Vec<(WgKey, EndpointRecord)> {
+    let mut out = Vec::new();
+    for (k, p) in &observed.peers {
+        let Some(ep) = p.config.endpoint else {
+            continue;
+        };
+        let (s, ns) = p.stats.last_handshake;
+        let hs_ms = s as i64 * 1000 + ns as i64 / 1_000_000;
+        if hs_ms == 0 || inv.peer(k).is_none() {
+            continue;
+        }
+        match inv.endpoint(k) {
+            Some(r) if r.endpoint == ep || r.last_handshake_ms >= hs_ms => continue,
+            _ => {}
+        }
+        out.push((
+            *k,
+            EndpointRecord {
+                endpoint: ep,
+                last_handshake_ms: hs_ms,
+                observed_by: node,
+                observed_at_ms: now_ms,
+            },
+        ));
+    }
+    out
+}
