@@ -164,6 +164,9 @@ impl Supervised {
             .arg(&self.bin)
             .args(["-f", &self.ifname])
             .env("LOG_LEVEL", "error")
+            // Without it, wireguard-go prints a banner (or refuses) when the
+            // kernel has WireGuard; choosing userspace there is deliberate.
+            .env("WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD", "1")
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::inherit())
