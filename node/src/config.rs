@@ -134,8 +134,12 @@ fn duration(
     default: &str,
 ) -> Result<std::time::Duration, ConfigError> {
     let s = v.unwrap_or_else(|| default.to_string());
-    let d = humantime::parse_duration(&s)
-        .map_err(|e| bad(key, format!("{s:?} is not a duration like 10s or 500ms: {e}")))?;
+    let d = humantime::parse_duration(&s).map_err(|e| {
+        bad(
+            key,
+            format!("{s:?} is not a duration like 10s or 500ms: {e}"),
+        )
+    })?;
     if d.is_zero() {
         return Err(bad(key, "must be more than zero"));
     }
@@ -422,6 +426,9 @@ mod tests {
         let c = Config::load(&cli(&["--config", p.to_str().unwrap(), "--id", "5"])).unwrap();
         assert_eq!(c.id, 5, "flags win over the file");
         assert_eq!(c.dataplane.backend, BackendKind::Userspace);
-        assert_eq!(c.dataplane.resync_interval, std::time::Duration::from_secs(2));
+        assert_eq!(
+            c.dataplane.resync_interval,
+            std::time::Duration::from_secs(2)
+        );
     }
 }

@@ -86,7 +86,10 @@ fn main() -> ExitCode {
             grpc,
             admin,
             identity,
-        }).run(shutdown).await {
+        })
+        .run(shutdown)
+        .await
+        {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("anygate: {e}");

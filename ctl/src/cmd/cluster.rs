@@ -110,8 +110,16 @@ impl ClusterCmd {
                     "{}",
                     table(
                         &[
-                            "ID", "ADDRESS", "ROLE", "MEMBER", "TERM", "LAST LOG", "APPLIED",
-                            "LAG", "LEADER", "DATAPLANE"
+                            "ID",
+                            "ADDRESS",
+                            "ROLE",
+                            "MEMBER",
+                            "TERM",
+                            "LAST LOG",
+                            "APPLIED",
+                            "LAG",
+                            "LEADER",
+                            "DATAPLANE"
                         ],
                         rows
                     )
@@ -126,7 +134,11 @@ impl ClusterCmd {
                     s.term, s.answered_by
                 );
                 for n in &s.nodes {
-                    if let Some(d) = n.dataplane.as_ref().filter(|d| !d.healthy && d.backend != "none") {
+                    if let Some(d) = n
+                        .dataplane
+                        .as_ref()
+                        .filter(|d| !d.healthy && d.backend != "none")
+                    {
                         println!("warning: node {} dataplane unhealthy: {}", n.id, d.reason);
                     }
                 }

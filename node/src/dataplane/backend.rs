@@ -17,7 +17,7 @@ pub enum Device {
     Userspace {
         uapi: UapiClient,
         /// Set when this node runs wireguard-go itself.
-        supervised: Option<Supervised>,
+        supervised: Option<Box<Supervised>>,
     },
 }
 
@@ -50,13 +50,15 @@ impl Device {
                     .unwrap_or_else(|| PathBuf::from(format!("/var/run/wireguard/{ifname}.sock")));
                 Ok(Device::Userspace {
                     uapi: UapiClient::new(sock),
-                    supervised: cfg.wireguard_go.clone().map(|bin| Supervised {
-                        bin,
-                        ifname: ifname.to_string(),
-                        child: None,
-                        restarts: 0,
-                        next_start: Instant::now(),
-                        backoff: Duration::from_millis(200),
+                    supervised: cfg.wireguard_go.clone().map(|bin| {
+                        Box::new(Supervised {
+                            bin,
+                            ifname: ifname.to_string(),
+                            child: None,
+                            restarts: 0,
+                            next_start: Instant::now(),
+                            backoff: Duration::from_millis(200),
+                        })
                     }),
                 })
             }

@@ -14,8 +14,7 @@ use futures::StreamExt;
 use genetlink::GenetlinkHandle;
 use ipnet::IpNet;
 use netlink_packet_core::{
-    Emitable, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_DUMP_INTR,
-    NLM_F_REQUEST,
+    Emitable, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST,
 };
 use netlink_packet_generic::GenlMessage;
 use netlink_packet_wireguard::{
@@ -25,6 +24,8 @@ use netlink_packet_wireguard::{
 
 /// Attribute bytes per SET_DEVICE message (wg(8) uses one page).
 pub const MESSAGE_BUDGET: usize = 4096;
+/// SET_DEVICE messages in flight at once.
+const PIPELINE: usize = 16;
 
 pub struct KernelWg {
     ifname: String,
@@ -97,9 +98,14 @@ impl KernelWg {
         Ok((!interrupted).then_some(obs))
     }
 
+    /// Messages go out in order with up to `PIPELINE` awaiting their ack
+    /// (the kernel handles one socket's messages in order).
     pub async fn set(&self, actions: &[Action]) -> Result<(), DataplaneError> {
-        for attrs in encode_set(&self.ifname, actions) {
-            self.send_set(attrs).await?;
+        let mut acks = futures::stream::iter(encode_set(&self.ifname, actions))
+            .map(|attrs| self.send_set(attrs))
+            .buffered(PIPELINE);
+        while let Some(r) = acks.next().await {
+            r?;
         }
         Ok(())
     }
@@ -308,16 +314,15 @@ pub fn encode_set(ifname: &str, actions: &[Action]) -> Vec<Vec<WireguardAttribut
     let mut msgs = Vec::new();
     let mut peers: Vec<WireguardPeer> = Vec::new();
     let mut used = head.as_slice().buffer_len() + empty_peers;
-    let mut flush = |head: &mut Vec<WireguardAttribute>,
-                     peers: &mut Vec<WireguardPeer>,
-                     used: &mut usize| {
-        let mut m = std::mem::replace(head, vec![base.clone()]);
-        if !peers.is_empty() {
-            m.push(WireguardAttribute::Peers(std::mem::take(peers)));
-        }
-        msgs.push(m);
-        *used = [base.clone()].as_slice().buffer_len() + empty_peers;
-    };
+    let mut flush =
+        |head: &mut Vec<WireguardAttribute>, peers: &mut Vec<WireguardPeer>, used: &mut usize| {
+            let mut m = std::mem::replace(head, vec![base.clone()]);
+            if !peers.is_empty() {
+                m.push(WireguardAttribute::Peers(std::mem::take(peers)));
+            }
+            msgs.push(m);
+            *used = [base.clone()].as_slice().buffer_len() + empty_peers;
+        };
     for a in actions {
         let Some((attrs, ips)) = peer_head(a) else {
             continue;
@@ -390,7 +395,11 @@ mod tests {
             endpoint: Some("192.0.2.7:5000".parse().unwrap()),
             persistent_keepalive: 0,
             allowed_ips: (0..n_ips)
-                .map(|j| format!("10.{}.{}.{}/32", i % 200, j / 250, j % 250).parse().unwrap())
+                .map(|j| {
+                    format!("10.{}.{}.{}/32", i % 200, j / 250, j % 250)
+                        .parse()
+                        .unwrap()
+                })
                 .collect(),
         })
     }
@@ -399,7 +408,10 @@ mod tests {
     fn replay(msgs: &[Vec<WireguardAttribute>]) -> Observed {
         let mut obs = Observed::default();
         for m in msgs {
-            assert!(m.as_slice().buffer_len() <= MESSAGE_BUDGET, "message over budget");
+            assert!(
+                m.as_slice().buffer_len() <= MESSAGE_BUDGET,
+                "message over budget"
+            );
             merge_part(
                 &mut obs,
                 WireguardMessage {
@@ -487,9 +499,9 @@ mod tests {
         assert!(ps[0]
             .0
             .contains(&WireguardPeerAttribute::Flags(WireguardPeerFlags::RemoveMe)));
-        assert!(ps[1]
-            .0
-            .contains(&WireguardPeerAttribute::Flags(WireguardPeerFlags::UpdateOnly)));
+        assert!(ps[1].0.contains(&WireguardPeerAttribute::Flags(
+            WireguardPeerFlags::UpdateOnly
+        )));
         assert!(encode_set("wg0", &[]).is_empty());
     }
 }

@@ -173,7 +173,12 @@ impl NetManager {
     }
 
     pub async fn link_index(&self, name: &str) -> Result<Option<(u32, bool, u32)>, NetError> {
-        let mut s = self.handle.link().get().match_name(name.to_string()).execute();
+        let mut s = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
         match s.try_next().await {
             Ok(Some(l)) => {
                 let mtu = l
@@ -227,7 +232,12 @@ impl NetManager {
             if want.mtu != 0 {
                 b = b.mtu(want.mtu);
             }
-            self.handle.link().set(b.build()).execute().await.map_err(nl)?;
+            self.handle
+                .link()
+                .set(b.build())
+                .execute()
+                .await
+                .map_err(nl)?;
             rep.link = true;
         }
         let mut first_err = None;
@@ -460,7 +470,10 @@ mod tests {
             &mut inv,
             Command::AddPool {
                 name: "staff".into(),
-                cidrs: vec!["10.100.0.0/16".parse().unwrap(), "fd00:100::/64".parse().unwrap()],
+                cidrs: vec![
+                    "10.100.0.0/16".parse().unwrap(),
+                    "fd00:100::/64".parse().unwrap(),
+                ],
                 group: None,
             },
         );
@@ -480,8 +493,12 @@ mod tests {
             d.lo_addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
             ["198.51.100.1/32"]
         );
-        assert!(d.nft.contains("udp sport 51820 ip saddr != 198.51.100.1 snat ip to 198.51.100.1"));
-        assert!(d.nft.contains("oifname != \"wg-test\" ip saddr { 10.100.0.0/16 } masquerade"));
+        assert!(d
+            .nft
+            .contains("udp sport 51820 ip saddr != 198.51.100.1 snat ip to 198.51.100.1"));
+        assert!(d
+            .nft
+            .contains("oifname != \"wg-test\" ip saddr { 10.100.0.0/16 } masquerade"));
         assert!(d.nft.contains("ip6 saddr { fd00:100::/64 } masquerade"));
         assert!(d.routes.is_empty());
     }

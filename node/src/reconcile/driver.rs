@@ -332,7 +332,11 @@ impl Reconciler {
         if self.pending_endpoints.is_empty() || Instant::now() < self.endpoint_flush_at {
             return;
         }
-        if self.endpoint_write.as_ref().is_some_and(|h| !h.is_finished()) {
+        if self
+            .endpoint_write
+            .as_ref()
+            .is_some_and(|h| !h.is_finished())
+        {
             return;
         }
         let mut batch = Vec::new();
@@ -356,7 +360,11 @@ impl Reconciler {
             match node.write(req).await {
                 Ok(w) => {
                     metrics.endpoint_updates.inc_by(n);
-                    debug!(index = w.index, endpoints = n, "endpoint observations replicated");
+                    debug!(
+                        index = w.index,
+                        endpoints = n,
+                        "endpoint observations replicated"
+                    );
                 }
                 // Dropped, not retried: the next read observes them again.
                 Err(e) => debug!(error = %e, "endpoint observations not replicated"),
@@ -365,10 +373,7 @@ impl Reconciler {
     }
 
     fn publish(&self) {
-        let settings_key = self
-            .node
-            .view
-            .read(|inv| inv.settings().server_public_key);
+        let settings_key = self.node.view.read(|inv| inv.settings().server_public_key);
         let identity_ok = settings_key == Some(self.identity.public_key);
         let applied = self.node.view.applied();
         let current = self.believed.is_some() && self.believed_index >= applied;
@@ -403,7 +408,11 @@ impl Reconciler {
             healthy,
             reason,
             applied_index: self.believed_index,
-            device_peers: self.believed.as_ref().map(|b| b.peers.len() as u64).unwrap_or(0),
+            device_peers: self
+                .believed
+                .as_ref()
+                .map(|b| b.peers.len() as u64)
+                .unwrap_or(0),
             last_error: self.last_error.clone().unwrap_or_default(),
         };
         self.status.send_if_modified(|s| {

@@ -301,17 +301,17 @@ pub fn ctl_in(ns: Option<&str>, endpoint: &str, args: &[&str]) -> Output {
         None => Command::new(ctl_bin()),
     };
     cmd.args([
-            "--endpoint",
-            endpoint,
-            "--timeout",
-            "15s",
-            "--operator",
-            "tester",
-        ])
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run anygatectl")
+        "--endpoint",
+        endpoint,
+        "--timeout",
+        "15s",
+        "--operator",
+        "tester",
+    ])
+    .args(args)
+    .stdin(Stdio::null())
+    .output()
+    .expect("run anygatectl")
 }
 
 pub fn ctl_ok(endpoint: &str, args: &[&str]) -> String {

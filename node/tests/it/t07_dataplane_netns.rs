@@ -59,11 +59,41 @@ impl Topo {
             sh(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
             // Created straight into their namespaces: nothing in the root one.
             sh(&[
-                "ip", "link", "add", "eth0", "netns", &ns, "type", "veth", "peer", "name",
-                &format!("v{k}"), "netns", &hub,
+                "ip",
+                "link",
+                "add",
+                "eth0",
+                "netns",
+                &ns,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &format!("v{k}"),
+                "netns",
+                &hub,
             ]);
-            sh(&["ip", "-n", &hub, "link", "set", &format!("v{k}"), "master", "br0", "up"]);
-            sh(&["ip", "-n", &ns, "addr", "add", &format!("10.77.0.{k}/24"), "dev", "eth0"]);
+            sh(&[
+                "ip",
+                "-n",
+                &hub,
+                "link",
+                "set",
+                &format!("v{k}"),
+                "master",
+                "br0",
+                "up",
+            ]);
+            sh(&[
+                "ip",
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("10.77.0.{k}/24"),
+                "dev",
+                "eth0",
+            ]);
             sh(&["ip", "-n", &ns, "link", "set", "eth0", "up"]);
         }
         t
@@ -173,7 +203,10 @@ fn three_nodes_keep_their_wireguard_go_devices_equal_to_the_inventory() {
         let s = x25519_dalek::StaticSecret::random_from_rng(rand::rngs::OsRng);
         let public = base64::engine::general_purpose::STANDARD
             .encode(x25519_dalek::PublicKey::from(&s).as_bytes());
-        (base64::engine::general_purpose::STANDARD.encode(s.to_bytes()), public)
+        (
+            base64::engine::general_purpose::STANDARD.encode(s.to_bytes()),
+            public,
+        )
     };
     std::fs::write(&keyfile, &private.0).unwrap();
     use std::os::unix::fs::PermissionsExt;
@@ -224,10 +257,7 @@ fn three_nodes_keep_their_wireguard_go_devices_equal_to_the_inventory() {
             "198.51.100.1",
         ],
     );
-    ctl_ok(
-        &ep,
-        &["pool", "add", "staff", "--cidr", "10.100.0.0/16"],
-    );
+    ctl_ok(&ep, &["pool", "add", "staff", "--cidr", "10.100.0.0/16"]);
 
     // 1,000 peers through anygatectl import.
     let mut lines = String::new();
@@ -271,8 +301,16 @@ fn three_nodes_keep_their_wireguard_go_devices_equal_to_the_inventory() {
     ctl_ok(
         &ep,
         &[
-            "peer", "add", "--user", "site", "--device", "router", "--public-key",
-            &random_key(), "--allowed-ip", "172.31.5.0/24",
+            "peer",
+            "add",
+            "--user",
+            "site",
+            "--device",
+            "router",
+            "--public-key",
+            &random_key(),
+            "--allowed-ip",
+            "172.31.5.0/24",
         ],
     );
     assert_eq!(
@@ -284,7 +322,15 @@ fn three_nodes_keep_their_wireguard_go_devices_equal_to_the_inventory() {
     let (ns2, if2) = (topo.ns(2), topo.ifname(2));
     in_ns(
         &ns2,
-        &["wg", "set", &if2, "peer", &random_key(), "allowed-ips", "10.99.0.1/32"],
+        &[
+            "wg",
+            "set",
+            &if2,
+            "peer",
+            &random_key(),
+            "allowed-ips",
+            "10.99.0.1/32",
+        ],
     );
     in_ns(&ns2, &["wg", "set", &if2, "peer", &keys[500], "remove"]);
     all_devices_equal_inventory(&topo, &c, "hand edit reverted");
@@ -297,9 +343,11 @@ fn three_nodes_keep_their_wireguard_go_devices_equal_to_the_inventory() {
         eventually(what, Duration::from_secs(10), || {
             let r = in_ns(&ns3, &["ip", "route", "show", "dev", &if3]);
             let a = in_ns(&ns3, &["ip", "addr", "show", "dev", &if3]);
-            (r.contains("172.31.5.0/24") && r.contains("proto 240") && a.contains("10.100.0.1/16")
+            (r.contains("172.31.5.0/24")
+                && r.contains("proto 240")
+                && a.contains("10.100.0.1/16")
                 && a.contains("UP"))
-                .then_some(())
+            .then_some(())
         })
     };
     route_back("routes on node 3");
@@ -314,14 +362,18 @@ fn three_nodes_keep_their_wireguard_go_devices_equal_to_the_inventory() {
 
     // kill -9 node 3: its wireguard-go dies with it (the device vanishes).
     c.node(3).kill();
-    eventually("node 3's wireguard-go gone", Duration::from_secs(10), || {
-        let out = Command::new("ip")
-            .args(["-n", &ns3, "link", "show", &if3])
-            .stderr(Stdio::null())
-            .output()
-            .ok()?;
-        (!out.status.success()).then_some(())
-    });
+    eventually(
+        "node 3's wireguard-go gone",
+        Duration::from_secs(10),
+        || {
+            let out = Command::new("ip")
+                .args(["-n", &ns3, "link", "show", &if3])
+                .stderr(Stdio::null())
+                .output()
+                .ok()?;
+            (!out.status.success()).then_some(())
+        },
+    );
     let ep12 = c.live_endpoints();
     for k in keys.iter().skip(900).take(10) {
         ctl_ok(&ep12, &["peer", "remove", k]);
@@ -347,6 +399,9 @@ fn three_nodes_keep_their_wireguard_go_devices_equal_to_the_inventory() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(64), "{err}");
     assert!(err.contains("chmod 600"), "{err}");
-    assert!(!c.dir().join("n9").exists(), "nothing created before refusing");
+    assert!(
+        !c.dir().join("n9").exists(),
+        "nothing created before refusing"
+    );
     set_ctl_netns(None);
 }
