@@ -7,6 +7,8 @@ pub mod etcd {
     tonic::include_proto!("etcdserverpb");
 }
 
+pub mod netns;
+
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};

@@ -93,6 +93,8 @@ async fn bench_anygate(a: &Args, dir: &std::path::Path) -> anyhow::Result<(Resul
                     addr,
                     "--log-level",
                     "warn",
+                    "--dataplane-backend",
+                    "none",
                     "--data-dir",
                 ])
                 .arg(&data),

@@ -154,6 +154,22 @@ impl Replay {
     }
 }
 
+/// Response metadata naming the Raft index a write committed at: with it a
+/// client can wait for a node (or its dataplane) to have applied the write.
+pub const INDEX_HEADER: &str = "x-anygate-index";
+
+pub fn committed<T>(index: u64, msg: T) -> tonic::Response<T> {
+    let mut r = tonic::Response::new(msg);
+    r.metadata_mut().insert(
+        INDEX_HEADER,
+        index
+            .to_string()
+            .parse()
+            .expect("digits are valid metadata"),
+    );
+    r
+}
+
 fn unexpected(r: crate::model::Response) -> Status {
     Status::internal(format!("unexpected state machine answer: {r:?}"))
 }

@@ -3,7 +3,7 @@
 
 use super::convert::{self, peer_ref, peer_to_pb};
 use super::status::invalid;
-use super::{unexpected, Api, MAX_PEERS_PER_REQUEST};
+use super::{committed, unexpected, Api, MAX_PEERS_PER_REQUEST};
 use crate::model::{Command, EndpointRecord, Response};
 use anygate_proto::v1::peer_service_server::PeerService;
 use anygate_proto::v1::*;
@@ -61,9 +61,12 @@ impl PeerService for PeerApi {
             .collect::<Result<Vec<_>, _>>()?;
         let w = self.0.write(&req, Command::AddPeers(list)).await?;
         let out = peers(w.response)?;
-        Ok(Reply::new(AddPeersResponse {
-            peers: out.iter().map(|p| peer_to_pb(p, false)).collect(),
-        }))
+        Ok(committed(
+            w.index,
+            AddPeersResponse {
+                peers: out.iter().map(|p| peer_to_pb(p, false)).collect(),
+            },
+        ))
     }
 
     async fn list_peers(
@@ -114,7 +117,7 @@ impl PeerService for PeerApi {
             .0
             .write(&req, Command::SetPeerState { peer, state })
             .await?;
-        one(w.response)
+        Ok(committed(w.index, one(w.response)?.into_inner()))
     }
 
     async fn remove_peer(
@@ -124,7 +127,7 @@ impl PeerService for PeerApi {
         let peer = peer_ref(&req.get_ref().peer)?;
         let w = self.0.write(&req, Command::RemovePeer { peer }).await?;
         let removed = peers(w.response)?.first().map(|p| peer_to_pb(p, false));
-        Ok(Reply::new(RemovePeerResponse { removed }))
+        Ok(committed(w.index, RemovePeerResponse { removed }))
     }
 
     async fn rotate_peer(&self, req: Request<RotatePeerRequest>) -> Result<Reply<Peer>, Status> {
@@ -147,7 +150,7 @@ impl PeerService for PeerApi {
                 },
             )
             .await?;
-        one(w.response)
+        Ok(committed(w.index, one(w.response)?.into_inner()))
     }
 
     async fn list_endpoints(

@@ -2,7 +2,7 @@
 
 use super::convert::{settings_patch, settings_to_pb};
 use super::status::invalid;
-use super::{unexpected, Api};
+use super::{committed, unexpected, Api};
 use crate::model::{Command, Response};
 use anygate_proto::v1::settings_service_server::SettingsService;
 use anygate_proto::v1::*;
@@ -33,13 +33,9 @@ impl SettingsService for SettingsApi {
         if patch == Default::default() {
             return Err(invalid("nothing to change: give at least one setting"));
         }
-        match self
-            .0
-            .write(&req, Command::SetSettings(patch))
-            .await?
-            .response
-        {
-            Response::Settings(s) => Ok(Reply::new(settings_to_pb(&s))),
+        let w = self.0.write(&req, Command::SetSettings(patch)).await?;
+        match w.response {
+            Response::Settings(s) => Ok(committed(w.index, settings_to_pb(&s))),
             other => Err(unexpected(other)),
         }
     }

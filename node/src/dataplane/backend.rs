@@ -106,6 +106,14 @@ impl Device {
         }
     }
 
+    /// A handle that reads the device concurrently with changes to it.
+    pub fn reader(&self) -> Reader {
+        match self {
+            Device::Kernel(k) => Reader::Kernel(k.clone()),
+            Device::Userspace { uapi, .. } => Reader::Userspace(uapi.clone()),
+        }
+    }
+
     pub async fn get(&self) -> Result<Observed, DataplaneError> {
         match self {
             Device::Kernel(k) => k.get().await,
@@ -133,6 +141,21 @@ impl Device {
             if let Some(mut c) = s.child.take() {
                 let _ = c.kill().await;
             }
+        }
+    }
+}
+
+#[derive(Clone)]
+pub enum Reader {
+    Kernel(KernelWg),
+    Userspace(UapiClient),
+}
+
+impl Reader {
+    pub async fn get(&self) -> Result<Observed, DataplaneError> {
+        match self {
+            Reader::Kernel(k) => k.get().await,
+            Reader::Userspace(u) => u.get().await,
         }
     }
 }
@@ -171,7 +194,9 @@ impl Supervised {
             .env("WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD", "1")
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::inherit())
+            // It prints a banner about the kernel module; its state is
+            // watched through the UAPI socket instead.
+            .stderr(std::process::Stdio::null())
             .kill_on_drop(true);
         let child = cmd.spawn().map_err(|e| DataplaneError::Io {
             path: self.bin.display().to_string(),

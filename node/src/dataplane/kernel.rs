@@ -27,6 +27,7 @@ pub const MESSAGE_BUDGET: usize = 4096;
 /// SET_DEVICE messages in flight at once.
 const PIPELINE: usize = 16;
 
+#[derive(Clone)]
 pub struct KernelWg {
     ifname: String,
     handle: GenetlinkHandle,

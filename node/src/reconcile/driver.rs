@@ -6,7 +6,7 @@
 //! the nftables table. A failing pass is logged, counted and retried with
 //! backoff; the loop only ends at shutdown.
 
-use super::plan::{apply_to, desired_peers, plan, Desired, Plan};
+use super::plan::{apply_to, desired_peer, desired_peers, plan, Desired, Plan};
 use crate::config::DataplaneConfig;
 use crate::dataplane::backend::Device;
 use crate::dataplane::identity::Identity;
@@ -39,6 +39,8 @@ pub struct DataplaneStatus {
 }
 
 pub type StatusRx = watch::Receiver<DataplaneStatus>;
+
+type ReadTask = tokio::task::JoinHandle<Result<Observed, crate::dataplane::DataplaneError>>;
 
 /// A status for nodes that run without a dataplane.
 pub fn disabled_status() -> (watch::Sender<DataplaneStatus>, StatusRx) {
@@ -133,6 +135,8 @@ impl Reconciler {
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         resync.tick().await;
         self.sync(true).await;
+        // A device read in flight: (read, belief index when it started, full).
+        let mut reading: Option<(ReadTask, u64, bool)> = None;
         loop {
             let retry = tokio::time::sleep_until(self.retry_at.into());
             tokio::select! {
@@ -142,9 +146,28 @@ impl Reconciler {
                     self.on_commit().await;
                 }
                 _ = retry, if self.believed.is_none() => self.sync(true).await,
-                _ = observe.tick() => self.sync(false).await,
-                _ = resync.tick() => self.sync(true).await,
+                r = async { (&mut reading.as_mut().expect("guarded").0).await }, if reading.is_some() => {
+                    let (_, since, full) = reading.take().expect("guarded");
+                    let started = Instant::now();
+                    match r {
+                        Ok(Ok(observed)) => self.observed(observed, since, full).await,
+                        Ok(Err(e)) => self.failed(format!("reading {}: {e}", self.ifname)),
+                        Err(e) => self.failed(format!("device read task: {e}")),
+                    }
+                    self.observe_pass(if full { "resync" } else { "observe" }, started);
+                    self.flush_endpoints();
+                    self.publish();
+                }
+                _ = observe.tick(), if reading.is_none() => {
+                    reading = self.start_read(false).await;
+                }
+                _ = resync.tick(), if reading.is_none() => {
+                    reading = self.start_read(true).await;
+                }
             }
+        }
+        if let Some((t, _, _)) = reading.take() {
+            t.abort();
         }
         if let Some(h) = self.endpoint_write.take() {
             h.abort();
@@ -153,40 +176,79 @@ impl Reconciler {
         info!("dataplane stopped");
     }
 
-    fn desired(&self, inv: &Inventory) -> Desired {
+    /// Device settings, and every peer when `peers` is set.
+    fn desired(&self, inv: &Inventory, peers: bool) -> Desired {
         Desired {
             device: Some(DeviceSettings {
                 private_key: self.identity.private_key,
                 listen_port: inv.settings().listen_port,
                 fwmark: self.cfg.fwmark,
             }),
-            peers: desired_peers(inv, now_ms()),
+            peers: if peers {
+                desired_peers(inv, now_ms())
+            } else {
+                BTreeMap::new()
+            },
         }
     }
 
-    /// Incremental: plan against the belief and apply only the difference.
+    /// Incremental: plan the peers the new commits touched against the
+    /// belief and apply only that (falls back to the whole inventory when
+    /// settings or pools changed, or the change history is gone).
     async fn on_commit(&mut self) {
         let Some(believed) = &self.believed else {
             return; // a full sync is pending (retry timer)
         };
         let started = Instant::now();
-        let index = self.node.view.applied();
-        let (p, net) = self.node.view.read(|inv| {
-            let d = self.desired(inv);
-            (plan(&d, believed), net_desired(inv, &self.ifname))
-        });
-        let r = self.apply(&p).await;
-        match r {
+        let changes = self.node.view.changes_since(self.believed_index);
+        let (index, p, net) = match changes {
+            Some(cs) if !cs.global => {
+                let p = self.node.view.read(|inv| {
+                    let now = now_ms();
+                    let mut want = Desired {
+                        device: self.desired(inv, false).device,
+                        peers: BTreeMap::new(),
+                    };
+                    let mut have = Observed {
+                        private_key: believed.private_key,
+                        listen_port: believed.listen_port,
+                        fwmark: believed.fwmark,
+                        peers: BTreeMap::new(),
+                    };
+                    for k in &cs.peers {
+                        if let Some(d) = desired_peer(inv, k, now) {
+                            want.peers.insert(*k, d);
+                        }
+                        if let Some(o) = believed.peers.get(k) {
+                            have.peers.insert(*k, o.clone());
+                        }
+                    }
+                    plan(&want, &have)
+                });
+                (cs.upto, p, None)
+            }
+            _ => {
+                let index = self.node.view.applied();
+                let (p, net) = self.node.view.read(|inv| {
+                    let d = self.desired(inv, true);
+                    (plan(&d, believed), net_desired(inv, &self.ifname))
+                });
+                (index, p, Some(net))
+            }
+        };
+        match self.apply(&p).await {
             Ok(()) => {
                 if let Some(b) = &mut self.believed {
                     apply_to(b, &p.actions);
                 }
-                self.believed_index = index;
+                self.believed_index = self.believed_index.max(index);
                 if !p.is_empty() {
                     debug!(index, plan = %p, "applied commit");
                 }
-                if self.net.is_some() && net.nft != self.last_nft.clone().unwrap_or_default() {
-                    self.reconcile_net(&net, true).await;
+                if let Some(net) = net {
+                    if self.net.is_some() {
+                        self.reconcile_net(&net, false).await;
+                    }
                 }
                 self.last_error = None;
             }
@@ -196,72 +258,127 @@ impl Reconciler {
         self.publish();
     }
 
-    /// Read the device back, repair whatever differs, check the host network.
+    /// Start reading the device in the background, so commits are applied
+    /// meanwhile (a dump of a big device takes a while). Without a belief
+    /// (startup, after a failure) sync in line instead.
+    async fn start_read(&mut self, full: bool) -> Option<(ReadTask, u64, bool)> {
+        if self.believed.is_none() {
+            self.sync(true).await;
+            return None;
+        }
+        if full {
+            if let Err(e) = self.ensure_device().await {
+                self.failed(e);
+                self.publish();
+                return None;
+            }
+            if self.believed.is_none() {
+                // The device was re-created: program it now.
+                self.sync(true).await;
+                return None;
+            }
+        }
+        let reader = self.device.reader();
+        Some((
+            tokio::spawn(async move { reader.get().await }),
+            self.believed_index,
+            full,
+        ))
+    }
+
+    /// Create or restart the device if it is gone; a new device is empty,
+    /// so the belief is dropped.
+    async fn ensure_device(&mut self) -> Result<(), String> {
+        if let Some(net) = &self.net {
+            if self
+                .device
+                .ensure(net, &self.ifname)
+                .await
+                .map_err(|e| format!("device {}: {e}", self.ifname))?
+            {
+                self.believed = None;
+            }
+        }
+        Ok(())
+    }
+
+    /// Read the device in line, repair, check the host network.
     async fn sync(&mut self, full: bool) {
         if self.believed.is_none() && Instant::now() < self.retry_at {
             return;
         }
         let started = Instant::now();
-        if let Err(e) = self.sync_inner(full).await {
-            self.failed(e);
-        } else {
-            self.last_error = None;
-            self.backoff = Duration::from_millis(100);
+        let read = async {
+            self.ensure_device().await?;
+            self.device
+                .get()
+                .await
+                .map_err(|e| format!("reading {}: {e}", self.ifname))
+        };
+        match read.await {
+            Ok(observed) => {
+                let since = self.believed_index;
+                self.observed(observed, since, full).await
+            }
+            Err(e) => self.failed(e),
         }
         self.observe_pass(if full { "resync" } else { "observe" }, started);
         self.flush_endpoints();
         self.publish();
     }
 
-    async fn sync_inner(&mut self, full: bool) -> Result<(), String> {
-        if full || self.believed.is_none() {
-            if let Some(net) = &self.net {
-                if self
-                    .device
-                    .ensure(net, &self.ifname)
-                    .await
-                    .map_err(|e| format!("device {}: {e}", self.ifname))?
-                {
-                    self.believed = None;
+    /// A device read is back. Peers changed by commits applied since the
+    /// read started are taken from the belief (the read may predate them);
+    /// everything else that differs from the replicated state is repaired.
+    async fn observed(&mut self, mut observed: Observed, since: u64, full: bool) {
+        let had_belief = self.believed.is_some();
+        if let Some(b) = &self.believed {
+            if self.believed_index > since {
+                match self.node.view.changes_since(since) {
+                    Some(cs) if !cs.global => {
+                        for k in &cs.peers {
+                            match b.peers.get(k) {
+                                Some(p) => observed.peers.insert(*k, p.clone()),
+                                None => observed.peers.remove(k),
+                            };
+                        }
+                    }
+                    // Too much changed meanwhile: skip this round.
+                    _ => return,
                 }
             }
         }
-        let had_belief = self.believed.is_some();
-        let observed = self
-            .device
-            .get()
-            .await
-            .map_err(|e| format!("reading {}: {e}", self.ifname))?;
         let index = self.node.view.applied();
         let (p, net, proposals) = self.node.view.read(|inv| {
-            let d = self.desired(inv);
+            let d = self.desired(inv, true);
             (
                 plan(&d, &observed),
                 net_desired(inv, &self.ifname),
                 endpoint_proposals(inv, &observed, self.node.id, now_ms()),
             )
         });
-        self.apply(&p)
-            .await
-            .map_err(|e| format!("programming {}: {e}", self.ifname))?;
+        if let Err(e) = self.apply(&p).await {
+            self.failed(format!("programming {}: {e}", self.ifname));
+            return;
+        }
         if had_belief && !p.is_empty() {
             warn!(plan = %p, "device differed from the replicated state (hand edit?); repaired");
             self.metrics.drift_repairs.inc_by(p.actions.len() as u64);
         } else if !p.is_empty() {
             info!(plan = %p, "device programmed");
         }
-        let mut observed = observed;
         apply_to(&mut observed, &p.actions);
         self.metrics.device_peers.set(observed.peers.len() as i64);
         self.believed = Some(observed);
         self.believed_index = index;
+        self.last_error = None;
+        self.backoff = Duration::from_millis(100);
         for (k, r) in proposals {
             self.pending_endpoints.insert(k, r);
         }
         if self.net.is_some() {
             self.reconcile_net(&net, full).await;
         }
-        Ok(())
     }
 
     async fn reconcile_net(&mut self, want: &NetDesired, nft: bool) {

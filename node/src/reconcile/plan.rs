@@ -26,29 +26,32 @@ pub struct Desired {
 /// unexpired peers only (disabled, revoked and expired peers are removed).
 pub fn desired_peers(inv: &Inventory, now_ms: i64) -> BTreeMap<WgKey, DesiredPeer> {
     inv.peers()
-        .filter(|p| p.state == PeerState::Active && p.expires_at_ms.is_none_or(|t| t > now_ms))
-        .map(|p| {
-            let hint: Option<&EndpointRecord> = inv.endpoint(&p.public_key);
-            let mut allowed_ips: Vec<_> = p.allowed_ips.clone();
-            allowed_ips.sort();
-            (
-                p.public_key,
-                DesiredPeer {
-                    config: PeerConfig {
-                        public_key: p.public_key,
-                        preshared_key: p.preshared_key,
-                        endpoint: hint.map(|h| h.endpoint),
-                        // Gateways never keep clients alive: clients do.
-                        persistent_keepalive: 0,
-                        allowed_ips,
-                    },
-                    // When the client was last proven to be at that endpoint
-                    // (its handshake), not when someone read it.
-                    endpoint_seen_ms: hint.map(|h| h.last_handshake_ms).unwrap_or(0),
-                },
-            )
-        })
+        .filter_map(|p| desired_peer(inv, &p.public_key, now_ms).map(|d| (p.public_key, d)))
         .collect()
+}
+
+/// One peer's desired device entry; None when it must not be on the device.
+pub fn desired_peer(inv: &Inventory, key: &WgKey, now_ms: i64) -> Option<DesiredPeer> {
+    let p = inv.peer(key)?;
+    if p.state != PeerState::Active || p.expires_at_ms.is_some_and(|t| t <= now_ms) {
+        return None;
+    }
+    let hint: Option<&EndpointRecord> = inv.endpoint(key);
+    let mut allowed_ips: Vec<_> = p.allowed_ips.clone();
+    allowed_ips.sort();
+    Some(DesiredPeer {
+        config: PeerConfig {
+            public_key: p.public_key,
+            preshared_key: p.preshared_key,
+            endpoint: hint.map(|h| h.endpoint),
+            // Gateways never keep clients alive: clients do.
+            persistent_keepalive: 0,
+            allowed_ips,
+        },
+        // When the client was last proven to be at that endpoint (its
+        // handshake), not when someone read it.
+        endpoint_seen_ms: hint.map(|h| h.last_handshake_ms).unwrap_or(0),
+    })
 }
 
 /// An ordered list of actions; device settings first, removals before

@@ -4,7 +4,7 @@
 //! on-disk state is always a prefix of the log.
 
 use super::*;
-use crate::model::{AuditEntry, Changes, Inventory, InventoryImage, NodeId, Response};
+use crate::model::{AuditEntry, Changes, Inventory, InventoryImage, NodeId, Response, WgKey};
 use crate::raft::types::{Entry, LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, RaftLogId, RaftSnapshotBuilder};
@@ -30,6 +30,29 @@ struct Shared {
     inv: RwLock<Inventory>,
     applied: watch::Sender<u64>,
     db: Arc<DB>,
+    feed: std::sync::Mutex<Feed>,
+}
+
+/// Which peers each applied batch touched, so the reconciler plans a commit
+/// for those peers only. Bounded: older history is dropped and `floor`
+/// rises; asking from below the floor means "recompute everything".
+#[derive(Default)]
+struct Feed {
+    batches: std::collections::VecDeque<(u64, Vec<WgKey>, bool)>,
+    keys: usize,
+    /// Every change after this index is in `batches`.
+    floor: u64,
+}
+
+const FEED_MAX_KEYS: usize = 1_000_000;
+
+/// What changed after some index: peers (config or endpoint hint), and
+/// whether anything global (settings, pools) changed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ChangeSet {
+    pub upto: u64,
+    pub peers: std::collections::BTreeSet<WgKey>,
+    pub global: bool,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -48,6 +71,52 @@ impl StateView {
     /// Index of the last applied log entry.
     pub fn applied(&self) -> u64 {
         *self.inner.applied.borrow()
+    }
+
+    /// Changes applied after `index`, or None when that history is no
+    /// longer kept (recompute from the whole inventory instead).
+    pub fn changes_since(&self, index: u64) -> Option<ChangeSet> {
+        let feed = self.inner.feed.lock().expect("feed lock poisoned");
+        if index < feed.floor {
+            return None;
+        }
+        let mut cs = ChangeSet {
+            upto: index,
+            ..Default::default()
+        };
+        for (i, keys, global) in feed.batches.iter().rev() {
+            if *i <= index {
+                break;
+            }
+            cs.upto = cs.upto.max(*i);
+            cs.global |= *global;
+            cs.peers.extend(keys.iter().copied());
+        }
+        Some(cs)
+    }
+
+    fn record(&self, index: u64, ch: &Changes) {
+        let keys: Vec<WgKey> = ch.peers.union(&ch.endpoints).copied().collect();
+        let global = ch.settings || ch.pool_set;
+        let mut feed = self.inner.feed.lock().expect("feed lock poisoned");
+        feed.keys += keys.len();
+        feed.batches.push_back((index, keys, global));
+        while feed.keys > FEED_MAX_KEYS {
+            let Some((i, k, _)) = feed.batches.pop_front() else {
+                break;
+            };
+            feed.keys -= k.len();
+            feed.floor = i;
+        }
+    }
+
+    /// Forget the history (a snapshot replaced the state wholesale).
+    fn reset_feed(&self, index: u64) {
+        let mut feed = self.inner.feed.lock().expect("feed lock poisoned");
+        *feed = Feed {
+            floor: index,
+            ..Default::default()
+        };
     }
 
     /// Wakes on every applied batch.
@@ -151,6 +220,10 @@ impl StateMachine {
         let view = StateView {
             inner: Arc::new(Shared {
                 inv: RwLock::new(Inventory::from_image(img)),
+                feed: std::sync::Mutex::new(Feed {
+                    floor: last_applied.map(|l| l.index).unwrap_or(0),
+                    ..Default::default()
+                }),
                 applied,
                 db: db.clone(),
             }),
@@ -313,9 +386,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
             }
         }
+        let idx = self.last_applied.map(|l| l.index).unwrap_or(0);
+        self.view.record(idx, &ch);
         self.persist(&inv, ch)?;
         drop(inv);
-        let idx = self.last_applied.map(|l| l.index).unwrap_or(0);
         self.view.inner.applied.send_replace(idx);
         Ok(out)
     }
@@ -394,6 +468,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .inv
             .write()
             .expect("inventory lock poisoned") = Inventory::from_image(body.image);
+        self.view
+            .reset_feed(meta.last_log_id.map(|l| l.index).unwrap_or(0));
         self.view
             .inner
             .applied

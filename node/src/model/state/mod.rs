@@ -11,6 +11,9 @@ use std::collections::{BTreeSet, HashMap};
 pub struct Changes {
     pub peers: BTreeSet<WgKey>,
     pub pools: BTreeSet<String>,
+    /// A pool was added or removed (not just an allocation cursor moved):
+    /// gateway addresses and NAT rules change.
+    pub pool_set: bool,
     pub settings: bool,
     pub endpoints: BTreeSet<WgKey>,
     pub nodes: BTreeSet<NodeId>,
@@ -295,6 +298,7 @@ impl Inventory {
                 let view = self.pool_view(pool);
                 self.pools.remove(name);
                 ch.pools.insert(name.clone());
+                ch.pool_set = true;
                 Ok(Response::Pool(view))
             }
             Command::SetSettings(patch) => {
@@ -689,6 +693,7 @@ impl Inventory {
         let view = self.pool_view(&pool);
         self.pools.insert(name.to_string(), pool);
         ch.pools.insert(name.to_string());
+        ch.pool_set = true;
         Ok(Response::Pool(view))
     }
 }
