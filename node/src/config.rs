@@ -431,4 +431,23 @@ mod tests {
             std::time::Duration::from_secs(2)
         );
     }
+
+    #[test]
+    fn the_documented_example_config_loads() {
+        let p = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/config/node.example.toml"
+        );
+        let c = Config::load(&cli(&["--config", p])).unwrap();
+        assert_eq!(c.dataplane.backend, BackendKind::Auto);
+        assert_eq!(
+            c.dataplane.private_key_file.as_deref(),
+            Some(Path::new("/etc/anygate/wg.key"))
+        );
+        assert_eq!(
+            c.dataplane.observe_interval,
+            std::time::Duration::from_secs(1)
+        );
+        assert_eq!(c.dataplane.endpoint_batch_max, 5000);
+    }
 }

@@ -71,7 +71,19 @@ pub struct Reconciler {
     endpoint_flush_at: Instant,
     endpoint_write: Option<tokio::task::JoinHandle<()>>,
     status: watch::Sender<DataplaneStatus>,
+    /// Since when the device has been behind the applied state.
+    behind_since: Option<Instant>,
+    read_started: Option<Instant>,
+    /// No periodic read before this (duty-cycle bound).
+    next_read_at: Instant,
 }
+
+/// A device read (plus processing it) takes at most 1/8 of the time.
+const READ_DUTY_INVERSE: u32 = 8;
+
+/// How long the device may trail the applied state before the node calls
+/// itself unhealthy.
+const LAG_GRACE: Duration = Duration::from_secs(2);
 
 fn now_ms() -> i64 {
     crate::api::now_ms()
@@ -119,6 +131,9 @@ impl Reconciler {
             endpoint_flush_at: Instant::now(),
             endpoint_write: None,
             status,
+            behind_since: None,
+            read_started: None,
+            next_read_at: Instant::now(),
         }
     }
 
@@ -149,16 +164,21 @@ impl Reconciler {
                 r = async { (&mut reading.as_mut().expect("guarded").0).await }, if reading.is_some() => {
                     let (_, since, full) = reading.take().expect("guarded");
                     let started = Instant::now();
+                    let read_took = self.read_started.map(|t| t.elapsed()).unwrap_or_default();
                     match r {
                         Ok(Ok(observed)) => self.observed(observed, since, full).await,
                         Ok(Err(e)) => self.failed(format!("reading {}: {e}", self.ifname)),
                         Err(e) => self.failed(format!("device read task: {e}")),
                     }
                     self.observe_pass(if full { "resync" } else { "observe" }, started);
+                    // Keep reading the device to a bounded share of the
+                    // time: a big device (a 60k-peer dump takes hundreds of
+                    // ms) is read less often than observe-interval.
+                    self.next_read_at = Instant::now() + (read_took + started.elapsed()) * READ_DUTY_INVERSE;
                     self.flush_endpoints();
                     self.publish();
                 }
-                _ = observe.tick(), if reading.is_none() => {
+                _ = observe.tick(), if reading.is_none() && Instant::now() >= self.next_read_at => {
                     reading = self.start_read(false).await;
                 }
                 _ = resync.tick(), if reading.is_none() => {
@@ -279,6 +299,7 @@ impl Reconciler {
             }
         }
         let reader = self.device.reader();
+        self.read_started = Some(Instant::now());
         Some((
             tokio::spawn(async move { reader.get().await }),
             self.believed_index,
@@ -489,11 +510,18 @@ impl Reconciler {
         }));
     }
 
-    fn publish(&self) {
+    fn publish(&mut self) {
         let settings_key = self.node.view.read(|inv| inv.settings().server_public_key);
         let identity_ok = settings_key == Some(self.identity.public_key);
         let applied = self.node.view.applied();
-        let current = self.believed.is_some() && self.believed_index >= applied;
+        // A device a few commits behind while they are being applied is
+        // normal; behind for longer than LAG_GRACE is not.
+        let behind = self.believed.is_none() || self.believed_index < applied;
+        let since = *self.behind_since.get_or_insert_with(Instant::now);
+        if !behind {
+            self.behind_since = None;
+        }
+        let current = !behind || (self.believed.is_some() && since.elapsed() < LAG_GRACE);
         let reason = if !identity_ok {
             match settings_key {
                 None => "cluster setting server-public-key is not set".to_string(),
@@ -583,4 +611,119 @@ pub fn endpoint_proposals(
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataplane::{ObservedPeer, PeerConfig, PeerStats};
+    use crate::model::{Changes, NewPeer};
+
+    fn inv_with(keys: &[WgKey], hint: Option<(WgKey, &str, i64)>) -> Inventory {
+        let mut inv = Inventory::default();
+        let mut ch = Changes::default();
+        let mut run = |inv: &mut Inventory, cmd| {
+            inv.apply(
+                1,
+                &Request {
+                    actor: "t".into(),
+                    at_ms: 0,
+                    request_id: None,
+                    cmd,
+                },
+                &mut ch,
+            )
+        };
+        let peers = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| NewPeer {
+                public_key: *k,
+                preshared_key: None,
+                allowed_ips: vec![format!("10.0.0.{}/32", i + 2).parse().unwrap()],
+                addresses: vec![],
+                user: format!("u{i}"),
+                device: "d".into(),
+                group: String::new(),
+                labels: Default::default(),
+                persistent_keepalive: None,
+                expires_at_ms: None,
+                pool: None,
+            })
+            .collect();
+        run(&mut inv, Command::AddPeers(peers));
+        if let Some((k, ep, hs)) = hint {
+            run(
+                &mut inv,
+                Command::UpdateEndpoints(vec![(
+                    k,
+                    EndpointRecord {
+                        endpoint: ep.parse().unwrap(),
+                        last_handshake_ms: hs,
+                        observed_by: 2,
+                        observed_at_ms: hs + 500,
+                    },
+                )]),
+            );
+        }
+        inv
+    }
+
+    fn seen(k: WgKey, ep: &str, hs_s: u64) -> (WgKey, ObservedPeer) {
+        (
+            k,
+            ObservedPeer {
+                config: PeerConfig {
+                    public_key: k,
+                    preshared_key: None,
+                    endpoint: Some(ep.parse().unwrap()),
+                    persistent_keepalive: 0,
+                    allowed_ips: vec![],
+                },
+                stats: PeerStats {
+                    last_handshake: (hs_s, 0),
+                    ..Default::default()
+                },
+            },
+        )
+    }
+
+    #[test]
+    fn endpoint_proposals_only_when_new_and_fresher() {
+        let (a, b, c, stranger) = (
+            WgKey([1; 32]),
+            WgKey([2; 32]),
+            WgKey([3; 32]),
+            WgKey([9; 32]),
+        );
+        // The map knows `a` at 192.0.2.1:1000 since t = 50 s.
+        let inv = inv_with(&[a, b, c], Some((a, "192.0.2.1:1000", 50_000)));
+        let mut obs = Observed::default();
+        obs.peers.extend([
+            seen(a, "192.0.2.1:1000", 60),     // same endpoint: nothing to say
+            seen(b, "192.0.2.2:2000", 70),     // unknown to the map: propose
+            seen(stranger, "192.0.2.9:9", 70), // not in the inventory: ignore
+        ]);
+        // `c` has an endpoint but never completed a handshake: ignore.
+        obs.peers.insert(c, {
+            let mut p = seen(c, "192.0.2.3:3000", 0).1;
+            p.stats.last_handshake = (0, 0);
+            p
+        });
+        let got = endpoint_proposals(&inv, &obs, 1, 99_000);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0].0, b);
+        assert_eq!(got[0].1.last_handshake_ms, 70_000);
+        assert_eq!((got[0].1.observed_by, got[0].1.observed_at_ms), (1, 99_000));
+        // `a` roamed: a newer handshake at a new endpoint is proposed, an
+        // older one is not.
+        obs.peers.extend([seen(a, "198.51.100.7:4000", 80)]);
+        assert!(endpoint_proposals(&inv, &obs, 1, 99_000)
+            .iter()
+            .any(|(k, r)| *k == a && r.endpoint.port() == 4000));
+        obs.peers.extend([seen(a, "198.51.100.7:4000", 40)]);
+        assert!(!endpoint_proposals(&inv, &obs, 1, 99_000)
+            .iter()
+            .any(|(k, _)| *k == a));
+    }
 }

@@ -70,10 +70,24 @@ pub fn open(dir: &Path) -> Result<(LogStore, StateMachine), OpenError> {
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
     opts.set_keep_log_file_num(4);
+    // Bounded memory: all memtables together stay under 32 MiB (RocksDB's
+    // default is 64 MiB per column family, ×11 here), one shared 16 MiB
+    // block cache. The whole inventory also lives in memory; RocksDB is for
+    // durability, not for serving reads.
+    opts.set_db_write_buffer_size(32 << 20);
+    let cache = rocksdb::Cache::new_lru_cache(16 << 20);
+    let cf_opts = || {
+        let mut o = Options::default();
+        o.set_write_buffer_size(8 << 20);
+        let mut t = rocksdb::BlockBasedOptions::default();
+        t.set_block_cache(&cache);
+        o.set_block_based_table_factory(&t);
+        o
+    };
     let cfs = RAFT_CFS
         .iter()
         .chain(SM_CFS)
-        .map(|n| ColumnFamilyDescriptor::new(*n, Options::default()));
+        .map(|n| ColumnFamilyDescriptor::new(*n, cf_opts()));
     let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(|source| OpenError::Rocks {
         path: dir.display().to_string(),
         source,
