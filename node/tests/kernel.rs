@@ -243,3 +243,122 @@ fn host_network_reconcile_on_a_kernel_link() {
         net.delete_link("agk2").await.unwrap();
     });
 }
+
+/// The whole node on the kernel backend: `auto` picks the kernel, the
+/// reconciler programs what anygatectl writes, reverts a hand edit, and
+/// `cluster status` reports the kernel dataplane healthy.
+#[test]
+#[ignore = "needs kernel WireGuard: run through deploy/kernel-vm/run"]
+fn node_programs_kernel_wireguard_end_to_end() {
+    use std::time::Duration;
+    require_module();
+    // /var/tmp is a fresh tmpfs in the VM (the rest of / is read-only).
+    let dir = tempfile::Builder::new()
+        .prefix("anygate-kernel-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let secret = x25519_dalek::StaticSecret::random_from_rng(rand::rngs::OsRng);
+    let b64 = |b: &[u8]| {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(b)
+    };
+    let keyfile = dir.path().join("wg.key");
+    std::fs::write(&keyfile, b64(&secret.to_bytes())).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&keyfile, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let public = b64(x25519_dalek::PublicKey::from(&secret).as_bytes());
+    let node_bin = std::path::PathBuf::from(env!("CARGO_BIN_EXE_anygate"));
+    let ctl_bin = node_bin.with_file_name("anygatectl");
+    let mut node = Command::new(&node_bin)
+        .args(["--id", "1", "--listen", "127.0.0.1:7400", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .args(["--dataplane-backend", "auto", "--wg-interface", "agk3"])
+        .arg("--wg-private-key-file")
+        .arg(&keyfile)
+        .args(["--observe-interval", "300ms", "--log-level", "warn"])
+        .spawn()
+        .unwrap();
+    let ctl = |args: &[&str]| {
+        Command::new(&ctl_bin)
+            .args([
+                "-e",
+                "127.0.0.1:7400",
+                "--operator",
+                "kernel-test",
+                "--timeout",
+                "20s",
+            ])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let until = |what: &str, f: &mut dyn FnMut() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    until("the node answering", &mut || {
+        ctl(&["cluster", "init"]).status.success()
+    });
+    assert!(ctl(&["settings", "set", "--server-public-key", &public])
+        .status
+        .success());
+    assert!(ctl(&["pool", "add", "staff", "--cidr", "100.64.0.0/16"])
+        .status
+        .success());
+    let mut lines = String::new();
+    for i in 0..100u32 {
+        lines.push_str(&format!(
+            "{{\"public_key\":\"{}\",\"user\":\"u{i}\",\"device\":\"d\",\"pool\":\"staff\"}}\n",
+            key(i)
+        ));
+    }
+    let file = dir.path().join("peers.jsonl");
+    std::fs::write(&file, lines).unwrap();
+    let out = ctl(&["peer", "import", file.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let peers = || {
+        Command::new("wg")
+            .args(["show", "agk3", "peers"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).lines().count())
+            .unwrap_or(0)
+    };
+    until("100 peers on the kernel device", &mut || peers() == 100);
+    assert!(ctl(&["peer", "disable", &key(7).to_string()])
+        .status
+        .success());
+    until("the disabled peer removed", &mut || peers() == 99);
+    // Hand edit: remove a peer behind the node's back; it comes back.
+    assert!(Command::new("wg")
+        .args(["set", "agk3", "peer", &key(8).to_string(), "remove"])
+        .status()
+        .unwrap()
+        .success());
+    until("the hand edit reverted", &mut || peers() == 99);
+    let status = ctl(&["--json", "cluster", "status"]);
+    let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let dp = &v["nodes"][0]["dataplane"];
+    assert_eq!(dp["backend"], "kernel", "{dp}");
+    assert_eq!(dp["healthy"], true, "{dp}");
+    assert!(ip(&["addr", "show", "agk3"]).contains("100.64.0.1/16"));
+    let _ = node.kill();
+    let _ = node.wait();
+    rt().block_on(async {
+        let wg = KernelWg::new("agk3").unwrap();
+        let obs = wg.get().await.unwrap();
+        let rm: Vec<Action> = obs.peers.keys().map(|k| Action::RemovePeer(*k)).collect();
+        wg.set(&rm).await.unwrap();
+        NetManager::new()
+            .unwrap()
+            .delete_link("agk3")
+            .await
+            .unwrap();
+    });
+}
