@@ -97,6 +97,38 @@ fn spec(i: u64) -> PeerSpec {
     }
 }
 
+/// AddPeers with one request id, retried on any node until one accepts it
+/// (leadership can move under load, above all in the emulated VM); the
+/// request id makes the retry exactly-once.
+async fn add(
+    chs: &[Channel],
+    peers: Vec<PeerSpec>,
+    rid: u64,
+) -> anyhow::Result<tonic::Response<AddPeersResponse>> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut i = 0;
+    loop {
+        let mut req = tonic::Request::new(AddPeersRequest {
+            peers: peers.clone(),
+        });
+        req.metadata_mut().insert(
+            "x-anygate-request-id",
+            format!("dp-bench-{}-{rid}", std::process::id()).parse()?,
+        );
+        match PeerServiceClient::new(chs[i % chs.len()].clone())
+            .add_peers(req)
+            .await
+        {
+            Ok(r) => return Ok(r),
+            Err(s) if s.code() == tonic::Code::Unavailable && Instant::now() < deadline => {
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(s) => return Err(s.into()),
+        }
+    }
+}
+
 fn index_of<T>(r: &tonic::Response<T>) -> anyhow::Result<u64> {
     Ok(r.metadata()
         .get("x-anygate-index")
@@ -219,17 +251,12 @@ async fn measure(
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    let mut peers = PeerServiceClient::new(chs[0].clone()).max_decoding_message_size(usize::MAX);
     let started = Instant::now();
     let mut last = 0;
     let mut n = 0;
     while n < size {
         let k = 1000.min(size - n);
-        let r = peers
-            .add_peers(AddPeersRequest {
-                peers: (n..n + k).map(spec).collect(),
-            })
-            .await?;
+        let r = add(&chs, (n..n + k).map(spec).collect(), n).await?;
         last = index_of(&r)?;
         n += k;
     }
@@ -239,11 +266,7 @@ async fn measure(
     let mut h = Histogram::<u64>::new(3)?;
     let mut h_raft = Histogram::<u64>::new(3)?;
     for i in 0..probes {
-        let r = peers
-            .add_peers(AddPeersRequest {
-                peers: vec![spec(size + i)],
-            })
-            .await?;
+        let r = add(&chs, vec![spec(size + i)], size + i).await?;
         let t = Instant::now();
         let index = index_of(&r)?;
         wait_all(&chs, index, Duration::from_secs(60), true).await?;
