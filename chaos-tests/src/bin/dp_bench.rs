@@ -261,7 +261,7 @@ async fn measure(
         n += k;
     }
     let writes_done = started.elapsed();
-    applied_everywhere(&chs, last, Duration::from_secs(900)).await?;
+    applied_everywhere(&chs, last, Duration::from_secs(300)).await?;
     let fill = started.elapsed();
     let mut h = Histogram::<u64>::new(3)?;
     let mut h_raft = Histogram::<u64>::new(3)?;
@@ -454,11 +454,17 @@ fn one_size(a: &Args, size: u64) -> anyhow::Result<serde_json::Value> {
         ])
         .stderr(std::process::Stdio::inherit())
         .output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "measure failed (logs in {})",
-        dir.display()
-    );
+    if !out.status.success() {
+        for k in 1..=a.nodes {
+            let log = std::fs::read_to_string(dir.join(format!("node{k}.log"))).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(15).collect();
+            eprintln!("--- node {k} log (last lines) ---");
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+        anyhow::bail!("measure failed (logs in {})", dir.display());
+    }
     let mut v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     // Memory of each anygate process (ip netns exec execs it: same pid).
     let rss: Vec<(u64, u64)> = procs.iter().map(|p| rss_kib(p.0.id())).collect();
