@@ -106,10 +106,12 @@ impl Device {
         }
     }
 
-    /// A handle that reads the device concurrently with changes to it.
+    /// A handle that reads the device concurrently with changes to it. The
+    /// kernel reader gets its own netlink socket, so a long dump never
+    /// queues a write's acknowledgement behind it.
     pub fn reader(&self) -> Reader {
         match self {
-            Device::Kernel(k) => Reader::Kernel(k.clone()),
+            Device::Kernel(k) => Reader::Kernel(k.separate().unwrap_or_else(|_| k.clone())),
             Device::Userspace { uapi, .. } => Reader::Userspace(uapi.clone()),
         }
     }

@@ -52,6 +52,11 @@ impl KernelWg {
         })
     }
 
+    /// The same device over a new netlink socket.
+    pub fn separate(&self) -> Result<Self, DataplaneError> {
+        KernelWg::new(&self.ifname)
+    }
+
     /// Whether this kernel has the WireGuard module (loaded or built in).
     pub fn module_present() -> bool {
         std::path::Path::new("/sys/module/wireguard").exists()
