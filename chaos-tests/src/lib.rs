@@ -63,3 +63,30 @@ pub fn summary(h: &hdrhistogram::Histogram<u64>) -> (f64, f64, f64) {
         ms(h.max()),
     )
 }
+
+/// A lazily connecting gRPC channel to a node.
+pub fn channel(addr: &str) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("host:port")
+        .connect_lazy()
+}
+
+/// Form a cluster over the API: init on the first node (id 1), then add
+/// and promote the others in order (ids 2, 3, ...).
+pub async fn form_cluster(addrs: &[String]) -> anyhow::Result<()> {
+    use anygate_proto::v1::cluster_service_client::ClusterServiceClient;
+    use anygate_proto::v1::{AddLearnerRequest, InitRequest, PromoteRequest};
+    let mut cluster = ClusterServiceClient::new(channel(&addrs[0]));
+    cluster.init(InitRequest {}).await?;
+    for (i, addr) in addrs.iter().enumerate().skip(1) {
+        let id = i as u64 + 1;
+        cluster
+            .add_learner(AddLearnerRequest {
+                id,
+                addr: addr.clone(),
+            })
+            .await?;
+        cluster.promote(PromoteRequest { id }).await?;
+    }
+    Ok(())
+}

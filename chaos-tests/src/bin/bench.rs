@@ -8,8 +8,7 @@
 
 use anygate_chaos::etcd::kv_client::KvClient;
 use anygate_chaos::etcd::{request_op, PutRequest, RequestOp, TxnRequest};
-use anygate_chaos::{free_port, spawn, summary, wait_listening, Proc};
-use anygate_proto::v1::cluster_service_client::ClusterServiceClient;
+use anygate_chaos::{channel, form_cluster, free_port, spawn, summary, wait_listening, Proc};
 use anygate_proto::v1::peer_service_client::PeerServiceClient;
 use anygate_proto::v1::pool_service_client::PoolServiceClient;
 use anygate_proto::v1::*;
@@ -102,23 +101,8 @@ async fn bench_anygate(a: &Args, dir: &std::path::Path) -> anyhow::Result<(Resul
         )?);
         wait_listening(addr, Duration::from_secs(20))?;
     }
-    let ch = |a: &str| {
-        tonic::transport::Endpoint::from_shared(format!("http://{a}"))
-            .unwrap()
-            .connect_lazy()
-    };
-    let mut cluster = ClusterServiceClient::new(ch(&addrs[0]));
-    cluster.init(InitRequest {}).await?;
-    for (i, addr) in addrs.iter().enumerate().skip(1) {
-        let id = i as u64 + 1;
-        cluster
-            .add_learner(AddLearnerRequest {
-                id,
-                addr: addr.clone(),
-            })
-            .await?;
-        cluster.promote(PromoteRequest { id }).await?;
-    }
+    let ch = channel;
+    form_cluster(&addrs).await?;
     PoolServiceClient::new(ch(&addrs[0]))
         .add_pool(AddPoolRequest {
             pool: Some(Pool {

@@ -19,7 +19,7 @@
 //! config with one peer added (what a script does per change).
 
 use anygate_chaos::netns::{run, Topology};
-use anygate_chaos::{spawn, Proc};
+use anygate_chaos::{channel, form_cluster, spawn, Proc};
 use anygate_proto::v1::cluster_service_client::ClusterServiceClient;
 use anygate_proto::v1::peer_service_client::PeerServiceClient;
 use anygate_proto::v1::pool_service_client::PoolServiceClient;
@@ -182,14 +182,7 @@ async fn measure(
     probes: u64,
     server_key: String,
 ) -> anyhow::Result<()> {
-    let chs: Vec<Channel> = endpoints
-        .iter()
-        .map(|a| {
-            tonic::transport::Endpoint::from_shared(format!("http://{a}"))
-                .unwrap()
-                .connect_lazy()
-        })
-        .collect();
+    let chs: Vec<Channel> = endpoints.iter().map(|a| channel(a)).collect();
     // Wait for every node to answer.
     let deadline = Instant::now() + Duration::from_secs(60);
     for ch in &chs {
@@ -202,18 +195,7 @@ async fn measure(
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    let mut cluster = ClusterServiceClient::new(chs[0].clone());
-    cluster.init(InitRequest {}).await?;
-    for (i, addr) in endpoints.iter().enumerate().skip(1) {
-        let id = i as u64 + 1;
-        cluster
-            .add_learner(AddLearnerRequest {
-                id,
-                addr: addr.clone(),
-            })
-            .await?;
-        cluster.promote(PromoteRequest { id }).await?;
-    }
+    form_cluster(&endpoints).await?;
     SettingsServiceClient::new(chs[0].clone())
         .set_settings(SetSettingsRequest {
             patch: Some(SettingsPatch {
