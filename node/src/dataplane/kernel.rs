@@ -240,7 +240,7 @@ fn allowed_ip(n: &IpNet) -> WireguardAllowedIp {
 }
 
 /// Peer attributes for one action, without allowed IPs (added separately so
-/// they can be split). The bool says whether allowed IPs follow.
+/// they can be split), and the allowed IPs to add after it, if any.
 fn peer_head(a: &Action) -> Option<(Vec<WireguardPeerAttribute>, Option<&[IpNet]>)> {
     use WireguardPeerAttribute as P;
     match a {

@@ -8,7 +8,7 @@
 
 use super::plan::{apply_to, desired_peer, desired_peers, plan, Desired, Plan};
 use crate::config::DataplaneConfig;
-use crate::dataplane::backend::Device;
+use crate::dataplane::backend::{Device, Reader};
 use crate::dataplane::identity::Identity;
 use crate::dataplane::net::{apply_nft, net_desired, NetDesired, NetManager};
 use crate::dataplane::{Action, DeviceSettings, Observed};
@@ -35,7 +35,6 @@ pub struct DataplaneStatus {
     /// Raft index whose state the device reflects.
     pub applied_index: u64,
     pub device_peers: u64,
-    pub last_error: String,
 }
 
 pub type StatusRx = watch::Receiver<DataplaneStatus>;
@@ -74,6 +73,7 @@ pub struct Reconciler {
     /// Since when the device has been behind the applied state.
     behind_since: Option<Instant>,
     read_started: Option<Instant>,
+    reader: Option<Reader>,
     /// No periodic read before this (duty-cycle bound).
     next_read_at: Instant,
 }
@@ -133,12 +133,9 @@ impl Reconciler {
             status,
             behind_since: None,
             read_started: None,
+            reader: None,
             next_read_at: Instant::now(),
         }
-    }
-
-    pub fn ifname(&self) -> &str {
-        &self.ifname
     }
 
     pub async fn run(mut self, shutdown: CancellationToken) {
@@ -298,7 +295,12 @@ impl Reconciler {
                 return None;
             }
         }
-        let reader = self.device.reader();
+        // One reader (for the kernel: one extra netlink socket) for the
+        // node's lifetime, not one per read.
+        let reader = self
+            .reader
+            .get_or_insert_with(|| self.device.reader())
+            .clone();
         self.read_started = Some(Instant::now());
         Some((
             tokio::spawn(async move { reader.get().await }),
@@ -558,7 +560,6 @@ impl Reconciler {
                 .as_ref()
                 .map(|b| b.peers.len() as u64)
                 .unwrap_or(0),
-            last_error: self.last_error.clone().unwrap_or_default(),
         };
         self.status.send_if_modified(|s| {
             if *s != st {
