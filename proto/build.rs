@@ -4,6 +4,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "anygate/v1/inventory.proto",
         "anygate/v1/cluster.proto",
         "anygate/raft/v1/raft.proto",
+        "gobgp/gobgp.proto",
+        "gobgp/attribute.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");

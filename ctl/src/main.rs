@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 use std::time::Duration;
 
-/// Manage an anygate cluster: membership, peers, pools, settings, audit.
+/// Manage an anygate cluster: membership, drains, peers, pools, settings, audit.
 ///
 /// Any node accepts any command: writes reach the Raft leader and reads are
 /// linearizable unless --stale is given. Give several --endpoint addresses
@@ -50,6 +50,9 @@ enum Cmd {
     /// Cluster membership and status.
     #[command(subcommand)]
     Cluster(cmd::cluster::ClusterCmd),
+    /// Per-node actions: drain and undrain.
+    #[command(subcommand)]
+    Node(cmd::node::NodeCmd),
     /// Client peers (users' devices).
     #[command(subcommand)]
     Peer(cmd::peer::PeerCmd),
@@ -82,6 +85,7 @@ async fn main() -> ExitCode {
     };
     let res = match cli.cmd {
         Cmd::Cluster(c) => c.run(&ctx).await,
+        Cmd::Node(c) => c.run(&ctx).await,
         Cmd::Peer(c) => c.run(&ctx).await,
         Cmd::Pool(c) => c.run(&ctx).await,
         Cmd::Settings(c) => c.run(&ctx).await,

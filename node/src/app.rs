@@ -3,6 +3,7 @@
 //! spawned; the shutdown order lives here.
 
 use crate::api::{self, Api};
+use crate::bgp::speaker::{BgpStatus, Speaker};
 use crate::config::{BackendKind, Config};
 use crate::dataplane::backend::Device;
 use crate::dataplane::identity::Identity;
@@ -74,6 +75,7 @@ impl App {
             raft: raft.clone(),
             view,
             channels,
+            contact: Default::default(),
         };
         let metrics = Metrics::new();
         // The dataplane: a reconciler owning the device, or a fixed "off" status.
@@ -107,10 +109,24 @@ impl App {
             }
             _ => None,
         };
+        let (bgp_status, bgp_rx) = match &cfg.bgp {
+            Some(_) => tokio::sync::watch::channel(BgpStatus {
+                enabled: true,
+                state: "withdrawn".into(),
+                reason: "starting".into(),
+                ..Default::default()
+            }),
+            None => crate::bgp::speaker::disabled(),
+        };
+        let speaker = cfg
+            .bgp
+            .clone()
+            .map(|b| Speaker::new(b, node.clone(), dp_rx.clone(), metrics.clone(), bgp_status));
         let api = Api {
             node: node.clone(),
             metrics: metrics.clone(),
             dataplane: dp_rx.clone(),
+            bgp: bgp_rx,
         };
         info!(id = cfg.id, listen = %cfg.listen, advertise = %cfg.advertise, data_dir = %cfg.data_dir.display(), "node starting");
 
@@ -181,6 +197,14 @@ impl App {
                     .instrument(tracing::info_span!("dataplane")),
             )
         });
+        // BGP sees the shutdown first: it withdraws, waits its grace, and only
+        // then does the rest of the node stop serving.
+        let bgp = speaker.map(|s| {
+            tasks.spawn(
+                s.run(shutdown.clone())
+                    .instrument(tracing::info_span!("bgp")),
+            )
+        });
         tasks.spawn(
             expiry_sweeper(node.clone(), shutdown.clone())
                 .instrument(tracing::info_span!("expiry")),
@@ -189,7 +213,15 @@ impl App {
 
         shutdown.cancelled().await;
         info!("shutting down");
-        // Order: stop serving, hand leadership over by stepping down, stop Raft, close RocksDB (drop).
+        if let Some(b) = bgp {
+            let grace = cfg
+                .bgp
+                .as_ref()
+                .map(|b| b.shutdown_grace)
+                .unwrap_or_default();
+            let _ = tokio::time::timeout(grace + Duration::from_secs(5), b).await;
+        }
+        // Order: (BGP withdrawn above), stop serving, hand leadership over by stepping down, stop Raft, close RocksDB (drop).
         stop_api.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(5), grpc).await;
         stop_dp.cancel();

@@ -84,6 +84,24 @@ pub struct Cli {
     /// How often the device is read for endpoints and routes are checked [default: 1s].
     #[arg(long)]
     pub observe_interval: Option<String>,
+    /// Enable BGP with this local AS (the file's `[bgp] asn`).
+    #[arg(long)]
+    pub bgp_asn: Option<u32>,
+    /// BGP router id (an IPv4 address) [default: the first neighbor's local address].
+    #[arg(long)]
+    pub bgp_router_id: Option<String>,
+    /// BGP neighbor as ADDRESS:PEER-AS (repeatable; adds to the file's neighbors).
+    #[arg(long = "bgp-neighbor", value_name = "ADDRESS:PEER-AS")]
+    pub bgp_neighbors: Vec<String>,
+    /// gobgpd to start and supervise [default: gobgpd from PATH].
+    #[arg(long)]
+    pub gobgpd: Option<PathBuf>,
+    /// gobgpd's gRPC API address [default: 127.0.0.1:50051].
+    #[arg(long)]
+    pub bgp_api: Option<String>,
+    /// Withdraw when no Raft leader was heard for this long [default: 10s].
+    #[arg(long)]
+    pub leader_lease: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -207,6 +225,238 @@ impl DataplaneConfig {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BgpMode {
+    /// The node starts gobgpd as its child (it dies with the node) and configures it.
+    Supervised,
+    /// Use a gobgpd started elsewhere, at `api`.
+    External,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileBgp {
+    mode: Option<BgpMode>,
+    gobgpd: Option<PathBuf>,
+    api: Option<String>,
+    asn: Option<u32>,
+    router_id: Option<String>,
+    listen_port: Option<i32>,
+    hold_time: Option<u64>,
+    keepalive: Option<u64>,
+    connect_retry: Option<u64>,
+    leader_lease: Option<String>,
+    shutdown_grace: Option<String>,
+    graceful_shutdown_grace: Option<String>,
+    communities: Option<Vec<String>>,
+    med: Option<u32>,
+    as_path_prepend: Option<u8>,
+    #[serde(default)]
+    neighbors: Vec<FileNeighbor>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileNeighbor {
+    address: String,
+    peer_as: u32,
+    local_address: Option<String>,
+    multihop_ttl: Option<u8>,
+    password: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Neighbor {
+    pub address: std::net::IpAddr,
+    pub peer_as: u32,
+    pub local_address: Option<std::net::IpAddr>,
+    /// eBGP multihop TTL (None: directly connected).
+    pub multihop_ttl: Option<u8>,
+    pub password: Option<String>,
+}
+
+/// Validated `[bgp]` section.
+#[derive(Debug, Clone)]
+pub struct BgpConfig {
+    pub mode: BgpMode,
+    pub gobgpd: PathBuf,
+    pub api: SocketAddr,
+    pub asn: u32,
+    pub router_id: std::net::Ipv4Addr,
+    /// 179 by default; -1: gobgpd does not listen (it connects out only).
+    pub listen_port: i32,
+    pub hold_time: u64,
+    pub keepalive: u64,
+    pub connect_retry: u64,
+    pub neighbors: Vec<Neighbor>,
+    pub leader_lease: std::time::Duration,
+    pub shutdown_grace: std::time::Duration,
+    pub graceful_shutdown_grace: std::time::Duration,
+    /// Standard communities as (asn << 16) | value.
+    pub communities: Vec<u32>,
+    pub med: Option<u32>,
+    pub as_path_prepend: u8,
+}
+
+/// "65010:100" -> (65010 << 16) | 100; also the well-known names.
+pub fn parse_community(s: &str) -> Result<u32, String> {
+    match s {
+        "graceful-shutdown" => return Ok(0xFFFF_0000),
+        "no-export" => return Ok(0xFFFF_FF01),
+        "no-advertise" => return Ok(0xFFFF_FF02),
+        _ => {}
+    }
+    let (a, v) = s.split_once(':').ok_or_else(|| {
+        format!("{s:?} is not ASN:VALUE (two 16-bit numbers) or a well-known name")
+    })?;
+    let a: u16 = a
+        .parse()
+        .map_err(|_| format!("{s:?}: {a:?} is not a 16-bit number"))?;
+    let v: u16 = v
+        .parse()
+        .map_err(|_| format!("{s:?}: {v:?} is not a 16-bit number"))?;
+    Ok(((a as u32) << 16) | v as u32)
+}
+
+impl BgpConfig {
+    fn load(cli: &Cli, f: FileBgp) -> Result<BgpConfig, ConfigError> {
+        let asn = cli
+            .bgp_asn
+            .or(f.asn)
+            .ok_or_else(|| bad("bgp.asn", "is required in a [bgp] section"))?;
+        if asn == 0 || asn == 23456 {
+            return Err(bad("bgp.asn", format!("{asn} is not a usable AS number")));
+        }
+        let ip = |key: &'static str, s: &str| -> Result<std::net::IpAddr, ConfigError> {
+            s.parse()
+                .map_err(|_| bad(key, format!("{s:?} is not an IP address")))
+        };
+        let mut neighbors = Vec::new();
+        for n in f.neighbors {
+            neighbors.push(Neighbor {
+                address: ip("bgp.neighbors.address", &n.address)?,
+                peer_as: n.peer_as,
+                local_address: n
+                    .local_address
+                    .as_deref()
+                    .map(|s| ip("bgp.neighbors.local-address", s))
+                    .transpose()?,
+                multihop_ttl: n.multihop_ttl,
+                password: n.password,
+            });
+        }
+        for s in &cli.bgp_neighbors {
+            let (a, p) = s
+                .rsplit_once(':')
+                .ok_or_else(|| bad("bgp.neighbors", format!("{s:?} is not ADDRESS:PEER-AS")))?;
+            neighbors.push(Neighbor {
+                address: ip("bgp.neighbors", a)?,
+                peer_as: p
+                    .parse()
+                    .map_err(|_| bad("bgp.neighbors", format!("{p:?} is not an AS number")))?,
+                local_address: None,
+                multihop_ttl: None,
+                password: None,
+            });
+        }
+        if neighbors.is_empty() {
+            return Err(bad("bgp.neighbors", "at least one neighbor is required"));
+        }
+        for n in &neighbors {
+            if n.peer_as == 0 {
+                return Err(bad("bgp.neighbors.peer-as", "must be a positive AS number"));
+            }
+        }
+        let router_id = match cli.bgp_router_id.clone().or(f.router_id) {
+            Some(s) => s
+                .parse()
+                .map_err(|_| bad("bgp.router-id", format!("{s:?} is not an IPv4 address")))?,
+            None => match neighbors.iter().find_map(|n| n.local_address) {
+                Some(std::net::IpAddr::V4(a)) => a,
+                _ => {
+                    return Err(bad(
+                        "bgp.router-id",
+                        "is required unless a neighbor has an IPv4 local-address",
+                    ))
+                }
+            },
+        };
+        let hold_time = f.hold_time.unwrap_or(3);
+        let keepalive = f.keepalive.unwrap_or(1);
+        if hold_time < 3 {
+            return Err(bad(
+                "bgp.hold-time",
+                "must be at least 3 (RFC 4271; routers refuse 1 and 2)",
+            ));
+        }
+        if keepalive == 0 || keepalive * 3 > hold_time {
+            return Err(bad(
+                "bgp.keepalive",
+                format!(
+                    "must be 1..={} (at most a third of hold-time)",
+                    hold_time / 3
+                ),
+            ));
+        }
+        let api_s = cli
+            .bgp_api
+            .clone()
+            .or(f.api)
+            .unwrap_or_else(|| "127.0.0.1:50051".into());
+        let api = api_s
+            .parse()
+            .map_err(|_| bad("bgp.api", format!("{api_s:?} is not ip:port")))?;
+        let listen_port = f.listen_port.unwrap_or(179);
+        if !(-1..=65535).contains(&listen_port) || listen_port == 0 {
+            return Err(bad(
+                "bgp.listen-port",
+                "must be 1..=65535, or -1 to not listen",
+            ));
+        }
+        let communities = f
+            .communities
+            .unwrap_or_default()
+            .iter()
+            .map(|c| parse_community(c).map_err(|e| bad("bgp.communities", e)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let as_path_prepend = f.as_path_prepend.unwrap_or(0);
+        if as_path_prepend > 10 {
+            return Err(bad("bgp.as-path-prepend", "must be 0..=10"));
+        }
+        Ok(BgpConfig {
+            mode: f.mode.unwrap_or(BgpMode::Supervised),
+            gobgpd: cli
+                .gobgpd
+                .clone()
+                .or(f.gobgpd)
+                .unwrap_or_else(|| PathBuf::from("gobgpd")),
+            api,
+            asn,
+            router_id,
+            listen_port,
+            hold_time,
+            keepalive,
+            connect_retry: f.connect_retry.unwrap_or(1).max(1),
+            neighbors,
+            leader_lease: duration(
+                "bgp.leader-lease",
+                cli.leader_lease.clone().or(f.leader_lease),
+                "10s",
+            )?,
+            shutdown_grace: duration("bgp.shutdown-grace", f.shutdown_grace, "1s")?,
+            graceful_shutdown_grace: duration(
+                "bgp.graceful-shutdown-grace",
+                f.graceful_shutdown_grace,
+                "2s",
+            )?,
+            communities,
+            med: f.med,
+            as_path_prepend,
+        })
+    }
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct FileConfig {
@@ -220,6 +470,7 @@ struct FileConfig {
     snapshot_logs: Option<u64>,
     #[serde(default)]
     dataplane: FileDataplane,
+    bgp: Option<FileBgp>,
 }
 
 /// Validated configuration.
@@ -234,6 +485,8 @@ pub struct Config {
     pub log_level: String,
     pub snapshot_logs: u64,
     pub dataplane: DataplaneConfig,
+    /// `[bgp]`; None = this node announces nothing.
+    pub bgp: Option<BgpConfig>,
 }
 
 impl Config {
@@ -311,8 +564,14 @@ impl Config {
             return Err(bad("snapshot-logs", "must be at least 1"));
         }
         let dataplane = DataplaneConfig::load(cli, file.dataplane)?;
+        let bgp = match file.bgp {
+            Some(b) => Some(BgpConfig::load(cli, b)?),
+            None if cli.bgp_asn.is_some() => Some(BgpConfig::load(cli, FileBgp::default())?),
+            None => None,
+        };
         Ok(Config {
             dataplane,
+            bgp,
             id,
             listen,
             advertise,

@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod app;
+pub mod bgp;
 pub mod config;
 pub mod dataplane;
 pub mod metrics;

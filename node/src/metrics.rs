@@ -34,6 +34,20 @@ pub struct Metrics {
     pub dataplane_applied_index: Gauge,
     pub endpoint_updates: Counter,
     pub route_repairs: Counter,
+    pub bgp_announced: Gauge,
+    pub bgp_transitions: Family<TransitionLabels, Counter>,
+    pub bgp_sessions_established: Gauge,
+    pub bgp_gobgpd_restarts: Counter,
+    pub bgp_path_repairs: Counter,
+    pub bgp_errors: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransitionLabels {
+    /// announce | withdraw
+    pub to: String,
+    /// healthy, or why not (health::Withdraw::kind)
+    pub reason: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -77,7 +91,43 @@ impl Metrics {
             dataplane_applied_index: Gauge::default(),
             endpoint_updates: Counter::default(),
             route_repairs: Counter::default(),
+            bgp_announced: Gauge::default(),
+            bgp_transitions: Family::default(),
+            bgp_sessions_established: Gauge::default(),
+            bgp_gobgpd_restarts: Counter::default(),
+            bgp_path_repairs: Counter::default(),
+            bgp_errors: Counter::default(),
         };
+        r.register(
+            "bgp_announced",
+            "1 while this node announces the anycast prefixes",
+            m.bgp_announced.clone(),
+        );
+        r.register(
+            "bgp_transitions",
+            "Announcement decisions that changed, by direction and reason",
+            m.bgp_transitions.clone(),
+        );
+        r.register(
+            "bgp_sessions_established",
+            "BGP sessions in state Established",
+            m.bgp_sessions_established.clone(),
+        );
+        r.register(
+            "bgp_gobgpd_restarts",
+            "Times the supervised gobgpd was restarted",
+            m.bgp_gobgpd_restarts.clone(),
+        );
+        r.register(
+            "bgp_path_repairs",
+            "Our paths found missing from gobgpd's RIB and re-added",
+            m.bgp_path_repairs.clone(),
+        );
+        r.register(
+            "bgp_errors",
+            "Failed gobgpd API calls or connections (retried with backoff)",
+            m.bgp_errors.clone(),
+        );
         r.register(
             "writes",
             "Operator writes by action and result",

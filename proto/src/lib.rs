@@ -2,6 +2,7 @@
 //!
 //! - [`v1`]: the operator API (peers, pools, settings, audit, cluster).
 //! - [`raft::v1`]: node-to-node Raft transport (a separate service).
+//! - [`gobgp`]: our subset of GoBGP's v3 API (package `apipb`), client side.
 
 #![allow(clippy::large_enum_variant, clippy::doc_lazy_continuation)]
 
@@ -12,5 +13,15 @@ pub mod v1 {
 pub mod raft {
     pub mod v1 {
         tonic::include_proto!("anygate.raft.v1");
+    }
+}
+
+/// GoBGP's v3 API subset (`proto/gobgp/`), wire-compatible with gobgpd 3.10.
+pub mod gobgp {
+    tonic::include_proto!("apipb");
+
+    /// The `Any` type URL GoBGP expects for an attribute or NLRI message.
+    pub fn type_url(message: &str) -> String {
+        format!("type.googleapis.com/apipb.{message}")
     }
 }

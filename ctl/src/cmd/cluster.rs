@@ -29,7 +29,8 @@ pub enum ClusterCmd {
         #[arg(long)]
         id: u64,
     },
-    /// Every node: role, term, log and applied index, lag, leader.
+    /// Every node: role, term, log and applied index, lag, leader, dataplane
+    /// and anycast announcement (state and established BGP sessions / configured).
     Status,
     /// Build a snapshot on the node at --endpoint and purge its log behind it.
     Snapshot,
@@ -103,6 +104,7 @@ impl ClusterCmd {
                                 n.leader_id.to_string()
                             },
                             dataplane_cell(n.dataplane.as_ref()),
+                            bgp_cell(n),
                         ]
                     })
                     .collect();
@@ -119,7 +121,8 @@ impl ClusterCmd {
                             "APPLIED",
                             "LAG",
                             "LEADER",
-                            "DATAPLANE"
+                            "DATAPLANE",
+                            "ANYCAST"
                         ],
                         rows
                     )
@@ -140,6 +143,15 @@ impl ClusterCmd {
                         .filter(|d| !d.healthy && d.backend != "none")
                     {
                         println!("warning: node {} dataplane unhealthy: {}", n.id, d.reason);
+                    }
+                }
+                for n in &s.nodes {
+                    if let Some(b) = n
+                        .bgp
+                        .as_ref()
+                        .filter(|b| b.enabled && b.state != "announced")
+                    {
+                        println!("note: node {} not announcing: {}", n.id, b.reason);
                     }
                 }
                 for n in s.nodes.iter().filter(|n| !n.error.is_empty()) {
@@ -182,6 +194,23 @@ fn print_membership(ctx: &Ctx, m: &MembershipResponse, msg: &str) {
             "{msg} (voters {:?}, learners {:?}, log index {})",
             m.voters, m.learners, m.log_index
         );
+    }
+}
+
+/// "announced 2/2", "withdrawn", "DRAINED", "off" (the reason is printed below the table).
+fn bgp_cell(n: &NodeStatus) -> String {
+    match n.bgp.as_ref() {
+        None if n.drained => "DRAINED".into(),
+        None => "-".into(),
+        Some(b) if !b.enabled => if n.drained { "off, DRAINED" } else { "off" }.into(),
+        Some(b) => {
+            let s = format!("{} {}/{}", b.state, b.sessions_established, b.sessions);
+            if n.drained {
+                format!("{s} DRAINED")
+            } else {
+                s
+            }
+        }
     }
 }
 

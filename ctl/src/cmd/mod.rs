@@ -2,6 +2,7 @@
 
 pub mod audit;
 pub mod cluster;
+pub mod node;
 pub mod peer;
 pub mod pool;
 pub mod settings;

@@ -77,6 +77,22 @@ impl ClusterApi {
                     device_peers: d.device_peers,
                 }
             }),
+            bgp: Some({
+                let b = self.0.bgp.borrow();
+                anygate_proto::v1::BgpStatus {
+                    enabled: b.enabled,
+                    state: b.state.clone(),
+                    reason: b.reason.clone(),
+                    sessions_established: b.sessions_established,
+                    sessions: b.sessions,
+                    routes: b.routes.clone(),
+                    gobgpd_restarts: b.gobgpd_restarts,
+                }
+            }),
+            drained: node
+                .view
+                .read(|i| i.node_flags(node.id).map(|f| f.drained))
+                .unwrap_or(false),
         }
     }
 }
@@ -260,6 +276,40 @@ impl ClusterService for ClusterApi {
 
     async fn node_info(&self, _req: Request<NodeInfoRequest>) -> Result<Reply<NodeStatus>, Status> {
         Ok(Reply::new(self.local_status()))
+    }
+
+    async fn drain(&self, req: Request<DrainRequest>) -> Result<Reply<DrainResponse>, Status> {
+        let r = req.get_ref();
+        let (id, drained) = (r.id, r.drained);
+        if self
+            .membership_config()
+            .membership()
+            .get_node(&id)
+            .is_none()
+        {
+            return Err(Status::not_found(format!(
+                "node {id} is not a member of this cluster (see `anygatectl cluster status`)"
+            )));
+        }
+        let w = self
+            .0
+            .write(
+                &req,
+                crate::model::Command::SetNodeFlags {
+                    node: id,
+                    drained: Some(drained),
+                    site: None,
+                },
+            )
+            .await?;
+        Ok(super::committed(
+            w.index,
+            DrainResponse {
+                id,
+                drained,
+                index: w.index,
+            },
+        ))
     }
 
     async fn trigger_snapshot(

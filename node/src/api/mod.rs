@@ -38,6 +38,7 @@ pub struct Api {
     pub node: RaftNode,
     pub metrics: Metrics,
     pub dataplane: crate::reconcile::driver::StatusRx,
+    pub bgp: crate::bgp::speaker::BgpRx,
 }
 
 impl Api {

@@ -293,6 +293,16 @@ impl Command {
             Command::RemovePool { name } => ("pool.remove", name.clone()),
             Command::SetSettings(_) => ("settings.set", String::new()),
             Command::UpdateEndpoints(e) => ("endpoints.update", format!("{} endpoints", e.len())),
+            Command::SetNodeFlags {
+                node,
+                drained: Some(true),
+                site: None,
+            } => ("node.drain", node.to_string()),
+            Command::SetNodeFlags {
+                node,
+                drained: Some(false),
+                site: None,
+            } => ("node.undrain", node.to_string()),
             Command::SetNodeFlags { node, .. } => ("node.flags", node.to_string()),
         }
     }

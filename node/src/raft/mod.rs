@@ -51,6 +51,26 @@ pub struct RaftNode {
     pub raft: Raft,
     pub view: StateView,
     pub channels: Channels,
+    /// When a Raft leader last reached this node (AppendEntries accepted).
+    pub contact: LeaderContact,
+}
+
+/// The last time a leader's AppendEntries (entries or heartbeat) was accepted
+/// here: the staleness lease for BGP announcements.
+#[derive(Clone, Default)]
+pub struct LeaderContact(std::sync::Arc<std::sync::Mutex<Option<std::time::Instant>>>);
+
+impl LeaderContact {
+    pub fn touch(&self) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now());
+    }
+
+    pub fn age(&self) -> Option<Duration> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .map(|t| t.elapsed())
+    }
 }
 
 fn leader_of(f: &ForwardToLeader<NodeId, BasicNode>) -> Option<(NodeId, String)> {

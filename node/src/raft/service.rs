@@ -6,6 +6,7 @@ use super::{NodeError, RaftNode};
 use anygate_proto::raft::v1::raft_service_server::RaftService;
 use anygate_proto::raft::v1::{RaftPayload, ReadIndexRequest, ReadIndexResponse};
 use openraft::error::{CheckIsLeaderError, RaftError};
+use openraft::raft::AppendEntriesResponse;
 use tonic::{Request, Response, Status};
 
 pub struct RaftServiceImpl {
@@ -29,9 +30,18 @@ impl RaftService for RaftServiceImpl {
         req: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
         let rpc = decode(req.get_ref()).map_err(bad)?;
-        Ok(Response::new(encode(
-            &self.node.raft.append_entries(rpc).await,
-        )))
+        let res = self.node.raft.append_entries(rpc).await;
+        // Accepted from a current leader (a conflict still proves the
+        // leader's term is current): the node is not partitioned.
+        if matches!(
+            res,
+            Ok(AppendEntriesResponse::Success
+                | AppendEntriesResponse::PartialSuccess(_)
+                | AppendEntriesResponse::Conflict)
+        ) {
+            self.node.contact.touch();
+        }
+        Ok(Response::new(encode(&res)))
     }
 
     async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {

@@ -175,8 +175,12 @@ impl Reconciler {
                     self.flush_endpoints();
                     self.publish();
                 }
-                _ = observe.tick(), if reading.is_none() && Instant::now() >= self.next_read_at => {
-                    reading = self.start_read(false).await;
+                // The tick is always consumed: a guard on next_read_at here
+                // would leave nothing to wake the loop when it passes.
+                _ = observe.tick(), if reading.is_none() => {
+                    if Instant::now() >= self.next_read_at {
+                        reading = self.start_read(false).await;
+                    }
                 }
                 _ = resync.tick(), if reading.is_none() => {
                     reading = self.start_read(true).await;

@@ -376,3 +376,58 @@ pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
     std::fs::write(&p, text).unwrap();
     p
 }
+
+/// Run a command; panic with its name when it fails.
+pub fn sh(args: &[&str]) {
+    let st = Command::new(args[0])
+        .args(&args[1..])
+        .stderr(Stdio::inherit())
+        .status()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(st.success(), "{args:?} failed: {st}");
+}
+
+/// Run a command inside a network namespace and return its stdout.
+pub fn in_ns(ns: &str, args: &[&str]) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(args)
+        .output()
+        .expect("ip netns exec");
+    assert!(
+        out.status.success(),
+        "{args:?} in {ns}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A fresh WireGuard private key in `dir/wg.key` (mode 0600):
+/// (path, public key, private key), both keys base64.
+pub fn wg_keyfile(dir: &Path) -> (PathBuf, String, String) {
+    use base64::Engine;
+    use std::os::unix::fs::PermissionsExt;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let s = x25519_dalek::StaticSecret::random_from_rng(rand::rngs::OsRng);
+    let public = b64.encode(x25519_dalek::PublicKey::from(&s).as_bytes());
+    let private = b64.encode(s.to_bytes());
+    let path = dir.join("wg.key");
+    std::fs::write(&path, &private).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    (path, public, private)
+}
+
+/// PIDs of the processes named `comm` running in network namespace `ns`.
+pub fn pids_in_ns(ns: &str, comm: &str) -> Vec<u32> {
+    let out = Command::new("ip")
+        .args(["netns", "pids", ns])
+        .output()
+        .expect("ip netns pids");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .filter(|p: &u32| {
+            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == comm)
+        })
+        .collect()
+}

@@ -10,3 +10,4 @@ mod t04_concurrent_allocation;
 mod t05_bad_input;
 mod t06_uapi_wireguard_go;
 mod t07_dataplane_netns;
+mod t08_bgp;

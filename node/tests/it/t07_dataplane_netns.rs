@@ -20,29 +20,6 @@ struct Topo {
     n: u32,
 }
 
-fn sh(args: &[&str]) {
-    let st = Command::new(args[0])
-        .args(&args[1..])
-        .stderr(Stdio::inherit())
-        .status()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(st.success(), "{args:?} failed: {st}");
-}
-
-fn in_ns(ns: &str, args: &[&str]) -> String {
-    let out = Command::new("ip")
-        .args(["netns", "exec", ns])
-        .args(args)
-        .output()
-        .expect("ip netns exec");
-    assert!(
-        out.status.success(),
-        "{args:?} in {ns}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 impl Topo {
     fn new(n: u32) -> Topo {
         let t = Topo {
@@ -197,20 +174,7 @@ fn three_nodes_keep_their_wireguard_go_devices_equal_to_the_inventory() {
     let topo = Topo::new(3);
     set_ctl_netns(Some(&topo.ns(1)));
     let mut c = Cluster::empty();
-    let keyfile = c.dir().join("wg.key");
-    let private = {
-        use base64::Engine;
-        let s = x25519_dalek::StaticSecret::random_from_rng(rand::rngs::OsRng);
-        let public = base64::engine::general_purpose::STANDARD
-            .encode(x25519_dalek::PublicKey::from(&s).as_bytes());
-        (
-            base64::engine::general_purpose::STANDARD.encode(s.to_bytes()),
-            public,
-        )
-    };
-    std::fs::write(&keyfile, &private.0).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&keyfile, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (keyfile, public, private) = wg_keyfile(c.dir());
     let key = keyfile.to_str().unwrap().to_string();
     for k in 1..=3u32 {
         let ifname = topo.ifname(k);
@@ -252,7 +216,7 @@ fn three_nodes_keep_their_wireguard_go_devices_equal_to_the_inventory() {
             "settings",
             "set",
             "--server-public-key",
-            &private.1,
+            &public,
             "--anycast-v4",
             "198.51.100.1",
         ],
@@ -387,7 +351,8 @@ fn three_nodes_keep_their_wireguard_go_devices_equal_to_the_inventory() {
 
     // A key file others can read is refused, with the reason.
     let loose = c.dir().join("loose.key");
-    std::fs::write(&loose, &private.0).unwrap();
+    std::fs::write(&loose, &private).unwrap();
+    use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).unwrap();
     let out = Command::new(node_bin())
         .args(["--id", "9", "--data-dir"])

@@ -1,0 +1,517 @@
+//! The BGP speaker task: runs (or attaches to) gobgpd, configures it over its
+//! API, watches the sessions, and keeps exactly the announcements the health
+//! decision allows in gobgpd's RIB.
+//!
+//! - `supervised`: gobgpd is this node's child under PR_SET_PDEATHSIG (via
+//!   setpriv), so a crashed node's gobgpd dies with it, its TCP sessions
+//!   close and routers withdraw within milliseconds. It is restarted with
+//!   backoff and reconfigured; paths are re-added.
+//! - `external`: a gobgpd started elsewhere; the node starts BGP there if it
+//!   is not started, adds missing neighbors, and repairs its own paths.
+//!
+//! Drain re-announces with GRACEFUL_SHUTDOWN (RFC 8326) for
+//! `graceful-shutdown-grace` before withdrawing, so routers move traffic
+//! while the node still serves. Shutdown withdraws first, waits
+//! `shutdown-grace`, and only then lets the rest of the node stop.
+
+use super::client::{Gobgp, Route, Session, GRACEFUL_SHUTDOWN};
+use super::health::{decide, lease_deadline, Inputs, Withdraw};
+use crate::config::{BgpConfig, BgpMode};
+use crate::metrics::{Metrics, TransitionLabels};
+use crate::raft::RaftNode;
+use crate::reconcile::driver::StatusRx;
+use futures::StreamExt;
+use openraft::ServerState;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+/// This node's announcement, for `cluster status` and metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BgpStatus {
+    pub enabled: bool,
+    /// "announced", "graceful-shutdown", "withdrawn" or "disabled".
+    pub state: String,
+    /// Why not announced; empty when announced.
+    pub reason: String,
+    pub sessions_established: u32,
+    pub sessions: u32,
+    /// Prefixes in gobgpd's RIB from this node.
+    pub routes: Vec<String>,
+    pub gobgpd_restarts: u64,
+}
+
+pub type BgpRx = watch::Receiver<BgpStatus>;
+
+pub fn disabled() -> (watch::Sender<BgpStatus>, BgpRx) {
+    watch::channel(BgpStatus {
+        state: "disabled".into(),
+        reason: "no [bgp] section in the node config".into(),
+        ..Default::default()
+    })
+}
+
+pub struct Speaker {
+    cfg: BgpConfig,
+    node: RaftNode,
+    dp: StatusRx,
+    metrics: Metrics,
+    status: watch::Sender<BgpStatus>,
+    child: Option<tokio::process::Child>,
+    restarts: u64,
+    backoff: Duration,
+    /// Routes we put in gobgpd's RIB, by prefix.
+    installed: BTreeMap<String, Route>,
+    sessions: BTreeMap<String, Session>,
+    /// Draining: announcing with GRACEFUL_SHUTDOWN until then.
+    gshut_until: Option<Instant>,
+    last: Option<Result<(), Withdraw>>,
+}
+
+/// How often gobgpd's RIB is checked against what we installed.
+const VERIFY_EVERY: Duration = Duration::from_secs(5);
+
+impl Speaker {
+    pub fn new(
+        cfg: BgpConfig,
+        node: RaftNode,
+        dp: StatusRx,
+        metrics: Metrics,
+        status: watch::Sender<BgpStatus>,
+    ) -> Speaker {
+        Speaker {
+            cfg,
+            node,
+            dp,
+            metrics,
+            status,
+            child: None,
+            restarts: 0,
+            backoff: Duration::from_millis(200),
+            installed: BTreeMap::new(),
+            sessions: BTreeMap::new(),
+            gshut_until: None,
+            last: None,
+        }
+    }
+
+    /// Runs until `shutdown`; then withdraws, waits the grace and stops gobgpd.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut shutting = false;
+        loop {
+            let r = self.session(&shutdown, &mut shutting).await;
+            if shutting {
+                break;
+            }
+            if let Err(e) = r {
+                warn!(error = %e, "BGP speaker: gobgpd unavailable; retrying");
+                self.metrics.bgp_errors.inc();
+            }
+            self.installed.clear();
+            self.sessions.clear();
+            self.publish("withdrawn", "gobgpd unavailable".into());
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(self.backoff) => {}
+            }
+            self.backoff = (self.backoff * 2).min(Duration::from_secs(10));
+        }
+        self.publish("withdrawn", Withdraw::ShuttingDown.to_string());
+        tokio::time::sleep(self.cfg.shutdown_grace).await;
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill().await;
+        }
+        info!("BGP speaker stopped");
+    }
+
+    /// One connection to gobgpd: configure, then keep announcements right
+    /// until gobgpd goes away (Err) or shutdown has withdrawn them (Ok).
+    async fn session(
+        &mut self,
+        shutdown: &CancellationToken,
+        shutting: &mut bool,
+    ) -> Result<(), String> {
+        let api = self.attach().await?;
+        let mut watch = Box::pin(api.watch_sessions().await.map_err(|e| e.to_string())?);
+        for s in api.sessions().await.map_err(|e| e.to_string())? {
+            self.sessions.insert(s.address.clone(), s);
+        }
+        // Our prefixes already in the RIB (external mode, or a reconnect).
+        self.installed.clear();
+        for v6 in [false, true] {
+            for l in api.list_paths(v6).await.map_err(|e| e.to_string())? {
+                if l.local && self.candidates().iter().any(|r| r.cidr() == l.cidr) {
+                    self.installed.insert(
+                        l.cidr.clone(),
+                        Route {
+                            prefix: l
+                                .cidr
+                                .split('/')
+                                .next()
+                                .unwrap_or_default()
+                                .parse()
+                                .map_err(|_| format!("bad prefix {}", l.cidr))?,
+                            prefix_len: l
+                                .cidr
+                                .rsplit('/')
+                                .next()
+                                .and_then(|x| x.parse().ok())
+                                .unwrap_or(32),
+                            communities: l.communities,
+                            med: l.med,
+                            prepend: vec![],
+                        },
+                    );
+                }
+            }
+        }
+        let mut raft = self.node.raft.metrics();
+        let mut dp = self.dp.clone();
+        let mut verify = tokio::time::interval(VERIFY_EVERY);
+        verify.reset();
+        loop {
+            let wake = self.step(&api, *shutting).await?;
+            if *shutting && self.installed.is_empty() {
+                return Ok(());
+            }
+            let child_exit = async {
+                match self.child.as_mut() {
+                    Some(c) => c.wait().await.ok(),
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                ev = watch.next() => match ev {
+                    Some(s) => {
+                        let was = self.sessions.get(&s.address).map(|o| o.established);
+                        if was != Some(s.established) {
+                            info!(neighbor = %s.address, state = %s.state, "BGP session {}", if s.established { "established" } else { "down" });
+                        }
+                        self.sessions.insert(s.address.clone(), s);
+                    }
+                    None => return Err("gobgpd's event stream ended".into()),
+                },
+                st = child_exit => {
+                    self.child = None;
+                    return Err(format!("gobgpd exited ({})", st.map(|s| s.to_string()).unwrap_or_default()));
+                }
+                r = dp.changed() => if r.is_err() { dp = self.dp.clone(); },
+                _ = raft.changed() => {}
+                _ = shutdown.cancelled(), if !*shutting => {
+                    info!("shutdown: withdrawing the anycast routes first");
+                    *shutting = true;
+                }
+                _ = verify.tick() => self.verify(&api).await?,
+                _ = tokio::time::sleep(wake) => {}
+            }
+        }
+    }
+
+    /// Start gobgpd if we supervise it, connect, start BGP, add neighbors.
+    async fn attach(&mut self) -> Result<Gobgp, String> {
+        if self.cfg.mode == BgpMode::Supervised {
+            if let Some(c) = &mut self.child {
+                if let Ok(Some(_)) = c.try_wait() {
+                    self.child = None;
+                }
+            }
+            if self.child.is_none() {
+                self.spawn()?;
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let api = loop {
+            match Gobgp::connect(self.cfg.api).await {
+                Ok(a) => match a.get_asn().await {
+                    Ok(_) => break a,
+                    Err(e) if Instant::now() > deadline => return Err(e.to_string()),
+                    Err(_) => {}
+                },
+                Err(e) if Instant::now() > deadline => return Err(e.to_string()),
+                Err(_) => {}
+            }
+            if let Some(c) = &mut self.child {
+                if let Ok(Some(st)) = c.try_wait() {
+                    self.child = None;
+                    return Err(format!(
+                        "gobgpd exited at start ({st}); is {} already in use?",
+                        self.cfg.api
+                    ));
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let asn = api.get_asn().await.map_err(|e| e.to_string())?;
+        if asn == 0 {
+            api.start(
+                self.cfg.asn,
+                &self.cfg.router_id.to_string(),
+                self.cfg.listen_port,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        } else if self.cfg.mode == BgpMode::Supervised {
+            return Err(format!(
+                "a gobgpd not started by this node answers at {} (AS {asn}); stop it or use bgp.mode = \"external\"",
+                self.cfg.api
+            ));
+        } else if asn != self.cfg.asn {
+            return Err(format!(
+                "the gobgpd at {} runs AS {asn}, config says bgp.asn = {}",
+                self.cfg.api, self.cfg.asn
+            ));
+        }
+        let have: Vec<String> = api
+            .sessions()
+            .await
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|s| s.address)
+            .collect();
+        for n in &self.cfg.neighbors {
+            if !have.contains(&n.address.to_string()) {
+                api.add_neighbor(
+                    n,
+                    self.cfg.hold_time,
+                    self.cfg.keepalive,
+                    self.cfg.connect_retry,
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            }
+        }
+        info!(api = %self.cfg.api, asn = self.cfg.asn, router_id = %self.cfg.router_id, neighbors = self.cfg.neighbors.len(), "gobgpd configured");
+        Ok(api)
+    }
+
+    fn spawn(&mut self) -> Result<(), String> {
+        // setpriv (util-linux) sets PR_SET_PDEATHSIG and execs gobgpd: it
+        // dies with this process, even on kill -9 of the node.
+        let mut cmd = tokio::process::Command::new("setpriv");
+        cmd.args(["--pdeathsig", "KILL", "--"])
+            .arg(&self.cfg.gobgpd)
+            .arg(format!("--api-hosts={}", self.cfg.api))
+            .args(["--log-plain", "--log-level=info", "--pprof-disable"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", self.cfg.gobgpd.display()))?;
+        for out in [
+            child
+                .stdout
+                .take()
+                .map(|o| Box::new(o) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+            child
+                .stderr
+                .take()
+                .map(|o| Box::new(o) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            tokio::spawn(async move {
+                use tokio::io::AsyncBufReadExt;
+                let mut lines = tokio::io::BufReader::new(out).lines();
+                while let Ok(Some(l)) = lines.next_line().await {
+                    debug!(target: "gobgpd", "{l}");
+                }
+            });
+        }
+        info!(pid = child.id(), restarts = self.restarts, api = %self.cfg.api, "started gobgpd");
+        if self.restarts > 0 {
+            self.metrics.bgp_gobgpd_restarts.inc();
+        }
+        self.restarts += 1;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// The routes we would announce when healthy (settings' anycast addresses).
+    fn candidates(&self) -> Vec<Route> {
+        let (v4, v6) = self
+            .node
+            .view
+            .read(|i| (i.settings().anycast_v4, i.settings().anycast_v6));
+        let mk = |prefix: std::net::IpAddr, len: u8| Route {
+            prefix,
+            prefix_len: len,
+            communities: self.cfg.communities.clone(),
+            med: self.cfg.med,
+            prepend: vec![self.cfg.asn; self.cfg.as_path_prepend as usize],
+        };
+        v4.map(|a| mk(a.into(), 32))
+            .into_iter()
+            .chain(v6.map(|a| mk(a.into(), 128)))
+            .collect()
+    }
+
+    fn inputs(&self, shutting: bool) -> Inputs {
+        let dp = self.dp.borrow().clone();
+        let m = self.node.raft.metrics().borrow().clone();
+        let leader_age = if m.state == ServerState::Leader {
+            let voters = m.membership_config.membership().voter_ids().count();
+            if voters <= 1 {
+                Some(Duration::ZERO)
+            } else {
+                m.millis_since_quorum_ack.map(Duration::from_millis)
+            }
+        } else {
+            self.node.contact.age()
+        };
+        Inputs {
+            shutting_down: shutting,
+            drained: self
+                .node
+                .view
+                .read(|i| i.node_flags(self.node.id).map(|f| f.drained))
+                .unwrap_or(false),
+            dataplane_enabled: dp.backend != "none",
+            dataplane_healthy: dp.healthy,
+            dataplane_reason: dp.reason,
+            leader_age,
+            leader_lease: self.cfg.leader_lease,
+            sessions_established: self.sessions.values().filter(|s| s.established).count(),
+        }
+    }
+
+    /// Decide, bring gobgpd's RIB to the decision, publish. Returns how long
+    /// until time alone could change the decision.
+    async fn step(&mut self, api: &Gobgp, shutting: bool) -> Result<Duration, String> {
+        let inputs = self.inputs(shutting);
+        let decision = decide(&inputs);
+        let now = Instant::now();
+        // Drain: announce with GRACEFUL_SHUTDOWN for a grace, then withdraw.
+        match &decision {
+            Err(Withdraw::Drained) => {
+                if self.gshut_until.is_none()
+                    && self
+                        .installed
+                        .values()
+                        .any(|r| !r.communities.contains(&GRACEFUL_SHUTDOWN))
+                {
+                    self.gshut_until = Some(now + self.cfg.graceful_shutdown_grace);
+                }
+            }
+            _ => self.gshut_until = None,
+        }
+        let gshut = self.gshut_until.filter(|t| *t > now);
+        let mut desired: BTreeMap<String, Route> = BTreeMap::new();
+        if decision.is_ok() || gshut.is_some() {
+            for mut r in self.candidates() {
+                if gshut.is_some() {
+                    r.communities.push(GRACEFUL_SHUTDOWN);
+                }
+                desired.insert(r.cidr(), r);
+            }
+        }
+        let stale: Vec<Route> = self
+            .installed
+            .iter()
+            .filter(|(k, _)| !desired.contains_key(*k))
+            .map(|(_, r)| r.clone())
+            .collect();
+        for r in stale {
+            api.delete_path(&r).await.map_err(|e| e.to_string())?;
+            info!(prefix = %r.cidr(), "withdrawn");
+            self.installed.remove(&r.cidr());
+        }
+        for (k, r) in &desired {
+            if self.installed.get(k) != Some(r) {
+                api.add_path(r).await.map_err(|e| e.to_string())?;
+                info!(prefix = %k, graceful_shutdown = gshut.is_some(), "announced");
+                self.installed.insert(k.clone(), r.clone());
+            }
+        }
+        if self.last.as_ref() != Some(&decision) {
+            let (to, why) = match &decision {
+                Ok(()) => ("announce", "healthy"),
+                Err(w) => ("withdraw", w.kind()),
+            };
+            match &decision {
+                Ok(()) => info!("announcing: healthy"),
+                Err(w) => warn!(reason = %w, "not announcing"),
+            }
+            self.metrics
+                .bgp_transitions
+                .get_or_create(&TransitionLabels {
+                    to: to.into(),
+                    reason: why.into(),
+                })
+                .inc();
+            self.last = Some(decision.clone());
+        }
+        self.backoff = Duration::from_millis(200);
+        let (state, reason) = match (&decision, gshut) {
+            (Err(w), Some(_)) => ("graceful-shutdown", w.to_string()),
+            (Err(w), None) => ("withdrawn", w.to_string()),
+            (Ok(()), _) if desired.is_empty() => (
+                "withdrawn",
+                "the cluster settings have no anycast address".to_string(),
+            ),
+            (Ok(()), _) => ("announced", String::new()),
+        };
+        self.publish(state, reason);
+        let mut wake = VERIFY_EVERY;
+        if let Some(d) = lease_deadline(&inputs) {
+            wake = wake.min(d + Duration::from_millis(1));
+        }
+        if let Some(t) = gshut {
+            wake = wake.min(t - now);
+        }
+        if decision.is_ok() && inputs.leader_age.is_none() {
+            wake = wake.min(Duration::from_millis(100));
+        }
+        Ok(wake)
+    }
+
+    /// gobgpd's RIB still holds what we installed (a restarted external
+    /// gobgpd, or a path deleted by hand, is repaired here).
+    async fn verify(&mut self, api: &Gobgp) -> Result<(), String> {
+        let mut present = Vec::new();
+        for v6 in [false, true] {
+            for l in api.list_paths(v6).await.map_err(|e| e.to_string())? {
+                if l.local {
+                    present.push(l.cidr);
+                }
+            }
+        }
+        let missing: Vec<String> = self
+            .installed
+            .keys()
+            .filter(|k| !present.contains(k))
+            .cloned()
+            .collect();
+        for k in missing {
+            warn!(prefix = %k, "our path vanished from gobgpd; re-adding");
+            self.metrics.bgp_path_repairs.inc();
+            self.installed.remove(&k);
+        }
+        Ok(())
+    }
+
+    fn publish(&mut self, state: &str, reason: String) {
+        let announced = state == "announced" || state == "graceful-shutdown";
+        self.metrics.bgp_announced.set(announced as i64);
+        let est = self.sessions.values().filter(|s| s.established).count();
+        self.metrics.bgp_sessions_established.set(est as i64);
+        let st = BgpStatus {
+            enabled: true,
+            state: state.into(),
+            reason,
+            sessions_established: est as u32,
+            sessions: self.sessions.len() as u32,
+            routes: self.installed.keys().cloned().collect(),
+            gobgpd_restarts: self.restarts.saturating_sub(1),
+        };
+        self.status.send_if_modified(|s| {
+            let changed = *s != st;
+            *s = st;
+            changed
+        });
+    }
+}

@@ -1,0 +1,526 @@
+//! BGP anycast against real routers: a BIRD2 router doing ECMP in one
+//! namespace, three gateway namespaces each running a node that supervises
+//! its own gobgpd and wireguard-go. The router's kernel route to the anycast
+//! address is the ground truth: its next hops are the gateways announcing.
+//!
+//! drain -> 2 next hops (the drained one first re-announced with
+//! GRACEFUL_SHUTDOWN, which the router deprefers at once); undrain -> 3;
+//! kill -9 of a node takes its gobgpd along and the router drops it within
+//! 1 s; gobgpd alone killed -> supervisor restores; wireguard-go killed -> the
+//! node withdraws, then re-announces; Raft traffic cut with nftables -> the
+//! node withdraws after the leader lease and comes back after the heal;
+//! SIGTERM withdraws before the node stops.
+
+use crate::harness::*;
+use std::collections::BTreeSet;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const ANYCAST: &str = "198.51.100.1";
+const LEASE_S: u64 = 3;
+
+struct Lab {
+    prefix: String,
+    n: u32,
+    bird: Option<Child>,
+    /// wireguard-go processes the test started itself (node 3's device).
+    wg: Vec<Child>,
+    dir: std::path::PathBuf,
+}
+
+impl Lab {
+    fn new(n: u32, dir: &std::path::Path) -> Lab {
+        let mut lab = Lab {
+            prefix: format!("agt8-{}", std::process::id()),
+            n,
+            bird: None,
+            wg: vec![],
+            dir: dir.to_path_buf(),
+        };
+        let rt = lab.rt();
+        sh(&["ip", "netns", "add", &rt]);
+        sh(&["ip", "-n", &rt, "link", "set", "lo", "up"]);
+        in_ns(&rt, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        in_ns(
+            &rt,
+            &["sysctl", "-qw", "net.ipv4.fib_multipath_hash_policy=1"],
+        );
+        for k in 1..=n {
+            let gw = lab.gw(k);
+            sh(&["ip", "netns", "add", &gw]);
+            sh(&["ip", "-n", &gw, "link", "set", "lo", "up"]);
+            sh(&[
+                "ip",
+                "link",
+                "add",
+                "up0",
+                "netns",
+                &gw,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &format!("to-g{k}"),
+                "netns",
+                &rt,
+            ]);
+            sh(&[
+                "ip",
+                "-n",
+                &rt,
+                "addr",
+                "add",
+                &format!("10.79.{k}.1/24"),
+                "dev",
+                &format!("to-g{k}"),
+            ]);
+            sh(&["ip", "-n", &rt, "link", "set", &format!("to-g{k}"), "up"]);
+            sh(&[
+                "ip",
+                "-n",
+                &gw,
+                "addr",
+                "add",
+                &format!("10.79.{k}.2/24"),
+                "dev",
+                "up0",
+            ]);
+            sh(&["ip", "-n", &gw, "link", "set", "up0", "up"]);
+            sh(&[
+                "ip",
+                "-n",
+                &gw,
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("10.79.{k}.1"),
+            ]);
+        }
+        // BIRD 2: eBGP with every gateway, equal routes merged into one
+        // multipath kernel route; GRACEFUL_SHUTDOWN deprefers (RFC 8326).
+        let mut conf = format!(
+            r#"log "{log}" all;
+router id 10.79.0.1;
+protocol device {{ scan time 10; }}
+protocol kernel kern4 {{
+  ipv4 {{ import none; export filter {{ if net ~ [ 198.51.100.0/24{{32,32}} ] then accept; reject; }}; }};
+  merge paths on limit 8;
+  learn off; persist off;
+}}
+filter anycast_in {{
+  if ! (net ~ [ 198.51.100.0/24{{32,32}} ]) then reject;
+  if (65535, 0) ~ bgp_community then bgp_local_pref = 0;
+  accept;
+}}
+template bgp gateways {{
+  local as 65000;
+  hold time 3; keepalive time 1;
+  connect delay time 1; connect retry time 1; error wait time 1, 3;
+  ipv4 {{ import filter anycast_in; export none; }};
+}}
+"#,
+            log = dir.join("bird.log").display()
+        );
+        for k in 1..=n {
+            conf.push_str(&format!(
+                "protocol bgp g{k} from gateways {{ neighbor 10.79.{k}.2 as 65010; }}\n"
+            ));
+        }
+        let conf_path = write_file(dir, "bird.conf", &conf);
+        let bird = Command::new("ip")
+            .args(["netns", "exec", &rt, "bird", "-f", "-c"])
+            .arg(&conf_path)
+            .arg("-s")
+            .arg(dir.join("bird.ctl"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("bird.stderr")).unwrap())
+            .spawn()
+            .expect("start bird (apt-get install bird2)");
+        lab.bird = Some(bird);
+        lab
+    }
+    fn rt(&self) -> String {
+        format!("{}-rt", self.prefix)
+    }
+    fn gw(&self, k: u32) -> String {
+        format!("{}-g{k}", self.prefix)
+    }
+    fn ifname(&self, k: u32) -> String {
+        format!("agb{}-{k}", std::process::id() % 100_000)
+    }
+
+    /// Next hops of the router's kernel route to the anycast address.
+    fn next_hops(&self) -> BTreeSet<String> {
+        let out = Command::new("ip")
+            .args(["-n", &self.rt(), "route", "show", &format!("{ANYCAST}/32")])
+            .output()
+            .expect("ip route");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let words: Vec<&str> = text.split_whitespace().collect();
+        words
+            .windows(2)
+            .filter(|w| w[0] == "via")
+            .map(|w| w[1].to_string())
+            .collect()
+    }
+
+    fn hops_of(ks: &[u32]) -> BTreeSet<String> {
+        ks.iter().map(|k| format!("10.79.{k}.2")).collect()
+    }
+
+    /// Wait until the router routes to exactly these gateways; returns how
+    /// long it took. Polls every 5 ms (an `ip route` is ~2 ms).
+    fn wait_hops(&self, what: &str, ks: &[u32], timeout: Duration) -> Duration {
+        let want = Lab::hops_of(ks);
+        let t0 = Instant::now();
+        loop {
+            if self.next_hops() == want {
+                return t0.elapsed();
+            }
+            assert!(
+                t0.elapsed() < timeout,
+                "{what}: router next hops {:?}, want {want:?} (waited {timeout:?})\nbird log tail:\n{}",
+                self.next_hops(),
+                tail(&std::fs::read_to_string(self.dir.join("bird.log")).unwrap_or_default(), 15)
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// An unsupervised wireguard-go for gateway k (as an operator might run
+    /// one under systemd); returns once its UAPI socket answers.
+    fn start_wireguard_go(&mut self, k: u32) -> u32 {
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.gw(k),
+                "wireguard-go",
+                "-f",
+                &self.ifname(k),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("wireguard-go");
+        let pid = child.id();
+        self.wg.push(child);
+        let (ns, ifname) = (self.gw(k), self.ifname(k));
+        eventually("wireguard-go up", Duration::from_secs(5), || {
+            Command::new("ip")
+                .args(["netns", "exec", &ns, "wg", "show", &ifname])
+                .stderr(Stdio::null())
+                .stdout(Stdio::null())
+                .status()
+                .ok()?
+                .success()
+                .then_some(())
+        });
+        pid
+    }
+
+    fn bird_route(&self) -> String {
+        let out = Command::new("birdc")
+            .arg("-s")
+            .arg(self.dir.join("bird.ctl"))
+            .args(["show", "route", "all", &format!("{ANYCAST}/32")])
+            .output()
+            .expect("birdc");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for mut w in self.wg.drain(..) {
+            let _ = w.kill();
+            let _ = w.wait();
+        }
+        if let Some(mut b) = self.bird.take() {
+            let _ = b.kill();
+            let _ = b.wait();
+        }
+        for k in 1..=self.n {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.gw(k)])
+                .status();
+            let _ = std::fs::remove_file(format!("/var/run/wireguard/{}.sock", self.ifname(k)));
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.rt()])
+            .status();
+    }
+}
+
+fn bgp_of(ep: &str, id: u64) -> Option<serde_json::Value> {
+    let s = status(ep)?;
+    s["nodes"]
+        .as_array()?
+        .iter()
+        .find(|n| n["id"] == id)
+        .map(|n| n["bgp"].clone())
+}
+
+fn kill9(pid: u32) {
+    sh(&["kill", "-9", &pid.to_string()]);
+}
+
+#[test]
+fn anycast_follows_health_drain_and_failures() {
+    let mut c = Cluster::empty();
+    let mut lab = Lab::new(3, c.dir());
+    // Nodes 1 and 2 supervise their wireguard-go; node 3 uses one started
+    // outside the node, so that its device can die and stay dead.
+    let wg3 = lab.start_wireguard_go(3);
+    set_ctl_netns(Some(&lab.gw(1)));
+    let (keyfile, public, _) = wg_keyfile(c.dir());
+    let key = keyfile.to_str().unwrap().to_string();
+    for k in 1..=3u32 {
+        let cfg = write_file(
+            c.dir(),
+            &format!("n{k}.toml"),
+            &format!(
+                r#"[bgp]
+asn = 65010
+router-id = "10.79.{k}.2"
+leader-lease = "{LEASE_S}s"
+graceful-shutdown-grace = "2s"
+shutdown-grace = "500ms"
+[[bgp.neighbors]]
+address = "10.79.{k}.1"
+peer-as = 65000
+"#
+            ),
+        );
+        let ifname = lab.ifname(k);
+        let supervise: &[&str] = if k == 3 {
+            &[]
+        } else {
+            &["--wireguard-go", "wireguard-go"]
+        };
+        c.add_node_at(
+            k as u64,
+            format!("10.79.{k}.2:7400"),
+            Some(lab.gw(k)),
+            &[
+                &[
+                    "--config",
+                    cfg.to_str().unwrap(),
+                    "--dataplane-backend",
+                    "userspace",
+                ][..],
+                supervise,
+                &[
+                    "--wg-interface",
+                    &ifname,
+                    "--wg-private-key-file",
+                    &key,
+                    "--observe-interval",
+                    "300ms",
+                    "--resync-interval",
+                    "2s",
+                ][..],
+            ]
+            .concat(),
+        );
+    }
+    c.form();
+    let ep = c.all_endpoints();
+
+    // Nothing is announced while the dataplane cannot serve (no identity yet).
+    let b = eventually("BGP status reported", Duration::from_secs(10), || {
+        bgp_of(&ep, 1).filter(|b| b["enabled"] == true && b["reason"] != "starting")
+    });
+    assert_eq!(b["state"], "withdrawn", "{b}");
+    assert!(lab.next_hops().is_empty());
+    ctl_ok(
+        &ep,
+        &[
+            "settings",
+            "set",
+            "--server-public-key",
+            &public,
+            "--anycast-v4",
+            ANYCAST,
+        ],
+    );
+    ctl_ok(&ep, &["pool", "add", "staff", "--cidr", "10.100.0.0/16"]);
+    lab.wait_hops("3 gateways announce", &[1, 2, 3], Duration::from_secs(30));
+    for id in 1..=3 {
+        let b = bgp_of(&ep, id).unwrap();
+        assert_eq!(b["state"], "announced", "node {id}: {b}");
+        assert_eq!(b["sessions_established"], 1, "{b}");
+        assert_eq!(b["routes"][0], format!("{ANYCAST}/32"), "{b}");
+    }
+    let table = ctl_ok(&ep, &["cluster", "status"]);
+    assert!(
+        table.contains("ANYCAST") && table.contains("announced 1/1"),
+        "{table}"
+    );
+
+    // Idle for longer than the lease: leader contact (heartbeats) keeps
+    // every node announcing, the leader included.
+    std::thread::sleep(Duration::from_secs(LEASE_S + 1));
+    assert_eq!(
+        lab.next_hops(),
+        Lab::hops_of(&[1, 2, 3]),
+        "idle cluster stays announced"
+    );
+
+    // Drain node 2: GRACEFUL_SHUTDOWN first (the router deprefers it at
+    // once, well inside the 2 s grace), then the withdrawal.
+    let t0 = Instant::now();
+    let out = ctl_in(Some(&lab.gw(1)), &ep, &["node", "drain", "2", "--no-wait"]);
+    assert!(out.status.success(), "{out:?}");
+    lab.wait_hops("drained node deprefered", &[1, 3], Duration::from_secs(2));
+    let deprefered = t0.elapsed();
+    let r = lab.bird_route();
+    assert!(
+        r.contains("(65535,0)") && r.contains("10.79.2.2"),
+        "during the grace node 2's route carries GRACEFUL_SHUTDOWN:\n{r}"
+    );
+    assert!(deprefered < Duration::from_secs(2), "{deprefered:?}");
+    eventually("node 2 withdrawn", Duration::from_secs(5), || {
+        (!lab.bird_route().contains("10.79.2.2")).then_some(())
+    });
+    let b = bgp_of(&ep, 2).unwrap();
+    assert_eq!(b["state"], "withdrawn");
+    assert_eq!(b["reason"], "drained by an operator");
+    let s = ctl_json(&ep, &["cluster", "status"]);
+    assert!(s["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|n| n["id"] == 2 && n["drained"] == true));
+    // Undrain: back to 3 (the CLI waits until it announces).
+    ctl_ok(&ep, &["node", "undrain", "2"]);
+    lab.wait_hops("undrained", &[1, 2, 3], Duration::from_secs(5));
+    // A node that does not exist is refused, non-zero exit.
+    let out = ctl(&ep, &["node", "drain", "9"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not a member"),
+        "{out:?}"
+    );
+
+    // Kill only gobgpd on node 2: the router drops it, the supervisor
+    // restarts gobgpd and re-announces.
+    let g2 = pids_in_ns(&lab.gw(2), "gobgpd");
+    assert_eq!(g2.len(), 1, "one gobgpd in node 2's namespace: {g2:?}");
+    kill9(g2[0]);
+    lab.wait_hops("gobgpd killed", &[1, 3], Duration::from_secs(2));
+    lab.wait_hops(
+        "gobgpd restarted and re-announced",
+        &[1, 2, 3],
+        Duration::from_secs(30),
+    );
+    let b = bgp_of(&ep, 2).unwrap();
+    assert_eq!(b["gobgpd_restarts"], 1, "{b}");
+
+    // Kill node 3's wireguard-go: the node withdraws (no black hole) and
+    // announces again once a device is back and reprogrammed.
+    let t0 = Instant::now();
+    kill9(wg3);
+    lab.wait_hops("device gone -> withdrawn", &[1, 2], Duration::from_secs(3));
+    let withdrawn_after = t0.elapsed();
+    eprintln!("wireguard-go killed: router dropped the node after {withdrawn_after:?}");
+    let b = bgp_of(&ep, 3).unwrap();
+    assert!(
+        b["reason"].as_str().unwrap().starts_with("dataplane:"),
+        "{b}"
+    );
+    lab.start_wireguard_go(3);
+    lab.wait_hops(
+        "device back -> announced",
+        &[1, 2, 3],
+        Duration::from_secs(30),
+    );
+    // A supervised wireguard-go (node 1) is restarted by its node at once.
+    let w1 = pids_in_ns(&lab.gw(1), "wireguard-go");
+    assert_eq!(w1.len(), 1, "{w1:?}");
+    kill9(w1[0]);
+    eventually(
+        "node 1's wireguard-go restarted",
+        Duration::from_secs(10),
+        || {
+            let now = pids_in_ns(&lab.gw(1), "wireguard-go");
+            (now.len() == 1 && now != w1).then_some(())
+        },
+    );
+    lab.wait_hops(
+        "node 1 announcing after the restart",
+        &[1, 2, 3],
+        Duration::from_secs(30),
+    );
+
+    // Cut the Raft leader off from the other nodes' Raft traffic (BGP to
+    // the router stays up): it withdraws once the lease runs out; the other
+    // two elect a leader and keep announcing; after the heal it is back.
+    let leader = c.leader() as u32;
+    let others: Vec<u32> = (1..=3).filter(|k| *k != leader).collect();
+    let peers = others
+        .iter()
+        .map(|k| format!("10.79.{k}.2"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let cut = write_file(
+        c.dir(),
+        "cut.nft",
+        &format!(
+            "table inet agtcut {{\n chain i {{ type filter hook input priority -10; ip saddr {{ {peers} }} tcp dport 7400 drop; ip saddr {{ {peers} }} tcp sport 7400 drop; }}\n chain o {{ type filter hook output priority -10; ip daddr {{ {peers} }} tcp dport 7400 drop; ip daddr {{ {peers} }} tcp sport 7400 drop; }}\n}}\n"
+        ),
+    );
+    let t0 = Instant::now();
+    in_ns(&lab.gw(leader), &["nft", "-f", cut.to_str().unwrap()]);
+    lab.wait_hops(
+        "partitioned leader withdrawn",
+        &others,
+        Duration::from_secs(LEASE_S + 5),
+    );
+    let after = t0.elapsed();
+    assert!(
+        after >= Duration::from_secs(LEASE_S) - Duration::from_millis(500),
+        "withdrew after {after:?}, before the {LEASE_S} s lease ran out"
+    );
+    eprintln!("partitioned leader withdrew after {after:?} (lease {LEASE_S} s)");
+    in_ns(
+        &lab.gw(leader),
+        &["nft", "delete", "table", "inet", "agtcut"],
+    );
+    lab.wait_hops(
+        "healed node announces again",
+        &[1, 2, 3],
+        Duration::from_secs(20),
+    );
+
+    // kill -9 node 3: its gobgpd dies with it; the router drops it within 1 s.
+    let t0 = Instant::now();
+    c.node(3).kill();
+    let took = lab.wait_hops("node 3 killed", &[1, 2], Duration::from_secs(1));
+    eprintln!(
+        "kill -9 of node 3: router dropped it after {:?}",
+        t0.elapsed().max(took)
+    );
+    eventually("node 3's gobgpd gone", Duration::from_secs(2), || {
+        pids_in_ns(&lab.gw(3), "gobgpd").is_empty().then_some(())
+    });
+
+    // SIGTERM node 1: it withdraws before it stops serving.
+    let pid1 = c.node(1).child.as_ref().unwrap().id();
+    sh(&["kill", "-TERM", &pid1.to_string()]);
+    lab.wait_hops("SIGTERM withdraws first", &[2], Duration::from_secs(2));
+    let st = c.node(1).child.as_mut().unwrap().wait().unwrap();
+    assert!(st.success(), "node 1 exited cleanly after SIGTERM: {st}");
+    c.node(1).child = None;
+    let log = c.node(1).log();
+    let w = log.find("withdrawn").expect("withdrawal logged");
+    let s = log.find("stopped").expect("stop logged");
+    assert!(w < s, "withdrawn before stopped:\n{}", tail(&log, 30));
+    set_ctl_netns(None);
+}
