@@ -8,6 +8,7 @@ pub mod etcd {
 }
 
 pub mod netns;
+pub mod router;
 
 use std::net::TcpListener;
 use std::path::Path;

@@ -12,180 +12,50 @@
 //! SIGTERM withdraws before the node stops.
 
 use crate::harness::*;
+use anygate_chaos::netns::Topology;
+use anygate_chaos::router::{hops, Bird};
 use std::collections::BTreeSet;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const ANYCAST: &str = "198.51.100.1";
 const LEASE_S: u64 = 3;
 
+/// Gateways K = 1..=n in namespaces behind a routing hub that runs BIRD
+/// (anygate_chaos's topology and router, shared with the benchmark).
 struct Lab {
-    prefix: String,
-    n: u32,
-    bird: Option<Child>,
+    topo: Topology,
+    bird: Bird,
     /// wireguard-go processes the test started itself (node 3's device).
-    wg: Vec<Child>,
-    dir: std::path::PathBuf,
+    wg: Vec<std::process::Child>,
 }
 
 impl Lab {
     fn new(n: u32, dir: &std::path::Path) -> Lab {
-        let mut lab = Lab {
-            prefix: format!("agt8-{}", std::process::id()),
-            n,
-            bird: None,
+        let topo = Topology::create(&format!("agt8-{}", std::process::id()), n).unwrap();
+        let bird = Bird::start(&topo, dir, "198.51.100.0/24").unwrap();
+        Lab {
+            topo,
+            bird,
             wg: vec![],
-            dir: dir.to_path_buf(),
-        };
-        let rt = lab.rt();
-        sh(&["ip", "netns", "add", &rt]);
-        sh(&["ip", "-n", &rt, "link", "set", "lo", "up"]);
-        in_ns(&rt, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
-        in_ns(
-            &rt,
-            &["sysctl", "-qw", "net.ipv4.fib_multipath_hash_policy=1"],
-        );
-        for k in 1..=n {
-            let gw = lab.gw(k);
-            sh(&["ip", "netns", "add", &gw]);
-            sh(&["ip", "-n", &gw, "link", "set", "lo", "up"]);
-            sh(&[
-                "ip",
-                "link",
-                "add",
-                "up0",
-                "netns",
-                &gw,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &format!("to-g{k}"),
-                "netns",
-                &rt,
-            ]);
-            sh(&[
-                "ip",
-                "-n",
-                &rt,
-                "addr",
-                "add",
-                &format!("10.79.{k}.1/24"),
-                "dev",
-                &format!("to-g{k}"),
-            ]);
-            sh(&["ip", "-n", &rt, "link", "set", &format!("to-g{k}"), "up"]);
-            sh(&[
-                "ip",
-                "-n",
-                &gw,
-                "addr",
-                "add",
-                &format!("10.79.{k}.2/24"),
-                "dev",
-                "up0",
-            ]);
-            sh(&["ip", "-n", &gw, "link", "set", "up0", "up"]);
-            sh(&[
-                "ip",
-                "-n",
-                &gw,
-                "route",
-                "add",
-                "default",
-                "via",
-                &format!("10.79.{k}.1"),
-            ]);
         }
-        // BIRD 2: eBGP with every gateway, equal routes merged into one
-        // multipath kernel route; GRACEFUL_SHUTDOWN deprefers (RFC 8326).
-        let mut conf = format!(
-            r#"log "{log}" all;
-router id 10.79.0.1;
-protocol device {{ scan time 10; }}
-protocol kernel kern4 {{
-  ipv4 {{ import none; export filter {{ if net ~ [ 198.51.100.0/24{{32,32}} ] then accept; reject; }}; }};
-  merge paths on limit 8;
-  learn off; persist off;
-}}
-filter anycast_in {{
-  if ! (net ~ [ 198.51.100.0/24{{32,32}} ]) then reject;
-  if (65535, 0) ~ bgp_community then bgp_local_pref = 0;
-  accept;
-}}
-template bgp gateways {{
-  local as 65000;
-  hold time 3; keepalive time 1;
-  connect delay time 1; connect retry time 1; error wait time 1, 3;
-  ipv4 {{ import filter anycast_in; export none; }};
-}}
-"#,
-            log = dir.join("bird.log").display()
-        );
-        for k in 1..=n {
-            conf.push_str(&format!(
-                "protocol bgp g{k} from gateways {{ neighbor 10.79.{k}.2 as 65010; }}\n"
-            ));
-        }
-        let conf_path = write_file(dir, "bird.conf", &conf);
-        let bird = Command::new("ip")
-            .args(["netns", "exec", &rt, "bird", "-f", "-c"])
-            .arg(&conf_path)
-            .arg("-s")
-            .arg(dir.join("bird.ctl"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("bird.stderr")).unwrap())
-            .spawn()
-            .expect("start bird (apt-get install bird2)");
-        lab.bird = Some(bird);
-        lab
-    }
-    fn rt(&self) -> String {
-        format!("{}-rt", self.prefix)
     }
     fn gw(&self, k: u32) -> String {
-        format!("{}-g{k}", self.prefix)
+        self.topo.ns(k)
     }
     fn ifname(&self, k: u32) -> String {
         format!("agb{}-{k}", std::process::id() % 100_000)
     }
-
-    /// Next hops of the router's kernel route to the anycast address.
     fn next_hops(&self) -> BTreeSet<String> {
-        let out = Command::new("ip")
-            .args(["-n", &self.rt(), "route", "show", &format!("{ANYCAST}/32")])
-            .output()
-            .expect("ip route");
-        let text = String::from_utf8_lossy(&out.stdout);
-        let words: Vec<&str> = text.split_whitespace().collect();
-        words
-            .windows(2)
-            .filter(|w| w[0] == "via")
-            .map(|w| w[1].to_string())
-            .collect()
+        self.bird.next_hops(ANYCAST)
     }
-
-    fn hops_of(ks: &[u32]) -> BTreeSet<String> {
-        ks.iter().map(|k| format!("10.79.{k}.2")).collect()
+    fn hops_of(&self, ks: &[u32]) -> BTreeSet<String> {
+        hops(&self.topo, ks)
     }
-
-    /// Wait until the router routes to exactly these gateways; returns how
-    /// long it took. Polls every 5 ms (an `ip route` is ~2 ms).
     fn wait_hops(&self, what: &str, ks: &[u32], timeout: Duration) -> Duration {
-        let want = Lab::hops_of(ks);
-        let t0 = Instant::now();
-        loop {
-            if self.next_hops() == want {
-                return t0.elapsed();
-            }
-            assert!(
-                t0.elapsed() < timeout,
-                "{what}: router next hops {:?}, want {want:?} (waited {timeout:?})\nbird log tail:\n{}",
-                self.next_hops(),
-                tail(&std::fs::read_to_string(self.dir.join("bird.log")).unwrap_or_default(), 15)
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        self.bird
+            .wait_hops(ANYCAST, &self.hops_of(ks), timeout)
+            .unwrap_or_else(|e| panic!("{what}: {e}"))
     }
 
     /// An unsupervised wireguard-go for gateway k (as an operator might run
@@ -219,16 +89,6 @@ template bgp gateways {{
         });
         pid
     }
-
-    fn bird_route(&self) -> String {
-        let out = Command::new("birdc")
-            .arg("-s")
-            .arg(self.dir.join("bird.ctl"))
-            .args(["show", "route", "all", &format!("{ANYCAST}/32")])
-            .output()
-            .expect("birdc");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
 }
 
 fn tail(s: &str, n: usize) -> String {
@@ -242,19 +102,9 @@ impl Drop for Lab {
             let _ = w.kill();
             let _ = w.wait();
         }
-        if let Some(mut b) = self.bird.take() {
-            let _ = b.kill();
-            let _ = b.wait();
-        }
-        for k in 1..=self.n {
-            let _ = Command::new("ip")
-                .args(["netns", "del", &self.gw(k)])
-                .status();
+        for k in 1..=self.topo.n {
             let _ = std::fs::remove_file(format!("/var/run/wireguard/{}.sock", self.ifname(k)));
         }
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.rt()])
-            .status();
     }
 }
 
@@ -288,12 +138,12 @@ fn anycast_follows_health_drain_and_failures() {
             &format!(
                 r#"[bgp]
 asn = 65010
-router-id = "10.79.{k}.2"
+router-id = "10.78.{k}.2"
 leader-lease = "{LEASE_S}s"
 graceful-shutdown-grace = "2s"
 shutdown-grace = "500ms"
 [[bgp.neighbors]]
-address = "10.79.{k}.1"
+address = "10.78.{k}.1"
 peer-as = 65000
 "#
             ),
@@ -306,7 +156,7 @@ peer-as = 65000
         };
         c.add_node_at(
             k as u64,
-            format!("10.79.{k}.2:7400"),
+            format!("10.78.{k}.2:7400"),
             Some(lab.gw(k)),
             &[
                 &[
@@ -369,7 +219,7 @@ peer-as = 65000
     std::thread::sleep(Duration::from_secs(LEASE_S + 1));
     assert_eq!(
         lab.next_hops(),
-        Lab::hops_of(&[1, 2, 3]),
+        lab.hops_of(&[1, 2, 3]),
         "idle cluster stays announced"
     );
 
@@ -380,14 +230,14 @@ peer-as = 65000
     assert!(out.status.success(), "{out:?}");
     lab.wait_hops("drained node deprefered", &[1, 3], Duration::from_secs(2));
     let deprefered = t0.elapsed();
-    let r = lab.bird_route();
+    let r = lab.bird.show_route(ANYCAST);
     assert!(
-        r.contains("(65535,0)") && r.contains("10.79.2.2"),
+        r.contains("(65535,0)") && r.contains("10.78.2.2"),
         "during the grace node 2's route carries GRACEFUL_SHUTDOWN:\n{r}"
     );
     assert!(deprefered < Duration::from_secs(2), "{deprefered:?}");
     eventually("node 2 withdrawn", Duration::from_secs(5), || {
-        (!lab.bird_route().contains("10.79.2.2")).then_some(())
+        (!lab.bird.show_route(ANYCAST).contains("10.78.2.2")).then_some(())
     });
     let b = bgp_of(&ep, 2).unwrap();
     assert_eq!(b["state"], "withdrawn");
@@ -466,7 +316,7 @@ peer-as = 65000
     let others: Vec<u32> = (1..=3).filter(|k| *k != leader).collect();
     let peers = others
         .iter()
-        .map(|k| format!("10.79.{k}.2"))
+        .map(|k| format!("10.78.{k}.2"))
         .collect::<Vec<_>>()
         .join(", ");
     let cut = write_file(

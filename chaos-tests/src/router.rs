@@ -1,0 +1,187 @@
+//! A real upstream router for the gateways: BIRD 2 in the topology's hub
+//! namespace, one eBGP session per gateway (10.78.K.2), equal routes merged
+//! into one multipath kernel route (ECMP, L4 hash), GRACEFUL_SHUTDOWN
+//! (65535:0) depreferred as RFC 8326 asks. The hub's kernel route to the
+//! anycast address is the ground truth of who receives clients.
+
+use crate::netns::{run, Topology};
+use crate::{spawn, Proc};
+use std::collections::BTreeSet;
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub const ROUTER_AS: u32 = 65000;
+pub const GATEWAY_AS: u32 = 65010;
+
+pub struct Bird {
+    pub ns: String,
+    pub dir: PathBuf,
+    _proc: Proc,
+}
+
+/// BIRD 2 config: kernel export of /32s inside `anycast_net` (e.g.
+/// "198.51.100.0/24") with merged paths, one session per gateway.
+pub fn bird_conf(log: &Path, gateways: &[String], anycast_net: &str) -> String {
+    let mut conf = format!(
+        r#"log "{log}" all;
+timeformat log "%F %T.%3f";
+router id 10.78.0.1;
+protocol device {{ scan time 10; }}
+protocol kernel kern4 {{
+  ipv4 {{ import none; export filter {{ if net ~ [ {anycast_net}{{32,32}} ] then accept; reject; }}; }};
+  merge paths on limit 16;
+  learn off; persist off;
+}}
+filter anycast_in {{
+  if ! (net ~ [ {anycast_net}{{32,32}} ]) then reject;
+  if (65535, 0) ~ bgp_community then bgp_local_pref = 0;
+  accept;
+}}
+template bgp gateways {{
+  local as {ROUTER_AS};
+  hold time 3; keepalive time 1;
+  connect delay time 1; connect retry time 1; error wait time 1, 3;
+  ipv4 {{ import filter anycast_in; export none; }};
+}}
+"#,
+        log = log.display()
+    );
+    for (k, addr) in gateways.iter().enumerate() {
+        conf.push_str(&format!(
+            "protocol bgp g{} from gateways {{ neighbor {addr} as {GATEWAY_AS}; }}\n",
+            k + 1
+        ));
+    }
+    conf
+}
+
+impl Bird {
+    /// Start BIRD in the hub of `topo`, peering with every node namespace.
+    pub fn start(topo: &Topology, dir: &Path, anycast_net: &str) -> anyhow::Result<Bird> {
+        let ns = topo.hub();
+        run(&[
+            "ip",
+            "netns",
+            "exec",
+            &ns,
+            "sysctl",
+            "-qw",
+            "net.ipv4.fib_multipath_hash_policy=1",
+        ])?;
+        let gws: Vec<String> = (1..=topo.n).map(|k| topo.addr(k)).collect();
+        let conf = dir.join("bird.conf");
+        std::fs::write(&conf, bird_conf(&dir.join("bird.log"), &gws, anycast_net))?;
+        let mut cmd = topo.exec(&ns, "bird");
+        cmd.arg("-f")
+            .arg("-c")
+            .arg(&conf)
+            .arg("-s")
+            .arg(dir.join("bird.ctl"));
+        let proc = spawn(&mut cmd, &dir.join("bird.stderr"))?;
+        Ok(Bird {
+            ns,
+            dir: dir.to_path_buf(),
+            _proc: proc,
+        })
+    }
+
+    /// Next hops of the kernel route to `addr`/32 (empty: no route).
+    pub fn next_hops(&self, addr: &str) -> BTreeSet<String> {
+        let text = run(&["ip", "-n", &self.ns, "route", "show", &format!("{addr}/32")])
+            .unwrap_or_default();
+        let words: Vec<&str> = text.split_whitespace().collect();
+        words
+            .windows(2)
+            .filter(|w| w[0] == "via")
+            .map(|w| w[1].to_string())
+            .collect()
+    }
+
+    /// Poll (every 5 ms) until the route to `addr` has exactly `want` as
+    /// next hops; how long it took.
+    pub fn wait_hops(
+        &self,
+        addr: &str,
+        want: &BTreeSet<String>,
+        timeout: Duration,
+    ) -> anyhow::Result<Duration> {
+        let t0 = Instant::now();
+        loop {
+            let have = self.next_hops(addr);
+            if &have == want {
+                return Ok(t0.elapsed());
+            }
+            if t0.elapsed() > timeout {
+                anyhow::bail!(
+                    "router next hops to {addr}: {have:?}, want {want:?} (waited {timeout:?})\nBIRD log:\n{}",
+                    self.log_tail(15)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// `birdc show route all ADDR/32`: attributes, communities, preference.
+    pub fn show_route(&self, addr: &str) -> String {
+        run(&[
+            "birdc",
+            "-s",
+            &self.dir.join("bird.ctl").display().to_string(),
+            "show",
+            "route",
+            "all",
+            &format!("{addr}/32"),
+        ])
+        .unwrap_or_default()
+    }
+
+    pub fn log_tail(&self, n: usize) -> String {
+        let s = std::fs::read_to_string(self.dir.join("bird.log")).unwrap_or_default();
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// Kernel route changes in the hub as they happen (`ip monitor route`):
+    /// each event involving `addr` is sent with the instant it was read.
+    pub fn monitor(&self, addr: &str) -> anyhow::Result<RouteMonitor> {
+        let mut child = std::process::Command::new("ip")
+            .args(["-n", &self.ns, "monitor", "route"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        let out = child.stdout.take().expect("piped");
+        let (tx, rx) = mpsc::channel();
+        let needle = addr.to_string();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines() {
+                let Ok(l) = line else { break };
+                if l.contains(&needle) && tx.send(Instant::now()).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(RouteMonitor {
+            _proc: Proc(child),
+            rx,
+        })
+    }
+}
+
+pub struct RouteMonitor {
+    _proc: Proc,
+    pub rx: mpsc::Receiver<Instant>,
+}
+
+impl RouteMonitor {
+    /// Forget events seen so far.
+    pub fn drain(&self) {
+        while self.rx.try_recv().is_ok() {}
+    }
+}
+
+/// The next-hop set for gateways `ks` of a topology.
+pub fn hops(topo: &Topology, ks: &[u32]) -> BTreeSet<String> {
+    ks.iter().map(|k| topo.addr(*k)).collect()
+}
