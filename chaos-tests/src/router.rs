@@ -89,14 +89,7 @@ impl Bird {
 
     /// Next hops of the kernel route to `addr`/32 (empty: no route).
     pub fn next_hops(&self, addr: &str) -> BTreeSet<String> {
-        let text = run(&["ip", "-n", &self.ns, "route", "show", &format!("{addr}/32")])
-            .unwrap_or_default();
-        let words: Vec<&str> = text.split_whitespace().collect();
-        words
-            .windows(2)
-            .filter(|w| w[0] == "via")
-            .map(|w| w[1].to_string())
-            .collect()
+        next_hops(&self.ns, addr)
     }
 
     /// Poll (every 5 ms) until the route to `addr` has exactly `want` as
@@ -143,30 +136,45 @@ impl Bird {
         lines[lines.len().saturating_sub(n)..].join("\n")
     }
 
-    /// Kernel route changes in the hub as they happen (`ip monitor route`):
-    /// each event involving `addr` is sent with the instant it was read.
     pub fn monitor(&self, addr: &str) -> anyhow::Result<RouteMonitor> {
-        let mut child = std::process::Command::new("ip")
-            .args(["-n", &self.ns, "monitor", "route"])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()?;
-        let out = child.stdout.take().expect("piped");
-        let (tx, rx) = mpsc::channel();
-        let needle = addr.to_string();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(out).lines() {
-                let Ok(l) = line else { break };
-                if l.contains(&needle) && tx.send(Instant::now()).is_err() {
-                    break;
-                }
-            }
-        });
-        Ok(RouteMonitor {
-            _proc: Proc(child),
-            rx,
-        })
+        monitor(&self.ns, addr)
     }
+}
+
+/// Next hops of the kernel route to `addr`/32 in namespace `ns`.
+pub fn next_hops(ns: &str, addr: &str) -> BTreeSet<String> {
+    let text = run(&["ip", "-n", ns, "route", "show", &format!("{addr}/32")]).unwrap_or_default();
+    let words: Vec<&str> = text.split_whitespace().collect();
+    words
+        .windows(2)
+        .filter(|w| w[0] == "via")
+        .map(|w| w[1].to_string())
+        .collect()
+}
+
+/// Kernel route changes in `ns` as they happen (`ip monitor route`): each
+/// event involving `addr` is sent with the instant it was read.
+pub fn monitor(ns: &str, addr: &str) -> anyhow::Result<RouteMonitor> {
+    let mut child = std::process::Command::new("ip")
+        .args(["-n", ns, "monitor", "route"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let out = child.stdout.take().expect("piped");
+    let (tx, rx) = mpsc::channel();
+    let needle = addr.to_string();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines() {
+            let Ok(l) = line else { break };
+            if l.contains(&needle) && tx.send(Instant::now()).is_err() {
+                break;
+            }
+        }
+    });
+    Ok(RouteMonitor {
+        _proc: Proc(child),
+        rx,
+    })
 }
 
 pub struct RouteMonitor {

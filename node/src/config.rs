@@ -708,5 +708,53 @@ mod tests {
             std::time::Duration::from_secs(1)
         );
         assert_eq!(c.dataplane.endpoint_batch_max, 5000);
+        let b = c.bgp.expect("the example has a [bgp] section");
+        assert_eq!((b.asn, b.hold_time, b.keepalive), (65010, 3, 1));
+        assert_eq!(b.router_id.to_string(), "10.0.0.11");
+        assert_eq!(b.communities, [(65010 << 16) | 100]);
+        assert_eq!(b.neighbors[0].peer_as, 65000);
+        assert_eq!(b.leader_lease, std::time::Duration::from_secs(10));
+    }
+
+    #[test]
+    fn bgp_section_is_validated() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("n.toml");
+        let base = "id = 1\ndata-dir = \"/tmp/y\"\n[dataplane]\nbackend = \"none\"\n";
+        for (bgp, key) in [
+            ("[bgp]\nrouter-id = \"1.1.1.1\"\n[[bgp.neighbors]]\naddress = \"10.0.0.1\"\npeer-as = 1\n", "bgp.asn"),
+            ("[bgp]\nasn = 65010\nrouter-id = \"1.1.1.1\"\n", "bgp.neighbors"),
+            ("[bgp]\nasn = 65010\n[[bgp.neighbors]]\naddress = \"10.0.0.1\"\npeer-as = 1\n", "bgp.router-id"),
+            ("[bgp]\nasn = 65010\nrouter-id = \"1.1.1.1\"\nhold-time = 2\n[[bgp.neighbors]]\naddress = \"10.0.0.1\"\npeer-as = 1\n", "bgp.hold-time"),
+            ("[bgp]\nasn = 65010\nrouter-id = \"1.1.1.1\"\nkeepalive = 2\n[[bgp.neighbors]]\naddress = \"10.0.0.1\"\npeer-as = 1\n", "bgp.keepalive"),
+            ("[bgp]\nasn = 65010\nrouter-id = \"1.1.1.1\"\ncommunities = [\"65010\"]\n[[bgp.neighbors]]\naddress = \"10.0.0.1\"\npeer-as = 1\n", "bgp.communities"),
+            ("[bgp]\nasn = 65010\nrouter-id = \"1.1.1.1\"\n[[bgp.neighbors]]\naddress = \"gw\"\npeer-as = 1\n", "bgp.neighbors.address"),
+            ("[bgp]\nasn = 65010\nrouter-id = \"1.1.1.1\"\nleader-lease = \"0s\"\n[[bgp.neighbors]]\naddress = \"10.0.0.1\"\npeer-as = 1\n", "bgp.leader-lease"),
+        ] {
+            std::fs::write(&p, format!("{base}{bgp}")).unwrap();
+            let e = Config::load(&cli(&["--config", p.to_str().unwrap()])).unwrap_err();
+            assert_eq!(e.key, key, "{bgp}: {e}");
+        }
+        // Flags alone enable BGP; the router id defaults to an IPv4 local address.
+        let c = Config::load(&cli(&[
+            "--id",
+            "1",
+            "--data-dir",
+            "/tmp/x",
+            "--dataplane-backend",
+            "none",
+            "--bgp-asn",
+            "65010",
+            "--bgp-router-id",
+            "10.0.0.2",
+            "--bgp-neighbor",
+            "10.0.0.1:65000",
+        ]))
+        .unwrap();
+        let b = c.bgp.unwrap();
+        assert_eq!(b.neighbors[0].address.to_string(), "10.0.0.1");
+        assert_eq!(b.mode, BgpMode::Supervised);
+        assert_eq!(parse_community("graceful-shutdown"), Ok(0xFFFF_0000));
+        assert_eq!(parse_community("65535:0"), Ok(0xFFFF_0000));
     }
 }

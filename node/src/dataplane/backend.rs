@@ -123,6 +123,25 @@ impl Device {
         }
     }
 
+    /// A cheap liveness check, run far more often than a full read: the
+    /// kernel link exists, or the UAPI socket accepts a connection.
+    /// `Err` names what is missing.
+    pub fn alive(&self) -> Result<(), String> {
+        match self {
+            Device::Kernel(k) => {
+                let p = std::path::Path::new("/sys/class/net").join(k.ifname());
+                if p.exists() {
+                    Ok(())
+                } else {
+                    Err(format!("WireGuard link {} is gone", k.ifname()))
+                }
+            }
+            Device::Userspace { uapi, .. } => std::os::unix::net::UnixStream::connect(uapi.path())
+                .map(drop)
+                .map_err(|e| format!("{}: {e}", uapi.path().display())),
+        }
+    }
+
     pub async fn set(&self, actions: &[Action]) -> Result<(), DataplaneError> {
         if actions.is_empty() {
             return Ok(());

@@ -40,6 +40,10 @@ fn nl_err(what: &str, e: impl std::fmt::Display) -> DataplaneError {
 impl KernelWg {
     /// Opens a generic netlink connection (its event loop runs on the current
     /// tokio runtime).
+    pub fn ifname(&self) -> &str {
+        &self.ifname
+    }
+
     pub fn new(ifname: &str) -> Result<Self, DataplaneError> {
         let (conn, handle, _) = genetlink::new_connection().map_err(|e| DataplaneError::Io {
             path: "netlink (generic)".into(),

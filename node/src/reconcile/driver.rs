@@ -85,6 +85,9 @@ const READ_DUTY_INVERSE: u32 = 8;
 /// itself unhealthy.
 const LAG_GRACE: Duration = Duration::from_secs(2);
 
+/// How often the device's liveness is checked between full reads.
+const LIVENESS_INTERVAL: Duration = Duration::from_millis(100);
+
 fn now_ms() -> i64 {
     crate::api::now_ms()
 }
@@ -146,6 +149,10 @@ impl Reconciler {
         let mut resync = tokio::time::interval(self.cfg.resync_interval);
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         resync.tick().await;
+        // Between reads, a cheap liveness check: a dead device must stop
+        // the BGP announcement within about this long, not an observe-interval.
+        let mut liveness = tokio::time::interval(LIVENESS_INTERVAL);
+        liveness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         self.sync(true).await;
         // A device read in flight: (read, belief index when it started, full).
         let mut reading: Option<(ReadTask, u64, bool)> = None;
@@ -180,6 +187,12 @@ impl Reconciler {
                 _ = observe.tick(), if reading.is_none() => {
                     if Instant::now() >= self.next_read_at {
                         reading = self.start_read(false).await;
+                    }
+                }
+                _ = liveness.tick(), if self.believed.is_some() => {
+                    if let Err(e) = self.device.alive() {
+                        self.failed(format!("device not alive: {e}"));
+                        self.publish();
                     }
                 }
                 _ = resync.tick(), if reading.is_none() => {

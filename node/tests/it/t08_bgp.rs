@@ -277,7 +277,7 @@ peer-as = 65000
     // announces again once a device is back and reprogrammed.
     let t0 = Instant::now();
     kill9(wg3);
-    lab.wait_hops("device gone -> withdrawn", &[1, 2], Duration::from_secs(3));
+    lab.wait_hops("device gone -> withdrawn", &[1, 2], Duration::from_secs(1));
     let withdrawn_after = t0.elapsed();
     eprintln!("wireguard-go killed: router dropped the node after {withdrawn_after:?}");
     let b = bgp_of(&ep, 3).unwrap();
