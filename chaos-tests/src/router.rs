@@ -21,21 +21,27 @@ pub struct Bird {
     _proc: Proc,
 }
 
-/// BIRD 2 config: kernel export of /32s inside `anycast_net` (e.g.
-/// "198.51.100.0/24") with merged paths, one session per gateway.
-pub fn bird_conf(log: &Path, gateways: &[String], anycast_net: &str) -> String {
+/// BIRD 2 config: the /32s inside `nets` (e.g. "198.51.100.0/24" for the
+/// anycast address, a client pool for routed-mode host routes) accepted
+/// from the gateways and exported to the kernel with merged paths.
+pub fn bird_conf(log: &Path, gateways: &[String], nets: &[&str]) -> String {
+    let set = nets
+        .iter()
+        .map(|n| format!("{n}{{32,32}}"))
+        .collect::<Vec<_>>()
+        .join(", ");
     let mut conf = format!(
         r#"log "{log}" all;
 timeformat log "%F %T.%3f";
 router id 10.78.0.1;
 protocol device {{ scan time 10; }}
 protocol kernel kern4 {{
-  ipv4 {{ import none; export filter {{ if net ~ [ {anycast_net}{{32,32}} ] then accept; reject; }}; }};
+  ipv4 {{ import none; export filter {{ if net ~ [ {set} ] then accept; reject; }}; }};
   merge paths on limit 16;
   learn off; persist off;
 }}
 filter anycast_in {{
-  if ! (net ~ [ {anycast_net}{{32,32}} ]) then reject;
+  if ! (net ~ [ {set} ]) then reject;
   if (65535, 0) ~ bgp_community then bgp_local_pref = 0;
   accept;
 }}
@@ -59,7 +65,7 @@ template bgp gateways {{
 
 impl Bird {
     /// Start BIRD in the hub of `topo`, peering with every node namespace.
-    pub fn start(topo: &Topology, dir: &Path, anycast_net: &str) -> anyhow::Result<Bird> {
+    pub fn start(topo: &Topology, dir: &Path, nets: &[&str]) -> anyhow::Result<Bird> {
         let ns = topo.hub();
         run(&[
             "ip",
@@ -72,7 +78,7 @@ impl Bird {
         ])?;
         let gws: Vec<String> = (1..=topo.n).map(|k| topo.addr(k)).collect();
         let conf = dir.join("bird.conf");
-        std::fs::write(&conf, bird_conf(&dir.join("bird.log"), &gws, anycast_net))?;
+        std::fs::write(&conf, bird_conf(&dir.join("bird.log"), &gws, nets))?;
         let mut cmd = topo.exec(&ns, "bird");
         cmd.arg("-f")
             .arg("-c")

@@ -118,10 +118,17 @@ impl App {
             }),
             None => crate::bgp::speaker::disabled(),
         };
-        let speaker = cfg
-            .bgp
-            .clone()
-            .map(|b| Speaker::new(b, node.clone(), dp_rx.clone(), metrics.clone(), bgp_status));
+        let held = reconciler.as_ref().map(|r| r.sessions());
+        let speaker = cfg.bgp.clone().map(|b| {
+            Speaker::new(
+                b,
+                node.clone(),
+                dp_rx.clone(),
+                held,
+                metrics.clone(),
+                bgp_status,
+            )
+        });
         let api = Api {
             node: node.clone(),
             metrics: metrics.clone(),

@@ -250,6 +250,7 @@ struct FileBgp {
     shutdown_grace: Option<String>,
     graceful_shutdown_grace: Option<String>,
     communities: Option<Vec<String>>,
+    client_route_communities: Option<Vec<String>>,
     med: Option<u32>,
     as_path_prepend: Option<u8>,
     #[serde(default)]
@@ -295,6 +296,8 @@ pub struct BgpConfig {
     pub graceful_shutdown_grace: std::time::Duration,
     /// Standard communities as (asn << 16) | value.
     pub communities: Vec<u32>,
+    /// On routed-mode client host routes (default NO_EXPORT).
+    pub client_route_communities: Vec<u32>,
     pub med: Option<u32>,
     pub as_path_prepend: u8,
 }
@@ -420,6 +423,12 @@ impl BgpConfig {
             .iter()
             .map(|c| parse_community(c).map_err(|e| bad("bgp.communities", e)))
             .collect::<Result<Vec<_>, _>>()?;
+        let client_route_communities = f
+            .client_route_communities
+            .unwrap_or_else(|| vec!["no-export".into()])
+            .iter()
+            .map(|c| parse_community(c).map_err(|e| bad("bgp.client-route-communities", e)))
+            .collect::<Result<Vec<_>, _>>()?;
         let as_path_prepend = f.as_path_prepend.unwrap_or(0);
         if as_path_prepend > 10 {
             return Err(bad("bgp.as-path-prepend", "must be 0..=10"));
@@ -451,6 +460,7 @@ impl BgpConfig {
                 "2s",
             )?,
             communities,
+            client_route_communities,
             med: f.med,
             as_path_prepend,
         })

@@ -102,7 +102,7 @@ fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.work_dir)?;
     let prefix = format!("agbb-{}", std::process::id());
     let topo = Topology::create(&prefix, 3)?;
-    let _bird = Bird::start(&topo, &args.work_dir, "198.51.100.0/24")?;
+    let _bird = Bird::start(&topo, &args.work_dir, &["198.51.100.0/24"])?;
     let st = topo
         .exec(&topo.hub(), &std::env::current_exe()?.display().to_string())
         .args([

@@ -87,6 +87,7 @@ impl ClusterApi {
                     sessions: b.sessions,
                     routes: b.routes.clone(),
                     gobgpd_restarts: b.gobgpd_restarts,
+                    client_routes: b.client_routes,
                 }
             }),
             drained: node

@@ -18,8 +18,9 @@ use super::client::{Gobgp, Route, Session, GRACEFUL_SHUTDOWN};
 use super::health::{decide, lease_deadline, Inputs, Withdraw};
 use crate::config::{BgpConfig, BgpMode};
 use crate::metrics::{Metrics, TransitionLabels};
+use crate::model::{PeerState, ReturnMode};
 use crate::raft::RaftNode;
-use crate::reconcile::driver::StatusRx;
+use crate::reconcile::driver::{SessionsRx, StatusRx};
 use futures::StreamExt;
 use openraft::ServerState;
 use std::collections::BTreeMap;
@@ -38,8 +39,10 @@ pub struct BgpStatus {
     pub reason: String,
     pub sessions_established: u32,
     pub sessions: u32,
-    /// Prefixes in gobgpd's RIB from this node.
+    /// Anycast prefixes in gobgpd's RIB from this node.
     pub routes: Vec<String>,
+    /// Routed mode: client host routes announced (sessions held here).
+    pub client_routes: u32,
     pub gobgpd_restarts: u64,
 }
 
@@ -57,6 +60,8 @@ pub struct Speaker {
     cfg: BgpConfig,
     node: RaftNode,
     dp: StatusRx,
+    /// Sessions this node's device holds (None without a dataplane).
+    held: Option<SessionsRx>,
     metrics: Metrics,
     status: watch::Sender<BgpStatus>,
     child: Option<tokio::process::Child>,
@@ -68,6 +73,7 @@ pub struct Speaker {
     /// Draining: announcing with GRACEFUL_SHUTDOWN until then.
     gshut_until: Option<Instant>,
     last: Option<Result<(), Withdraw>>,
+    client_count: u32,
 }
 
 /// How often gobgpd's RIB is checked against what we installed.
@@ -78,6 +84,7 @@ impl Speaker {
         cfg: BgpConfig,
         node: RaftNode,
         dp: StatusRx,
+        held: Option<SessionsRx>,
         metrics: Metrics,
         status: watch::Sender<BgpStatus>,
     ) -> Speaker {
@@ -85,6 +92,7 @@ impl Speaker {
             cfg,
             node,
             dp,
+            held,
             metrics,
             status,
             child: None,
@@ -94,6 +102,7 @@ impl Speaker {
             sessions: BTreeMap::new(),
             gshut_until: None,
             last: None,
+            client_count: 0,
         }
     }
 
@@ -140,9 +149,15 @@ impl Speaker {
         }
         // Our prefixes already in the RIB (external mode, or a reconnect).
         self.installed.clear();
+        let ours: std::collections::BTreeSet<String> = self
+            .candidates()
+            .iter()
+            .chain(self.client_routes().iter())
+            .map(|r| r.cidr())
+            .collect();
         for v6 in [false, true] {
             for l in api.list_paths(v6).await.map_err(|e| e.to_string())? {
-                if l.local && self.candidates().iter().any(|r| r.cidr() == l.cidr) {
+                if l.local && ours.contains(&l.cidr) {
                     self.installed.insert(
                         l.cidr.clone(),
                         Route {
@@ -169,6 +184,7 @@ impl Speaker {
         }
         let mut raft = self.node.raft.metrics();
         let mut dp = self.dp.clone();
+        let mut held = self.held.clone();
         let mut verify = tokio::time::interval(VERIFY_EVERY);
         verify.reset();
         loop {
@@ -198,6 +214,12 @@ impl Speaker {
                     return Err(format!("gobgpd exited ({})", st.map(|s| s.to_string()).unwrap_or_default()));
                 }
                 r = dp.changed() => if r.is_err() { dp = self.dp.clone(); },
+                r = async {
+                    match held.as_mut() {
+                        Some(h) => h.changed().await,
+                        None => std::future::pending().await,
+                    }
+                } => if r.is_err() { held = None; },
                 _ = raft.changed() => {}
                 _ = shutdown.cancelled(), if !*shutting => {
                     info!("shutdown: withdrawing the anycast routes first");
@@ -350,6 +372,42 @@ impl Speaker {
             .collect()
     }
 
+    /// Routed return mode: a host route for every address of every client
+    /// whose session this node holds — a fresh handshake on this device,
+    /// and the replicated endpoint map naming this node as the last to see
+    /// it (so exactly one node claims each client). Tagged NO_EXPORT by
+    /// default (`client-route-communities`): internal routes only.
+    fn client_routes(&self) -> Vec<Route> {
+        let Some(held) = &self.held else {
+            return vec![];
+        };
+        let held = held.borrow().clone();
+        self.node.view.read(|inv| {
+            if inv.settings().return_mode != ReturnMode::Routed {
+                return vec![];
+            }
+            let mut out = Vec::new();
+            for k in held.iter() {
+                let (Some(p), Some(e)) = (inv.peer(k), inv.endpoint(k)) else {
+                    continue;
+                };
+                if e.observed_by != self.node.id || p.state != PeerState::Active {
+                    continue;
+                }
+                for n in &p.allowed_ips {
+                    out.push(Route {
+                        prefix: n.network(),
+                        prefix_len: n.prefix_len(),
+                        communities: self.cfg.client_route_communities.clone(),
+                        med: None,
+                        prepend: vec![],
+                    });
+                }
+            }
+            out
+        })
+    }
+
     fn inputs(&self, shutting: bool) -> Inputs {
         let dp = self.dp.borrow().clone();
         let m = self.node.raft.metrics().borrow().clone();
@@ -409,6 +467,14 @@ impl Speaker {
                 desired.insert(r.cidr(), r);
             }
         }
+        let anycast = desired.len();
+        // A drained node still serves the sessions it holds until they move,
+        // so their return routes stay; any other reason withdraws them.
+        if matches!(decision, Ok(()) | Err(Withdraw::Drained)) {
+            for r in self.client_routes() {
+                desired.entry(r.cidr()).or_insert(r);
+            }
+        }
         let stale: Vec<Route> = self
             .installed
             .iter()
@@ -449,12 +515,13 @@ impl Speaker {
         let (state, reason) = match (&decision, gshut) {
             (Err(w), Some(_)) => ("graceful-shutdown", w.to_string()),
             (Err(w), None) => ("withdrawn", w.to_string()),
-            (Ok(()), _) if desired.is_empty() => (
+            (Ok(()), _) if anycast == 0 => (
                 "withdrawn",
                 "the cluster settings have no anycast address".to_string(),
             ),
             (Ok(()), _) => ("announced", String::new()),
         };
+        self.client_count = (desired.len() - anycast) as u32;
         self.publish(state, reason);
         let mut wake = VERIFY_EVERY;
         if let Some(d) = lease_deadline(&inputs) {
@@ -499,13 +566,24 @@ impl Speaker {
         self.metrics.bgp_announced.set(announced as i64);
         let est = self.sessions.values().filter(|s| s.established).count();
         self.metrics.bgp_sessions_established.set(est as i64);
+        let anycast: std::collections::BTreeSet<String> =
+            self.candidates().iter().map(|r| r.cidr()).collect();
+        if self.installed.is_empty() {
+            self.client_count = 0;
+        }
         let st = BgpStatus {
             enabled: true,
             state: state.into(),
             reason,
             sessions_established: est as u32,
             sessions: self.sessions.len() as u32,
-            routes: self.installed.keys().cloned().collect(),
+            routes: self
+                .installed
+                .keys()
+                .filter(|k| anycast.contains(*k))
+                .cloned()
+                .collect(),
+            client_routes: self.client_count,
             gobgpd_restarts: self.restarts.saturating_sub(1),
         };
         self.status.send_if_modified(|s| {

@@ -15,7 +15,8 @@ use crate::dataplane::{Action, DeviceSettings, Observed};
 use crate::metrics::{ActionLabels, Metrics, PassLabels};
 use crate::model::{Command, EndpointRecord, Inventory, Request, WgKey};
 use crate::raft::RaftNode;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -50,7 +51,12 @@ pub fn disabled_status() -> (watch::Sender<DataplaneStatus>, StatusRx) {
     })
 }
 
+/// Peers whose sessions this node's device holds (fresh handshakes).
+pub type SessionsRx = watch::Receiver<Arc<BTreeSet<WgKey>>>;
+
 pub struct Reconciler {
+    /// Fresh sessions, updated after every device read.
+    sessions: watch::Sender<Arc<BTreeSet<WgKey>>>,
     cfg: DataplaneConfig,
     node: RaftNode,
     metrics: Metrics,
@@ -134,11 +140,17 @@ impl Reconciler {
             endpoint_flush_at: Instant::now(),
             endpoint_write: None,
             status,
+            sessions: watch::channel(Arc::new(BTreeSet::new())).0,
             behind_since: None,
             read_started: None,
             reader: None,
             next_read_at: Instant::now(),
         }
+    }
+
+    /// Follow the sessions this device holds (for routed-mode host routes).
+    pub fn sessions(&self) -> SessionsRx {
+        self.sessions.subscribe()
     }
 
     pub async fn run(mut self, shutdown: CancellationToken) {
@@ -397,6 +409,14 @@ impl Reconciler {
                 endpoint_proposals(inv, &observed, self.node.id, now_ms()),
             )
         });
+        let fresh = fresh_sessions(&observed, now_ms());
+        self.sessions.send_if_modified(|s| {
+            let changed = **s != fresh;
+            if changed {
+                *s = Arc::new(fresh);
+            }
+            changed
+        });
         if let Err(e) = self.apply(&p).await {
             self.failed(format!("programming {}: {e}", self.ifname));
             return;
@@ -596,6 +616,24 @@ impl Reconciler {
     }
 }
 
+/// WireGuard drops a session this long after its handshake (REJECT_AFTER_TIME).
+pub const SESSION_LIFETIME_MS: i64 = 180_000;
+
+/// Peers with a live session on this device: a handshake within the
+/// session lifetime. Pure.
+pub fn fresh_sessions(observed: &Observed, now_ms: i64) -> BTreeSet<WgKey> {
+    observed
+        .peers
+        .iter()
+        .filter(|(_, p)| {
+            let (s, ns) = p.stats.last_handshake;
+            let hs = s as i64 * 1000 + ns as i64 / 1_000_000;
+            hs > 0 && now_ms - hs <= SESSION_LIFETIME_MS
+        })
+        .map(|(k, _)| *k)
+        .collect()
+}
+
 /// Endpoint observations worth replicating: the device saw the client at an
 /// endpoint the map does not have, after the map's last handshake. Pure.
 pub fn endpoint_proposals(
@@ -614,8 +652,16 @@ pub fn endpoint_proposals(
         if hs_ms == 0 || inv.peer(k).is_none() {
             continue;
         }
+        // Nothing new: the map already has this endpoint from this node, or
+        // a handshake at least as recent. A newer handshake at the same
+        // endpoint seen by another node means the session moved here (the
+        // router rehashed): that is news too, for routed-mode host routes.
         match inv.endpoint(k) {
-            Some(r) if r.endpoint == ep || r.last_handshake_ms >= hs_ms => continue,
+            Some(r)
+                if (r.endpoint == ep && r.observed_by == node) || r.last_handshake_ms >= hs_ms =>
+            {
+                continue
+            }
             _ => {}
         }
         out.push((
@@ -718,8 +764,8 @@ mod tests {
         let inv = inv_with(&[a, b, c], Some((a, "192.0.2.1:1000", 50_000)));
         let mut obs = Observed::default();
         obs.peers.extend([
-            seen(a, "192.0.2.1:1000", 60),     // same endpoint: nothing to say
-            seen(b, "192.0.2.2:2000", 70),     // unknown to the map: propose
+            seen(a, "192.0.2.1:1000", 50), // same endpoint, same handshake: nothing to say
+            seen(b, "192.0.2.2:2000", 70), // unknown to the map: propose
             seen(stranger, "192.0.2.9:9", 70), // not in the inventory: ignore
         ]);
         // `c` has an endpoint but never completed a handshake: ignore.
@@ -743,5 +789,27 @@ mod tests {
         assert!(!endpoint_proposals(&inv, &obs, 1, 99_000)
             .iter()
             .any(|(k, _)| *k == a));
+        // The same endpoint with a newer handshake: node 2 saw it last, so
+        // the session moved to node 1 (proposed); node 2 itself says nothing.
+        obs.peers.extend([seen(a, "192.0.2.1:1000", 60)]);
+        assert!(endpoint_proposals(&inv, &obs, 1, 99_000)
+            .iter()
+            .any(|(k, r)| *k == a && r.observed_by == 1));
+        assert!(!endpoint_proposals(&inv, &obs, 2, 99_000)
+            .iter()
+            .any(|(k, _)| *k == a));
+    }
+
+    #[test]
+    fn fresh_sessions_are_handshakes_within_reject_after_time() {
+        let (a, b, c) = (WgKey([1; 32]), WgKey([2; 32]), WgKey([3; 32]));
+        let mut obs = Observed::default();
+        obs.peers.extend([
+            seen(a, "192.0.2.1:1", 1_000),
+            seen(b, "192.0.2.2:2", 1_000 - 181),
+            seen(c, "192.0.2.3:3", 0),
+        ]);
+        let s = fresh_sessions(&obs, 1_000_000);
+        assert_eq!(s.into_iter().collect::<Vec<_>>(), [a]);
     }
 }

@@ -11,3 +11,4 @@ mod t05_bad_input;
 mod t06_uapi_wireguard_go;
 mod t07_dataplane_netns;
 mod t08_bgp;
+mod t09_routed;

@@ -33,7 +33,7 @@ struct Lab {
 impl Lab {
     fn new(n: u32, dir: &std::path::Path) -> Lab {
         let topo = Topology::create(&format!("agt8-{}", std::process::id()), n).unwrap();
-        let bird = Bird::start(&topo, dir, "198.51.100.0/24").unwrap();
+        let bird = Bird::start(&topo, dir, &["198.51.100.0/24"]).unwrap();
         Lab {
             topo,
             bird,

@@ -1,0 +1,239 @@
+//! Return mode `routed`: the gateway holding a client's session announces
+//! a host route for the client's tunnel address; when the session moves to
+//! another gateway, the route moves with it. Two gateways (each supervising
+//! gobgpd and wireguard-go) behind a BIRD 2 router; a real wireguard-go
+//! client in the router's namespace reaching the anycast address.
+
+use crate::harness::*;
+use anygate_chaos::netns::Topology;
+use anygate_chaos::router::{next_hops, Bird};
+use std::collections::BTreeSet;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const ANYCAST: &str = "198.51.100.1";
+
+struct Client {
+    child: Option<Child>,
+    ns: String,
+    ifname: String,
+}
+
+impl Client {
+    /// wireguard-go in `ns`: address 10.100.0.2, the gateways' key at the
+    /// anycast endpoint; one ping starts the handshake.
+    fn start(ns: &str, ifname: &str, key: &std::path::Path, gw_public: &str) -> Client {
+        let _ = std::fs::remove_file(format!("/var/run/wireguard/{ifname}.sock"));
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns, "wireguard-go", "-f", ifname])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("client wireguard-go");
+        let c = Client {
+            child: Some(child),
+            ns: ns.into(),
+            ifname: ifname.into(),
+        };
+        eventually("client device", Duration::from_secs(5), || {
+            Command::new("ip")
+                .args(["-n", ns, "link", "show", ifname])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .ok()?
+                .success()
+                .then_some(())
+        });
+        in_ns(
+            ns,
+            &[
+                "wg",
+                "set",
+                ifname,
+                "private-key",
+                key.to_str().unwrap(),
+                "peer",
+                gw_public,
+                "endpoint",
+                &format!("{ANYCAST}:51820"),
+                "allowed-ips",
+                "10.100.0.1/32",
+            ],
+        );
+        in_ns(ns, &["ip", "addr", "add", "10.100.0.2/32", "dev", ifname]);
+        in_ns(ns, &["ip", "link", "set", ifname, "up"]);
+        in_ns(ns, &["ip", "route", "add", "10.100.0.1/32", "dev", ifname]);
+        c
+    }
+
+    fn ping(&self) -> bool {
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.ns,
+                "ping",
+                "-c1",
+                "-W1",
+                "-I",
+                &self.ifname,
+                "10.100.0.1",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[test]
+fn client_host_routes_follow_the_session() {
+    let mut c = Cluster::empty();
+    let topo = Topology::create(&format!("agt9-{}", std::process::id()), 2).unwrap();
+    let bird = Bird::start(&topo, c.dir(), &["198.51.100.0/24", "10.100.0.0/16"]).unwrap();
+    set_ctl_netns(Some(&topo.ns(1)));
+    let (keyfile, gw_public, _) = wg_keyfile(c.dir());
+    let tag = std::process::id() % 100_000;
+    for k in 1..=2u32 {
+        let cfg = write_file(
+            c.dir(),
+            &format!("n{k}.toml"),
+            &format!(
+                "[bgp]\nasn = 65010\nrouter-id = \"10.78.{k}.2\"\ngraceful-shutdown-grace = \"500ms\"\n[[bgp.neighbors]]\naddress = \"10.78.{k}.1\"\npeer-as = 65000\n"
+            ),
+        );
+        c.add_node_at(
+            k as u64,
+            format!("10.78.{k}.2:7400"),
+            Some(topo.ns(k)),
+            &[
+                "--config",
+                cfg.to_str().unwrap(),
+                "--dataplane-backend",
+                "userspace",
+                "--wireguard-go",
+                "wireguard-go",
+                "--wg-interface",
+                &format!("agr{tag}-{k}"),
+                "--wg-private-key-file",
+                keyfile.to_str().unwrap(),
+                "--observe-interval",
+                "200ms",
+            ],
+        );
+    }
+    c.form();
+    let ep = c.all_endpoints();
+    ctl_ok(
+        &ep,
+        &[
+            "settings",
+            "set",
+            "--server-public-key",
+            &gw_public,
+            "--anycast-v4",
+            ANYCAST,
+            "--return-mode",
+            "routed",
+        ],
+    );
+    ctl_ok(&ep, &["pool", "add", "staff", "--cidr", "10.100.0.0/16"]);
+    // The client's key pair; its peer gets 10.100.0.2 (the pool's first
+    // client address).
+    let client_dir = c.dir().join("client");
+    std::fs::create_dir_all(&client_dir).unwrap();
+    let (client_key, client_public, _) = wg_keyfile(&client_dir);
+    let out = ctl_json(
+        &ep,
+        &[
+            "peer",
+            "add",
+            "--user",
+            "carol",
+            "--device",
+            "laptop",
+            "--public-key",
+            &client_public,
+        ],
+    );
+    assert!(out.to_string().contains("10.100.0.2"), "{out}");
+    let all: BTreeSet<String> = ["10.78.1.2", "10.78.2.2"].map(String::from).into();
+    bird.wait_hops(ANYCAST, &all, Duration::from_secs(30))
+        .unwrap();
+
+    // The client connects: whichever gateway the router picked holds the
+    // session and announces 10.100.0.2/32; the other does not.
+    let client_if = format!("agc{tag}");
+    let client = Client::start(&topo.hub(), &client_if, &client_key, &gw_public);
+    eventually(
+        "client reaches the gateway",
+        Duration::from_secs(10),
+        || client.ping().then_some(()),
+    );
+    let holder = eventually(
+        "a host route for the client",
+        Duration::from_secs(10),
+        || {
+            let h = next_hops(&topo.hub(), "10.100.0.2");
+            (h.len() == 1).then(|| h.into_iter().next().unwrap())
+        },
+    );
+    let k: u32 = if holder == "10.78.1.2" { 1 } else { 2 };
+    let other = 3 - k;
+    let s = status(&ep).unwrap();
+    let count = |id: u32| {
+        s["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["id"] == id)
+            .unwrap()["bgp"]["client_routes"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    assert_eq!((count(k), count(other)), (1, 0), "{s}");
+
+    // Move the session: drain the holder (anycast goes to the other
+    // gateway), and the client starts a new session there.
+    ctl_ok(&ep, &["node", "drain", &k.to_string()]);
+    drop(client);
+    let client = Client::start(&topo.hub(), &client_if, &client_key, &gw_public);
+    eventually(
+        "client reaches the other gateway",
+        Duration::from_secs(10),
+        || client.ping().then_some(()),
+    );
+    let want: BTreeSet<String> = [format!("10.78.{other}.2")].into();
+    eventually(
+        "the host route moved with the session",
+        Duration::from_secs(10),
+        || (next_hops(&topo.hub(), "10.100.0.2") == want).then_some(()),
+    );
+    // The old holder's device still has a fresh handshake, but the map
+    // names the new holder: exactly one route.
+    let s = status(&ep).unwrap();
+    let n = |id: u32| {
+        s["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["id"] == id)
+            .unwrap()["bgp"]["client_routes"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    assert_eq!((n(k), n(other)), (0, 1), "{s}");
+    drop(client);
+    let _ = std::fs::remove_file(format!("/var/run/wireguard/{client_if}.sock"));
+    set_ctl_netns(None);
+}
