@@ -12,3 +12,4 @@ mod t06_uapi_wireguard_go;
 mod t07_dataplane_netns;
 mod t08_bgp;
 mod t09_routed;
+mod t10_bgp_external;
