@@ -21,42 +21,57 @@ pub struct Bird {
     _proc: Proc,
 }
 
-/// BIRD 2 config: the /32s inside `nets` (e.g. "198.51.100.0/24" for the
-/// anycast address, a client pool for routed-mode host routes) accepted
-/// from the gateways and exported to the kernel with merged paths.
+/// BIRD 2 config: the host routes inside `nets` (e.g. "198.51.100.0/24"
+/// for the anycast address, a client pool for routed-mode host routes; IPv6
+/// nets such as "2001:db8:100::/48" for the /128) accepted from the gateways
+/// and exported to the kernel with merged paths. A gateway given by an IPv6
+/// address gets an IPv6 session.
 pub fn bird_conf(log: &Path, gateways: &[String], nets: &[&str]) -> String {
-    let set = nets
-        .iter()
-        .map(|n| format!("{n}{{32,32}}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let set = |v6: bool| {
+        nets.iter()
+            .filter(|n| n.contains(':') == v6)
+            .map(|n| format!("{n}{{{l},{l}}}", l = if v6 { 128 } else { 32 }))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     let mut conf = format!(
         r#"log "{log}" all;
 timeformat log "%F %T.%3f";
 router id 10.78.0.1;
 protocol device {{ scan time 10; }}
-protocol kernel kern4 {{
-  ipv4 {{ import none; export filter {{ if net ~ [ {set} ] then accept; reject; }}; }};
+"#,
+        log = log.display()
+    );
+    for (v6, af) in [(false, "4"), (true, "6")] {
+        let set = set(v6);
+        if set.is_empty() {
+            continue;
+        }
+        let ip = if v6 { "ipv6" } else { "ipv4" };
+        conf.push_str(&format!(
+            r#"protocol kernel kern{af} {{
+  {ip} {{ import none; export filter {{ if net ~ [ {set} ] then accept; reject; }}; }};
   merge paths on limit 16;
   learn off; persist off;
 }}
-filter anycast_in {{
+filter anycast_in{af} {{
   if ! (net ~ [ {set} ]) then reject;
   if (65535, 0) ~ bgp_community then bgp_local_pref = 0;
   accept;
 }}
-template bgp gateways {{
+template bgp gateways{af} {{
   local as {ROUTER_AS};
   hold time 3; keepalive time 1;
   connect delay time 1; connect retry time 1; error wait time 1, 3;
-  ipv4 {{ import filter anycast_in; export none; }};
+  {ip} {{ import filter anycast_in{af}; export none; }};
 }}
-"#,
-        log = log.display()
-    );
+"#
+        ));
+    }
     for (k, addr) in gateways.iter().enumerate() {
+        let af = if addr.contains(':') { "6" } else { "4" };
         conf.push_str(&format!(
-            "protocol bgp g{} from gateways {{ neighbor {addr} as {GATEWAY_AS}; }}\n",
+            "protocol bgp g{} from gateways{af} {{ neighbor {addr} as {GATEWAY_AS}; }}\n",
             k + 1
         ));
     }
@@ -64,8 +79,20 @@ template bgp gateways {{
 }
 
 impl Bird {
-    /// Start BIRD in the hub of `topo`, peering with every node namespace.
+    /// Start BIRD in the hub of `topo`, peering with every node namespace
+    /// over IPv4.
     pub fn start(topo: &Topology, dir: &Path, nets: &[&str]) -> anyhow::Result<Bird> {
+        let gws: Vec<String> = (1..=topo.n).map(|k| topo.addr(k)).collect();
+        Bird::start_with(topo, dir, &gws, nets)
+    }
+
+    /// Start BIRD in the hub of `topo` with these gateway session addresses.
+    pub fn start_with(
+        topo: &Topology,
+        dir: &Path,
+        gws: &[String],
+        nets: &[&str],
+    ) -> anyhow::Result<Bird> {
         let ns = topo.hub();
         run(&[
             "ip",
@@ -76,9 +103,8 @@ impl Bird {
             "-qw",
             "net.ipv4.fib_multipath_hash_policy=1",
         ])?;
-        let gws: Vec<String> = (1..=topo.n).map(|k| topo.addr(k)).collect();
         let conf = dir.join("bird.conf");
-        std::fs::write(&conf, bird_conf(&dir.join("bird.log"), &gws, nets))?;
+        std::fs::write(&conf, bird_conf(&dir.join("bird.log"), gws, nets))?;
         let mut cmd = topo.exec(&ns, "bird");
         cmd.arg("-f")
             .arg("-c")
@@ -147,9 +173,23 @@ impl Bird {
     }
 }
 
-/// Next hops of the kernel route to `addr`/32 in namespace `ns`.
+/// Next hops of the kernel route to `addr`/32 (or /128) in namespace `ns`.
 pub fn next_hops(ns: &str, addr: &str) -> BTreeSet<String> {
-    let text = run(&["ip", "-n", ns, "route", "show", &format!("{addr}/32")]).unwrap_or_default();
+    let (fam, len) = if addr.contains(':') {
+        ("-6", 128)
+    } else {
+        ("-4", 32)
+    };
+    let text = run(&[
+        "ip",
+        fam,
+        "-n",
+        ns,
+        "route",
+        "show",
+        &format!("{addr}/{len}"),
+    ])
+    .unwrap_or_default();
     let words: Vec<&str> = text.split_whitespace().collect();
     words
         .windows(2)

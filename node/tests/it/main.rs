@@ -13,3 +13,4 @@ mod t07_dataplane_netns;
 mod t08_bgp;
 mod t09_routed;
 mod t10_bgp_external;
+mod t11_bgp_ipv6;
