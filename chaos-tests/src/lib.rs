@@ -7,6 +7,7 @@ pub mod etcd {
     tonic::include_proto!("etcdserverpb");
 }
 
+pub mod lab;
 pub mod netns;
 pub mod router;
 
