@@ -353,15 +353,16 @@ async fn measure(mut c: Ctx, rounds: u32, restarts: u32) -> anyhow::Result<()> {
     let us = |d: Duration| d.as_micros() as u64;
     // A random pause before each change, so that it does not land at a fixed
     // phase of the node's timers (liveness checks, retries).
-    let jitter = || {
+    // Returns the instant the change is made from.
+    let begin = || {
         use rand::Rng;
-        std::thread::sleep(Duration::from_millis(rand::thread_rng().gen_range(0..250)))
+        std::thread::sleep(Duration::from_millis(rand::thread_rng().gen_range(0..250)));
+        mon.drain();
+        Instant::now()
     };
     let mut cl = ClusterServiceClient::new(ch.clone());
     for _ in 0..rounds {
-        jitter();
-        mon.drain();
-        let t0 = Instant::now();
+        let t0 = begin();
         cl.drain(DrainRequest {
             id: 2,
             drained: true,
@@ -375,9 +376,7 @@ async fn measure(mut c: Ctx, rounds: u32, restarts: u32) -> anyhow::Result<()> {
             settle,
         )?))?;
         wait_state(2, "withdrawn").await?;
-        jitter();
-        mon.drain();
-        let t0 = Instant::now();
+        let t0 = begin();
         cl.drain(DrainRequest {
             id: 2,
             drained: false,
@@ -387,9 +386,7 @@ async fn measure(mut c: Ctx, rounds: u32, restarts: u32) -> anyhow::Result<()> {
     }
     eprintln!("drain/undrain done");
     for _ in 0..rounds {
-        jitter();
-        mon.drain();
-        let t0 = Instant::now();
+        let t0 = begin();
         c.wg3 = None; // kill -9 and reap
         dev_down.record(us(route_change(
             &c.hub,
@@ -405,9 +402,7 @@ async fn measure(mut c: Ctx, rounds: u32, restarts: u32) -> anyhow::Result<()> {
     }
     eprintln!("device death done");
     for _ in 0..restarts {
-        jitter();
-        mon.drain();
-        let t0 = Instant::now();
+        let t0 = begin();
         c.nodes[1] = None; // kill -9 of node 2; its gobgpd dies with it
         crash.record(us(route_change(
             &c.hub,
@@ -419,11 +414,9 @@ async fn measure(mut c: Ctx, rounds: u32, restarts: u32) -> anyhow::Result<()> {
         c.start_node(2)?;
         route_change(&c.hub, &mon, Instant::now(), &all, Duration::from_secs(60))?;
 
-        jitter();
-        mon.drain();
         let pid = c.pid(1);
+        let t0 = begin();
         run(&["kill", "-TERM", &pid.to_string()])?;
-        let t0 = Instant::now();
         term.record(us(route_change(
             &c.hub,
             &mon,

@@ -268,13 +268,7 @@ fn up(dir: &Path, prefix: &str, gateways: u32, clients: u32) -> anyhow::Result<(
         Duration::from_secs(60),
         || next_hops(&router, ANYCAST).len() == gateways as usize,
     )?;
-    println!(
-        "router: {ANYCAST} via {}",
-        next_hops(&router, ANYCAST)
-            .into_iter()
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+    print_router(&router);
     record_children(&mut st)?;
 
     say(&format!(
@@ -434,14 +428,18 @@ fn show_failover(st: &mut State) -> anyhow::Result<()> {
         Duration::from_secs(60),
         || next_hops(&router, ANYCAST).len() == before,
     )?;
+    print_router(&router);
+    record_children(st)
+}
+
+fn print_router(router: &str) {
     println!(
         "router: {ANYCAST} via {}",
-        next_hops(&router, ANYCAST)
+        next_hops(router, ANYCAST)
             .into_iter()
             .collect::<Vec<_>>()
             .join(", ")
     );
-    record_children(st)
 }
 
 /// The gobgpd and wireguard-go the nodes started, by namespace.

@@ -123,6 +123,9 @@ impl Node {
 
 pub struct Cluster {
     pub nodes: Vec<Node>,
+    /// UAPI sockets of the nodes' wireguard-go (a killed one leaves its
+    /// socket behind), removed on drop.
+    pub sockets: Vec<PathBuf>,
     _tmp: tempfile::TempDir,
 }
 
@@ -130,6 +133,9 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         for n in &mut self.nodes {
             n.kill();
+        }
+        for s in &self.sockets {
+            let _ = std::fs::remove_file(s);
         }
         if std::thread::panicking() {
             for n in &self.nodes {
@@ -150,6 +156,7 @@ impl Cluster {
         let tmp = tempfile::tempdir().unwrap();
         let mut c = Cluster {
             nodes: vec![],
+            sockets: vec![],
             _tmp: tmp,
         };
         for id in 1..=n {
@@ -167,6 +174,7 @@ impl Cluster {
     pub fn empty() -> Cluster {
         Cluster {
             nodes: vec![],
+            sockets: vec![],
             _tmp: tempfile::tempdir().unwrap(),
         }
     }
@@ -430,4 +438,74 @@ pub fn pids_in_ns(ns: &str, comm: &str) -> Vec<u32> {
             std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == comm)
         })
         .collect()
+}
+
+/// How a gateway node in a test topology (namespace `ns`, address
+/// 10.78.K.2, BGP neighbor 10.78.K.1 in AS 65000) is started.
+pub struct Gateway<'a> {
+    pub k: u32,
+    pub ns: String,
+    /// Extra `[bgp]` keys (TOML lines).
+    pub bgp_keys: &'a str,
+    /// Extra `[[bgp.neighbors]]` tables.
+    pub more_neighbors: &'a str,
+    pub ifname: String,
+    pub key: &'a Path,
+    /// The node starts and supervises its wireguard-go.
+    pub supervise: bool,
+    pub extra: &'a [&'a str],
+}
+
+impl Cluster {
+    /// Start a gateway node: AS 65010, userspace dataplane, its `[bgp]`
+    /// section written to the cluster dir.
+    pub fn add_gateway(&mut self, g: Gateway) -> &mut Node {
+        let k = g.k;
+        let cfg = write_file(
+            self.dir(),
+            &format!("n{k}.toml"),
+            &format!(
+                "[bgp]\nasn = 65010\nrouter-id = \"10.78.{k}.2\"\n{}\n[[bgp.neighbors]]\naddress = \"10.78.{k}.1\"\npeer-as = 65000\n{}",
+                g.bgp_keys, g.more_neighbors
+            ),
+        );
+        let mut args: Vec<String> = [
+            "--config",
+            cfg.to_str().unwrap(),
+            "--dataplane-backend",
+            "userspace",
+            "--wg-interface",
+            &g.ifname,
+            "--wg-private-key-file",
+            g.key.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if g.supervise {
+            args.extend(["--wireguard-go".into(), "wireguard-go".into()]);
+        }
+        args.extend(g.extra.iter().map(|s| s.to_string()));
+        self.sockets
+            .push(format!("/var/run/wireguard/{}.sock", g.ifname).into());
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.add_node_at(k as u64, format!("10.78.{k}.2:7400"), Some(g.ns), &refs)
+    }
+}
+
+/// `settings set` of the gateways' public key and anycast address(es).
+pub fn set_identity_and_anycast(ep: &str, public: &str, extra: &[&str]) {
+    let mut args = vec!["settings", "set", "--server-public-key", public];
+    args.extend_from_slice(extra);
+    ctl_ok(ep, &args);
+}
+
+/// A node's `bgp` object from `cluster status --json`.
+pub fn bgp_status(ep: &str, id: u64) -> Option<Value> {
+    let s = status(ep)?;
+    s["nodes"]
+        .as_array()?
+        .iter()
+        .find(|n| n["id"] == id)
+        .map(|n| n["bgp"].clone())
 }

@@ -108,15 +108,6 @@ impl Drop for Lab {
     }
 }
 
-fn bgp_of(ep: &str, id: u64) -> Option<serde_json::Value> {
-    let s = status(ep)?;
-    s["nodes"]
-        .as_array()?
-        .iter()
-        .find(|n| n["id"] == id)
-        .map(|n| n["bgp"].clone())
-}
-
 fn kill9(pid: u32) {
     sh(&["kill", "-9", &pid.to_string()]);
 }
@@ -130,80 +121,35 @@ fn anycast_follows_health_drain_and_failures() {
     let wg3 = lab.start_wireguard_go(3);
     set_ctl_netns(Some(&lab.gw(1)));
     let (keyfile, public, _) = wg_keyfile(c.dir());
-    let key = keyfile.to_str().unwrap().to_string();
     for k in 1..=3u32 {
-        let cfg = write_file(
-            c.dir(),
-            &format!("n{k}.toml"),
-            &format!(
-                r#"[bgp]
-asn = 65010
-router-id = "10.78.{k}.2"
-leader-lease = "{LEASE_S}s"
-graceful-shutdown-grace = "2s"
-shutdown-grace = "500ms"
-[[bgp.neighbors]]
-address = "10.78.{k}.1"
-peer-as = 65000
-"#
-            ),
+        let keys = format!(
+            "leader-lease = \"{LEASE_S}s\"\ngraceful-shutdown-grace = \"2s\"\nshutdown-grace = \"500ms\""
         );
-        let ifname = lab.ifname(k);
-        let supervise: &[&str] = if k == 3 {
-            &[]
-        } else {
-            &["--wireguard-go", "wireguard-go"]
-        };
-        c.add_node_at(
-            k as u64,
-            format!("10.78.{k}.2:7400"),
-            Some(lab.gw(k)),
-            &[
-                &[
-                    "--config",
-                    cfg.to_str().unwrap(),
-                    "--dataplane-backend",
-                    "userspace",
-                ][..],
-                supervise,
-                &[
-                    "--wg-interface",
-                    &ifname,
-                    "--wg-private-key-file",
-                    &key,
-                    "--observe-interval",
-                    "300ms",
-                    "--resync-interval",
-                    "2s",
-                ][..],
-            ]
-            .concat(),
-        );
+        c.add_gateway(Gateway {
+            k,
+            ns: lab.gw(k),
+            bgp_keys: &keys,
+            more_neighbors: "",
+            ifname: lab.ifname(k),
+            key: &keyfile,
+            supervise: k != 3,
+            extra: &["--observe-interval", "300ms", "--resync-interval", "2s"],
+        });
     }
     c.form();
     let ep = c.all_endpoints();
 
     // Nothing is announced while the dataplane cannot serve (no identity yet).
     let b = eventually("BGP status reported", Duration::from_secs(10), || {
-        bgp_of(&ep, 1).filter(|b| b["enabled"] == true && b["reason"] != "starting")
+        bgp_status(&ep, 1).filter(|b| b["enabled"] == true && b["reason"] != "starting")
     });
     assert_eq!(b["state"], "withdrawn", "{b}");
     assert!(lab.next_hops().is_empty());
-    ctl_ok(
-        &ep,
-        &[
-            "settings",
-            "set",
-            "--server-public-key",
-            &public,
-            "--anycast-v4",
-            ANYCAST,
-        ],
-    );
+    set_identity_and_anycast(&ep, &public, &["--anycast-v4", ANYCAST]);
     ctl_ok(&ep, &["pool", "add", "staff", "--cidr", "10.100.0.0/16"]);
     lab.wait_hops("3 gateways announce", &[1, 2, 3], Duration::from_secs(30));
     for id in 1..=3 {
-        let b = bgp_of(&ep, id).unwrap();
+        let b = bgp_status(&ep, id).unwrap();
         assert_eq!(b["state"], "announced", "node {id}: {b}");
         assert_eq!(b["sessions_established"], 1, "{b}");
         assert_eq!(b["routes"][0], format!("{ANYCAST}/32"), "{b}");
@@ -239,7 +185,7 @@ peer-as = 65000
     eventually("node 2 withdrawn", Duration::from_secs(5), || {
         (!lab.bird.show_route(ANYCAST).contains("10.78.2.2")).then_some(())
     });
-    let b = bgp_of(&ep, 2).unwrap();
+    let b = bgp_status(&ep, 2).unwrap();
     assert_eq!(b["state"], "withdrawn");
     assert_eq!(b["reason"], "drained by an operator");
     let s = ctl_json(&ep, &["cluster", "status"]);
@@ -270,7 +216,7 @@ peer-as = 65000
         &[1, 2, 3],
         Duration::from_secs(30),
     );
-    let b = bgp_of(&ep, 2).unwrap();
+    let b = bgp_status(&ep, 2).unwrap();
     assert_eq!(b["gobgpd_restarts"], 1, "{b}");
 
     // Kill node 3's wireguard-go: the node withdraws (no black hole) and
@@ -280,7 +226,7 @@ peer-as = 65000
     lab.wait_hops("device gone -> withdrawn", &[1, 2], Duration::from_secs(1));
     let withdrawn_after = t0.elapsed();
     eprintln!("wireguard-go killed: router dropped the node after {withdrawn_after:?}");
-    let b = bgp_of(&ep, 3).unwrap();
+    let b = bgp_status(&ep, 3).unwrap();
     assert!(
         b["reason"].as_str().unwrap().starts_with("dataplane:"),
         "{b}"

@@ -96,6 +96,12 @@ impl Drop for Client {
     }
 }
 
+fn client_routes(ep: &str, id: u32) -> u64 {
+    bgp_status(ep, id as u64)
+        .and_then(|b| b["client_routes"].as_u64())
+        .unwrap_or(0)
+}
+
 #[test]
 fn client_host_routes_follow_the_session() {
     let mut c = Cluster::empty();
@@ -105,47 +111,23 @@ fn client_host_routes_follow_the_session() {
     let (keyfile, gw_public, _) = wg_keyfile(c.dir());
     let tag = std::process::id() % 100_000;
     for k in 1..=2u32 {
-        let cfg = write_file(
-            c.dir(),
-            &format!("n{k}.toml"),
-            &format!(
-                "[bgp]\nasn = 65010\nrouter-id = \"10.78.{k}.2\"\ngraceful-shutdown-grace = \"500ms\"\n[[bgp.neighbors]]\naddress = \"10.78.{k}.1\"\npeer-as = 65000\n"
-            ),
-        );
-        c.add_node_at(
-            k as u64,
-            format!("10.78.{k}.2:7400"),
-            Some(topo.ns(k)),
-            &[
-                "--config",
-                cfg.to_str().unwrap(),
-                "--dataplane-backend",
-                "userspace",
-                "--wireguard-go",
-                "wireguard-go",
-                "--wg-interface",
-                &format!("agr{tag}-{k}"),
-                "--wg-private-key-file",
-                keyfile.to_str().unwrap(),
-                "--observe-interval",
-                "200ms",
-            ],
-        );
+        c.add_gateway(Gateway {
+            k,
+            ns: topo.ns(k),
+            bgp_keys: "graceful-shutdown-grace = \"500ms\"",
+            more_neighbors: "",
+            ifname: format!("agr{tag}-{k}"),
+            key: &keyfile,
+            supervise: true,
+            extra: &["--observe-interval", "200ms"],
+        });
     }
     c.form();
     let ep = c.all_endpoints();
-    ctl_ok(
+    set_identity_and_anycast(
         &ep,
-        &[
-            "settings",
-            "set",
-            "--server-public-key",
-            &gw_public,
-            "--anycast-v4",
-            ANYCAST,
-            "--return-mode",
-            "routed",
-        ],
+        &gw_public,
+        &["--anycast-v4", ANYCAST, "--return-mode", "routed"],
     );
     ctl_ok(&ep, &["pool", "add", "staff", "--cidr", "10.100.0.0/16"]);
     // The client's key pair; its peer gets 10.100.0.2 (the pool's first
@@ -190,18 +172,9 @@ fn client_host_routes_follow_the_session() {
     );
     let k: u32 = if holder == "10.78.1.2" { 1 } else { 2 };
     let other = 3 - k;
-    let s = status(&ep).unwrap();
-    let count = |id: u32| {
-        s["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|n| n["id"] == id)
-            .unwrap()["bgp"]["client_routes"]
-            .as_u64()
-            .unwrap_or(0)
-    };
-    assert_eq!((count(k), count(other)), (1, 0), "{s}");
+    eventually("client route counts", Duration::from_secs(5), || {
+        ((client_routes(&ep, k), client_routes(&ep, other)) == (1, 0)).then_some(())
+    });
 
     // Move the session: drain the holder (anycast goes to the other
     // gateway), and the client starts a new session there.
@@ -221,18 +194,7 @@ fn client_host_routes_follow_the_session() {
     );
     // The old holder's device still has a fresh handshake, but the map
     // names the new holder: exactly one route.
-    let s = status(&ep).unwrap();
-    let n = |id: u32| {
-        s["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|n| n["id"] == id)
-            .unwrap()["bgp"]["client_routes"]
-            .as_u64()
-            .unwrap_or(0)
-    };
-    assert_eq!((n(k), n(other)), (0, 1), "{s}");
+    assert_eq!((client_routes(&ep, k), client_routes(&ep, other)), (0, 1));
     drop(client);
     let _ = std::fs::remove_file(format!("/var/run/wireguard/{client_if}.sock"));
     set_ctl_netns(None);

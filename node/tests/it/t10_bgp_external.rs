@@ -66,43 +66,20 @@ fn external_gobgpd_is_configured_repaired_and_reattached() {
     set_ctl_netns(Some(&ns));
     let mut daemon = Gobgpd::start(&ns);
     let (keyfile, public, _) = wg_keyfile(c.dir());
-    let cfg = write_file(
-        c.dir(),
-        "n1.toml",
-        &format!(
-            "[bgp]\nmode = \"external\"\napi = \"{API}\"\nasn = 65010\nrouter-id = \"10.78.1.2\"\n[[bgp.neighbors]]\naddress = \"10.78.1.1\"\npeer-as = 65000\n"
-        ),
-    );
-    c.add_node_at(
-        1,
-        "10.78.1.2:7400".into(),
-        Some(ns.clone()),
-        &[
-            "--config",
-            cfg.to_str().unwrap(),
-            "--dataplane-backend",
-            "userspace",
-            "--wireguard-go",
-            "wireguard-go",
-            "--wg-interface",
-            &format!("age{}", std::process::id() % 100_000),
-            "--wg-private-key-file",
-            keyfile.to_str().unwrap(),
-        ],
-    );
+    let keys = format!("mode = \"external\"\napi = \"{API}\"");
+    c.add_gateway(Gateway {
+        k: 1,
+        ns: ns.clone(),
+        bgp_keys: &keys,
+        more_neighbors: "",
+        ifname: format!("age{}", std::process::id() % 100_000),
+        key: &keyfile,
+        supervise: true,
+        extra: &[],
+    });
     c.form();
     let ep = c.all_endpoints();
-    ctl_ok(
-        &ep,
-        &[
-            "settings",
-            "set",
-            "--server-public-key",
-            &public,
-            "--anycast-v4",
-            ANYCAST,
-        ],
-    );
+    set_identity_and_anycast(&ep, &public, &["--anycast-v4", ANYCAST]);
     let one = hops(&topo, &[1]);
     bird.wait_hops(ANYCAST, &one, Duration::from_secs(30))
         .unwrap();

@@ -56,48 +56,21 @@ fn anycast_v6_announced_over_ipv6_sessions() {
     let (keyfile, public, _) = wg_keyfile(c.dir());
     let tag = std::process::id() % 100_000;
     for k in 1..=2u32 {
-        let cfg = write_file(
-            c.dir(),
-            &format!("n{k}.toml"),
-            &format!(
-                "[bgp]\nasn = 65010\nrouter-id = \"10.78.{k}.2\"\ngraceful-shutdown-grace = \"200ms\"\n\
-                 [[bgp.neighbors]]\naddress = \"10.78.{k}.1\"\npeer-as = 65000\n\
-                 [[bgp.neighbors]]\naddress = \"fd78:{k}::1\"\npeer-as = 65000\n"
-            ),
-        );
-        c.add_node_at(
-            k as u64,
-            format!("10.78.{k}.2:7400"),
-            Some(topo.ns(k)),
-            &[
-                "--config",
-                cfg.to_str().unwrap(),
-                "--dataplane-backend",
-                "userspace",
-                "--wireguard-go",
-                "wireguard-go",
-                "--wg-interface",
-                &format!("ag6{tag}-{k}"),
-                "--wg-private-key-file",
-                keyfile.to_str().unwrap(),
-            ],
-        );
+        let v6 = format!("[[bgp.neighbors]]\naddress = \"fd78:{k}::1\"\npeer-as = 65000\n");
+        c.add_gateway(Gateway {
+            k,
+            ns: topo.ns(k),
+            bgp_keys: "graceful-shutdown-grace = \"200ms\"",
+            more_neighbors: &v6,
+            ifname: format!("ag6{tag}-{k}"),
+            key: &keyfile,
+            supervise: true,
+            extra: &[],
+        });
     }
     c.form();
     let ep = c.all_endpoints();
-    ctl_ok(
-        &ep,
-        &[
-            "settings",
-            "set",
-            "--server-public-key",
-            &public,
-            "--anycast-v4",
-            V4,
-            "--anycast-v6",
-            V6,
-        ],
-    );
+    set_identity_and_anycast(&ep, &public, &["--anycast-v4", V4, "--anycast-v6", V6]);
     let set = |v: &[&str]| -> BTreeSet<String> { v.iter().map(|s| s.to_string()).collect() };
     let wait = |addr: &str, want: BTreeSet<String>, what: &str| {
         bird.wait_hops(addr, &want, Duration::from_secs(30))
