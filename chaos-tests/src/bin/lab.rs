@@ -39,6 +39,11 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Take gateway K down as an operator would: SIGTERM to its node (it
+    /// withdraws first, then stops its gobgpd and wireguard-go).
+    Stop { gateway: u32 },
+    /// Bring gateway K back (its node restarts from its data dir).
+    Start { gateway: u32 },
     /// Stop every process the lab started and remove its namespaces.
     Down,
 }
@@ -460,8 +465,14 @@ fn record_children(st: &mut State) -> anyhow::Result<()> {
     st.save()
 }
 
-fn main() -> anyhow::Result<()> {
-    let a = Args::parse();
+fn main() {
+    if let Err(e) = run_cmd(Args::parse()) {
+        eprintln!("anygate-lab: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run_cmd(a: Args) -> anyhow::Result<()> {
     match a.cmd {
         Cmd::Up { gateways, clients } => {
             if let Err(e) = up(&a.dir, &a.prefix, gateways, clients) {
@@ -503,6 +514,55 @@ fn main() -> anyhow::Result<()> {
                     ctl(&st, &["cluster", "status"]).unwrap_or_else(|e| e.to_string())
                 );
             }
+        }
+        Cmd::Stop { gateway } => {
+            let Some(mut st) = running(&a.dir) else {
+                anyhow::bail!("no lab is running (state: {})", a.dir.display());
+            };
+            let ns = format!("{}-g{gateway}", st.prefix);
+            let pid = st
+                .namespaces
+                .iter()
+                .find(|n| n.name == ns)
+                .and_then(|n| n.pids.get("anygate").copied())
+                .filter(|p| alive(*p))
+                .ok_or_else(|| anyhow::anyhow!("gateway {gateway} is not running"))?;
+            run(&["kill", "-TERM", &pid.to_string()])?;
+            wait("the node to stop", Duration::from_secs(15), || !alive(pid))?;
+            st.ns_mut(&ns).pids.clear();
+            st.save()?;
+            print_router(&st.router());
+            println!("gateway {gateway} stopped");
+        }
+        Cmd::Start { gateway } => {
+            let Some(mut st) = running(&a.dir) else {
+                anyhow::bail!("no lab is running (state: {})", a.dir.display());
+            };
+            anyhow::ensure!(
+                gateway >= 1 && gateway as usize <= st.gateways.len(),
+                "the lab has gateways 1..={}",
+                st.gateways.len()
+            );
+            let ns = format!("{}-g{gateway}", st.prefix);
+            if let Some(p) = st
+                .namespaces
+                .iter()
+                .find(|n| n.name == ns)
+                .and_then(|n| n.pids.get("anygate").copied())
+                .filter(|p| alive(*p))
+            {
+                anyhow::bail!("gateway {gateway} is already running (pid {p})");
+            }
+            start_gateway(&mut st, gateway)?;
+            let (router, want) = (st.router(), format!("10.78.{gateway}.2"));
+            wait(
+                "the gateway to announce again",
+                Duration::from_secs(60),
+                || next_hops(&router, ANYCAST).contains(&want),
+            )?;
+            record_children(&mut st)?;
+            print_router(&router);
+            println!("gateway {gateway} started");
         }
         Cmd::Down => match State::load(&a.dir) {
             Ok(st) => {
