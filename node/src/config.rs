@@ -127,6 +127,7 @@ struct FileDataplane {
     manage_routes: Option<bool>,
     endpoint_batch_interval: Option<String>,
     endpoint_batch_max: Option<usize>,
+    react: Option<bool>,
 }
 
 /// Validated `[dataplane]` section.
@@ -144,6 +145,9 @@ pub struct DataplaneConfig {
     pub manage_routes: bool,
     pub endpoint_batch_interval: std::time::Duration,
     pub endpoint_batch_max: usize,
+    /// Start a handshake to a client whose data arrives here without a
+    /// session (after a failover); off only for baseline drills.
+    pub react: bool,
 }
 
 fn duration(
@@ -221,6 +225,7 @@ impl DataplaneConfig {
                 "1s",
             )?,
             endpoint_batch_max,
+            react: f.react.unwrap_or(true),
         })
     }
 }

@@ -40,6 +40,7 @@ pub struct Metrics {
     pub bgp_gobgpd_restarts: Counter,
     pub bgp_path_repairs: Counter,
     pub bgp_errors: Counter,
+    pub react_kicks: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -97,7 +98,13 @@ impl Metrics {
             bgp_gobgpd_restarts: Counter::default(),
             bgp_path_repairs: Counter::default(),
             bgp_errors: Counter::default(),
+            react_kicks: Counter::default(),
         };
+        r.register(
+            "react_handshakes",
+            "Handshakes started to clients whose data arrived here without a session (failover react)",
+            m.react_kicks.clone(),
+        );
         r.register(
             "bgp_announced",
             "1 while this node announces the anycast prefixes",

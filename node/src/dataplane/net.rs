@@ -70,17 +70,18 @@ pub fn net_desired(inv: &Inventory, ifname: &str) -> NetDesired {
     let mut rules = Vec::new();
     // Packets the gateway originates from the listen port (a handshake it
     // starts) must leave from the anycast address, or the client roams to
-    // the unicast one and loses failover.
+    // the unicast one and loses failover. Rewritten statelessly, with the
+    // WireGuard port kept out of conntrack: a stateful SNAT would collide
+    // with the client's own flow (same tuple, reversed) and move the source
+    // port, and the client would roam to a port nobody listens on.
+    let port = s.listen_port;
+    let mut raw_out = vec![format!("udp sport {port} notrack")];
     if let Some(a) = s.anycast_v4 {
-        rules.push(format!(
-            "udp sport {} ip saddr != {a} snat ip to {a}",
-            s.listen_port
-        ));
+        raw_out.push(format!("udp sport {port} ip saddr != {a} ip saddr set {a}"));
     }
     if let Some(a) = s.anycast_v6 {
-        rules.push(format!(
-            "udp sport {} ip6 saddr != {a} snat ip6 to {a}",
-            s.listen_port
+        raw_out.push(format!(
+            "udp sport {port} ip6 saddr != {a} ip6 saddr set {a}"
         ));
     }
     if s.return_mode == ReturnMode::Nat {
@@ -115,7 +116,23 @@ pub fn net_desired(inv: &Inventory, ifname: &str) -> NetDesired {
         nft.push_str(&r);
         nft.push('\n');
     }
-    nft.push_str("  }\n}\n");
+    nft.push_str("  }\n");
+    nft.push_str(&format!(
+        "  chain raw_prerouting {{\n    type filter hook prerouting priority raw; policy accept;\n    udp dport {port} notrack\n  }}\n  chain raw_output {{\n    type filter hook output priority raw; policy accept;\n"
+    ));
+    for r in raw_out {
+        nft.push_str("    ");
+        nft.push_str(&r);
+        nft.push('\n');
+    }
+    nft.push_str("  }\n");
+    // React (see react.rs): every transport-data packet (WireGuard message
+    // type 4, the first payload byte) refreshes its source in a set.
+    nft.push_str(&format!(
+        "  set {set} {{ type ipv4_addr . inet_service; flags dynamic, timeout; timeout 2s; size 65536; }}\n  chain react {{\n    type filter hook input priority -150; policy accept;\n    udp dport {port} @th,64,8 0x04 update @{set} {{ ip saddr . udp sport }}\n  }}\n}}\n",
+        set = super::react::SET4,
+        port = s.listen_port
+    ));
     NetDesired {
         ifname: ifname.to_string(),
         mtu: s.mtu as u32,
@@ -495,7 +512,7 @@ mod tests {
         );
         assert!(d
             .nft
-            .contains("udp sport 51820 ip saddr != 198.51.100.1 snat ip to 198.51.100.1"));
+            .contains("udp sport 51820 ip saddr != 198.51.100.1 ip saddr set 198.51.100.1"));
         assert!(d
             .nft
             .contains("oifname != \"wg-test\" ip saddr { 10.100.0.0/16 } masquerade"));

@@ -55,6 +55,10 @@ pub fn disabled_status() -> (watch::Sender<DataplaneStatus>, StatusRx) {
 pub type SessionsRx = watch::Receiver<Arc<BTreeSet<WgKey>>>;
 
 pub struct Reconciler {
+    /// Endpoint -> peer, from the last device read (for react).
+    react_index: crate::dataplane::react::Index,
+    /// When each peer was last kicked (at most once per REACT_HOLDOFF).
+    react_last: BTreeMap<WgKey, Instant>,
     /// Fresh sessions, updated after every device read.
     sessions: watch::Sender<Arc<BTreeSet<WgKey>>>,
     cfg: DataplaneConfig,
@@ -90,6 +94,10 @@ const READ_DUTY_INVERSE: u32 = 8;
 /// How long the device may trail the applied state before the node calls
 /// itself unhealthy.
 const LAG_GRACE: Duration = Duration::from_secs(2);
+
+/// How often the react set is read, and how long a kicked peer is left alone.
+const REACT_INTERVAL: Duration = Duration::from_millis(100);
+const REACT_HOLDOFF: Duration = Duration::from_secs(5);
 
 /// How often the device's liveness is checked between full reads.
 const LIVENESS_INTERVAL: Duration = Duration::from_millis(100);
@@ -141,6 +149,8 @@ impl Reconciler {
             endpoint_write: None,
             status,
             sessions: watch::channel(Arc::new(BTreeSet::new())).0,
+            react_index: Default::default(),
+            react_last: BTreeMap::new(),
             behind_since: None,
             read_started: None,
             reader: None,
@@ -165,6 +175,9 @@ impl Reconciler {
         // the BGP announcement within about this long, not an observe-interval.
         let mut liveness = tokio::time::interval(LIVENESS_INTERVAL);
         liveness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut react = tokio::time::interval(REACT_INTERVAL);
+        react.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let reacting = self.cfg.react && self.net.is_some();
         self.sync(true).await;
         // A device read in flight: (read, belief index when it started, full).
         let mut reading: Option<(ReadTask, u64, bool)> = None;
@@ -207,6 +220,7 @@ impl Reconciler {
                         self.publish();
                     }
                 }
+                _ = react.tick(), if reacting && self.believed.is_some() => self.react().await,
                 _ = resync.tick(), if reading.is_none() => {
                     reading = self.start_read(true).await;
                 }
@@ -428,6 +442,7 @@ impl Reconciler {
             info!(plan = %p, "device programmed");
         }
         apply_to(&mut observed, &p.actions);
+        self.react_index = crate::dataplane::react::index(&observed);
         self.metrics.device_peers.set(observed.peers.len() as i64);
         self.believed = Some(observed);
         self.believed_index = index;
@@ -485,6 +500,49 @@ impl Reconciler {
                 .inc();
         }
         Ok(())
+    }
+
+    /// Start a handshake to every client whose transport data arrives here
+    /// without a session (see dataplane/react.rs).
+    async fn react(&mut self) {
+        use crate::dataplane::react;
+        let sources = match react::sources().await {
+            Ok(s) => s,
+            Err(e) => {
+                debug!(error = %e, "react: cannot read the nftables set");
+                return;
+            }
+        };
+        if sources.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        self.react_last
+            .retain(|_, t| now.duration_since(*t) < REACT_HOLDOFF);
+        for (k, mut cfg, src) in
+            react::orphans(&sources, &self.react_index, now_ms(), SESSION_LIFETIME_MS)
+        {
+            if self.react_last.contains_key(&k) {
+                continue;
+            }
+            self.react_last.insert(k, now);
+            // Flush whatever session state the device has for the peer,
+            // then re-add it with keepalive 1: the device sends a handshake
+            // initiation at once. The next read restores the keepalive.
+            cfg.endpoint = Some(src);
+            cfg.persistent_keepalive = 1;
+            match self
+                .device
+                .set(&[Action::RemovePeer(k), Action::AddPeer(cfg)])
+                .await
+            {
+                Ok(()) => {
+                    self.metrics.react_kicks.inc();
+                    info!(peer = %k, endpoint = %src, "react: data without a session; handshake started");
+                }
+                Err(e) => warn!(peer = %k, error = %e, "react: could not start a handshake"),
+            }
+        }
     }
 
     fn failed(&mut self, e: String) {

@@ -509,3 +509,100 @@ pub fn bgp_status(ep: &str, id: u64) -> Option<Value> {
         .find(|n| n["id"] == id)
         .map(|n| n["bgp"].clone())
 }
+
+/// A wireguard-go client in a namespace: address 10.100.0.2, one peer (the
+/// gateways) at the anycast endpoint, 10.100.0.1 routed through it.
+pub struct WgClient {
+    child: Option<Child>,
+    ns: String,
+    ifname: String,
+}
+
+impl WgClient {
+    /// wireguard-go in `ns`: address 10.100.0.2, the gateways' key at the
+    /// anycast endpoint; one ping starts the handshake.
+    pub fn start(
+        ns: &str,
+        ifname: &str,
+        key: &std::path::Path,
+        gw_public: &str,
+        anycast: &str,
+    ) -> WgClient {
+        let _ = std::fs::remove_file(format!("/var/run/wireguard/{ifname}.sock"));
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns, "wireguard-go", "-f", ifname])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("client wireguard-go");
+        let c = WgClient {
+            child: Some(child),
+            ns: ns.into(),
+            ifname: ifname.into(),
+        };
+        eventually("client device", Duration::from_secs(5), || {
+            Command::new("ip")
+                .args(["-n", ns, "link", "show", ifname])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .ok()?
+                .success()
+                .then_some(())
+        });
+        in_ns(
+            ns,
+            &[
+                "wg",
+                "set",
+                ifname,
+                "private-key",
+                key.to_str().unwrap(),
+                "peer",
+                gw_public,
+                "endpoint",
+                &format!("{anycast}:51820"),
+                "allowed-ips",
+                "10.100.0.1/32",
+            ],
+        );
+        in_ns(ns, &["ip", "addr", "add", "10.100.0.2/32", "dev", ifname]);
+        in_ns(ns, &["ip", "link", "set", ifname, "up"]);
+        in_ns(ns, &["ip", "route", "add", "10.100.0.1/32", "dev", ifname]);
+        c
+    }
+
+    pub fn ping(&self) -> bool {
+        self.ping_within("1")
+    }
+
+    /// One ping to the gateways' tunnel address, answered within `secs`.
+    pub fn ping_within(&self, secs: &str) -> bool {
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.ns,
+                "ping",
+                "-c1",
+                "-W",
+                secs,
+                "-I",
+                &self.ifname,
+                "10.100.0.1",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+}
+
+impl Drop for WgClient {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

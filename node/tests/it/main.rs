@@ -14,3 +14,4 @@ mod t08_bgp;
 mod t09_routed;
 mod t10_bgp_external;
 mod t11_bgp_ipv6;
+mod t12_react;

@@ -317,7 +317,8 @@ fn three_nodes_keep_their_wireguard_go_devices_equal_to_the_inventory() {
     route_back("routes on node 3");
     assert!(in_ns(&ns3, &["ip", "addr", "show", "dev", "lo"]).contains("198.51.100.1/32"));
     let nft = in_ns(&ns3, &["nft", "list", "table", "inet", "anygate"]);
-    assert!(nft.contains("snat ip to 198.51.100.1"), "{nft}");
+    assert!(nft.contains("ip saddr set 198.51.100.1"), "{nft}");
+    assert!(nft.contains("udp dport 51820 notrack"), "{nft}");
     assert!(nft.contains("masquerade"), "{nft}");
     in_ns(&ns3, &["ip", "link", "set", &if3, "down"]);
     assert!(!in_ns(&ns3, &["ip", "route", "show", "dev", &if3]).contains("172.31.5.0/24"));

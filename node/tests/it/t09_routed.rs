@@ -8,93 +8,9 @@ use crate::harness::*;
 use anygate_chaos::netns::Topology;
 use anygate_chaos::router::{next_hops, Bird};
 use std::collections::BTreeSet;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 const ANYCAST: &str = "198.51.100.1";
-
-struct Client {
-    child: Option<Child>,
-    ns: String,
-    ifname: String,
-}
-
-impl Client {
-    /// wireguard-go in `ns`: address 10.100.0.2, the gateways' key at the
-    /// anycast endpoint; one ping starts the handshake.
-    fn start(ns: &str, ifname: &str, key: &std::path::Path, gw_public: &str) -> Client {
-        let _ = std::fs::remove_file(format!("/var/run/wireguard/{ifname}.sock"));
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns, "wireguard-go", "-f", ifname])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("client wireguard-go");
-        let c = Client {
-            child: Some(child),
-            ns: ns.into(),
-            ifname: ifname.into(),
-        };
-        eventually("client device", Duration::from_secs(5), || {
-            Command::new("ip")
-                .args(["-n", ns, "link", "show", ifname])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .ok()?
-                .success()
-                .then_some(())
-        });
-        in_ns(
-            ns,
-            &[
-                "wg",
-                "set",
-                ifname,
-                "private-key",
-                key.to_str().unwrap(),
-                "peer",
-                gw_public,
-                "endpoint",
-                &format!("{ANYCAST}:51820"),
-                "allowed-ips",
-                "10.100.0.1/32",
-            ],
-        );
-        in_ns(ns, &["ip", "addr", "add", "10.100.0.2/32", "dev", ifname]);
-        in_ns(ns, &["ip", "link", "set", ifname, "up"]);
-        in_ns(ns, &["ip", "route", "add", "10.100.0.1/32", "dev", ifname]);
-        c
-    }
-
-    fn ping(&self) -> bool {
-        Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.ns,
-                "ping",
-                "-c1",
-                "-W1",
-                "-I",
-                &self.ifname,
-                "10.100.0.1",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    }
-}
-
-impl Drop for Client {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
 
 fn client_routes(ep: &str, id: u32) -> u64 {
     bgp_status(ep, id as u64)
@@ -156,7 +72,7 @@ fn client_host_routes_follow_the_session() {
     // The client connects: whichever gateway the router picked holds the
     // session and announces 10.100.0.2/32; the other does not.
     let client_if = format!("agc{tag}");
-    let client = Client::start(&topo.hub(), &client_if, &client_key, &gw_public);
+    let client = WgClient::start(&topo.hub(), &client_if, &client_key, &gw_public, ANYCAST);
     eventually(
         "client reaches the gateway",
         Duration::from_secs(10),
@@ -180,7 +96,7 @@ fn client_host_routes_follow_the_session() {
     // gateway), and the client starts a new session there.
     ctl_ok(&ep, &["node", "drain", &k.to_string()]);
     drop(client);
-    let client = Client::start(&topo.hub(), &client_if, &client_key, &gw_public);
+    let client = WgClient::start(&topo.hub(), &client_if, &client_key, &gw_public, ANYCAST);
     eventually(
         "client reaches the other gateway",
         Duration::from_secs(10),

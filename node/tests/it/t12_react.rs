@@ -1,0 +1,183 @@
+//! React: after the gateway serving a client crashes, the survivor that
+//! receives the client's data without a session starts the handshake
+//! itself. Stock WireGuard needs 10 s + 5 s here (the client's timers);
+//! with react the client's traffic flows again within a second or so.
+
+use crate::harness::*;
+use anygate_chaos::netns::Topology;
+use anygate_chaos::router::Bird;
+use std::time::{Duration, Instant};
+
+const ANYCAST: &str = "198.51.100.1";
+
+/// The gateway whose device has a handshake with `client`.
+fn serving(topo: &Topology, ifname: impl Fn(u32) -> String, client: &str) -> Option<u32> {
+    (1..=topo.n).find(|k| {
+        std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &topo.ns(*k),
+                "wg",
+                "show",
+                &ifname(*k),
+                "latest-handshakes",
+            ])
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .is_some_and(|t| {
+                t.lines()
+                    .any(|l| l.starts_with(client) && !l.trim_end().ends_with("\t0"))
+            })
+    })
+}
+
+/// A client namespace behind the hub (10.80.1.2): its source address must
+/// not change when the router moves it to another gateway, as on the
+/// Internet.
+struct ClientNs(String);
+
+impl ClientNs {
+    fn create(topo: &Topology) -> ClientNs {
+        let ns = format!("{}-c", topo.prefix);
+        sh(&["ip", "netns", "add", &ns]);
+        let c = ClientNs(ns.clone());
+        let hub = topo.hub();
+        sh(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
+        sh(&[
+            "ip", "link", "add", "eth0", "netns", &ns, "type", "veth", "peer", "name", "c1",
+            "netns", &hub,
+        ]);
+        sh(&["ip", "-n", &hub, "addr", "add", "10.80.1.1/24", "dev", "c1"]);
+        sh(&["ip", "-n", &hub, "link", "set", "c1", "up"]);
+        sh(&[
+            "ip",
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            "10.80.1.2/24",
+            "dev",
+            "eth0",
+        ]);
+        sh(&["ip", "-n", &ns, "link", "set", "eth0", "up"]);
+        sh(&[
+            "ip",
+            "-n",
+            &ns,
+            "route",
+            "add",
+            "default",
+            "via",
+            "10.80.1.1",
+        ]);
+        c
+    }
+}
+
+impl Drop for ClientNs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .status();
+    }
+}
+
+#[test]
+fn survivor_starts_the_handshake_after_a_crash() {
+    let mut c = Cluster::empty();
+    let topo = Topology::create(&format!("agt12-{}", std::process::id()), 2).unwrap();
+    let bird = Bird::start(&topo, c.dir(), &["198.51.100.0/24"]).unwrap();
+    set_ctl_netns(Some(&topo.ns(1)));
+    let (keyfile, gw_public, _) = wg_keyfile(c.dir());
+    let tag = std::process::id() % 100_000;
+    let ifname = move |k: u32| format!("agk{tag}-{k}");
+    for k in 1..=2u32 {
+        c.add_gateway(Gateway {
+            k,
+            ns: topo.ns(k),
+            bgp_keys: "",
+            more_neighbors: "",
+            ifname: ifname(k),
+            key: &keyfile,
+            supervise: true,
+            extra: &["--observe-interval", "300ms"],
+        });
+    }
+    c.form();
+    let ep = c.all_endpoints();
+    set_identity_and_anycast(&ep, &gw_public, &["--anycast-v4", ANYCAST]);
+    ctl_ok(&ep, &["pool", "add", "staff", "--cidr", "10.100.0.0/16"]);
+    let client_dir = c.dir().join("client");
+    std::fs::create_dir_all(&client_dir).unwrap();
+    let (client_key, client_public, _) = wg_keyfile(&client_dir);
+    ctl_ok(
+        &ep,
+        &[
+            "peer",
+            "add",
+            "--user",
+            "dave",
+            "--device",
+            "laptop",
+            "--public-key",
+            &client_public,
+        ],
+    );
+    let both = ["10.78.1.2", "10.78.2.2"].map(String::from).into();
+    bird.wait_hops(ANYCAST, &both, Duration::from_secs(30))
+        .unwrap();
+    let client_if = format!("agk{tag}c");
+    let cns = ClientNs::create(&topo);
+    let client = WgClient::start(&cns.0, &client_if, &client_key, &gw_public, ANYCAST);
+    eventually("client reaches a gateway", Duration::from_secs(10), || {
+        client.ping().then_some(())
+    });
+    let k = eventually("the serving gateway", Duration::from_secs(5), || {
+        serving(&topo, ifname, &client_public)
+    });
+    let other = 3 - k;
+    // The survivor learns the client's endpoint from the replicated map
+    // (its device must know where the client is to reach it).
+    eventually(
+        "the survivor knows the client's endpoint",
+        Duration::from_secs(10),
+        || {
+            in_ns(
+                &topo.ns(other),
+                &["wg", "show", &ifname(other), "endpoints"],
+            )
+            .contains("10.80.1.2:")
+            .then_some(())
+        },
+    );
+
+    // Crash the serving gateway's node (its gobgpd and wireguard-go die
+    // with it); time the client's outage.
+    let t0 = Instant::now();
+    c.node(k as u64).kill();
+    let one = [format!("10.78.{other}.2")].into();
+    bird.wait_hops(ANYCAST, &one, Duration::from_secs(2))
+        .unwrap();
+    eventually(
+        "client reaches the survivor",
+        Duration::from_secs(20),
+        || client.ping_within("0.2").then_some(()),
+    );
+    let outage = t0.elapsed();
+    eprintln!("client outage after the crash of gateway {k}: {outage:?}");
+    assert!(
+        outage < Duration::from_secs(3),
+        "outage {outage:?}: react should make it well under WireGuard's 15 s"
+    );
+    assert!(
+        c.node(other as u64)
+            .log()
+            .contains("react: data without a session"),
+        "the survivor reacted"
+    );
+    drop(client);
+    let _ = std::fs::remove_file(format!("/var/run/wireguard/{client_if}.sock"));
+    set_ctl_netns(None);
+}
