@@ -35,6 +35,14 @@ pub struct PeerStats {
     pub tx_bytes: u64,
 }
 
+impl PeerStats {
+    /// The last handshake in unix milliseconds (0: never).
+    pub fn last_handshake_ms(&self) -> i64 {
+        let (s, ns) = self.last_handshake;
+        s as i64 * 1000 + ns as i64 / 1_000_000
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ObservedPeer {
     pub config: PeerConfig,

@@ -72,8 +72,7 @@ pub fn index(observed: &Observed) -> Index {
         .peers
         .iter()
         .filter_map(|(k, p)| {
-            let (s, ns) = p.stats.last_handshake;
-            let hs = s as i64 * 1000 + ns as i64 / 1_000_000;
+            let hs = p.stats.last_handshake_ms();
             p.config.endpoint.map(|e| (e, (*k, p.config.clone(), hs)))
         })
         .collect()

@@ -684,8 +684,7 @@ pub fn fresh_sessions(observed: &Observed, now_ms: i64) -> BTreeSet<WgKey> {
         .peers
         .iter()
         .filter(|(_, p)| {
-            let (s, ns) = p.stats.last_handshake;
-            let hs = s as i64 * 1000 + ns as i64 / 1_000_000;
+            let hs = p.stats.last_handshake_ms();
             hs > 0 && now_ms - hs <= SESSION_LIFETIME_MS
         })
         .map(|(k, _)| *k)
@@ -705,8 +704,7 @@ pub fn endpoint_proposals(
         let Some(ep) = p.config.endpoint else {
             continue;
         };
-        let (s, ns) = p.stats.last_handshake;
-        let hs_ms = s as i64 * 1000 + ns as i64 / 1_000_000;
+        let hs_ms = p.stats.last_handshake_ms();
         if hs_ms == 0 || inv.peer(k).is_none() {
             continue;
         }
