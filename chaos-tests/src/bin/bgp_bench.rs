@@ -138,6 +138,18 @@ struct Ctx {
     wg3: Option<Proc>,
 }
 
+impl Drop for Ctx {
+    fn drop(&mut self) {
+        // Stop the nodes (their wireguard-go go with them), then remove the
+        // UAPI sockets a killed wireguard-go leaves behind.
+        self.nodes.clear();
+        self.wg3 = None;
+        for k in 1..=3 {
+            let _ = std::fs::remove_file(format!("/var/run/wireguard/{}.sock", self.ifname(k)));
+        }
+    }
+}
+
 impl Ctx {
     fn ns(&self, k: u32) -> String {
         format!("{}-n{k}", self.prefix)

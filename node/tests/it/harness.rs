@@ -604,5 +604,6 @@ impl Drop for WgClient {
             let _ = c.kill();
             let _ = c.wait();
         }
+        let _ = std::fs::remove_file(format!("/var/run/wireguard/{}.sock", self.ifname));
     }
 }

@@ -178,6 +178,5 @@ fn survivor_starts_the_handshake_after_a_crash() {
         "the survivor reacted"
     );
     drop(client);
-    let _ = std::fs::remove_file(format!("/var/run/wireguard/{client_if}.sock"));
     set_ctl_netns(None);
 }
