@@ -133,10 +133,15 @@ fn ip(args: &[&str]) -> anyhow::Result<String> {
     run(&v)
 }
 
-fn veth(a_ns: &str, a: &str, b_ns: &str, b: &str) -> anyhow::Result<()> {
-    ip(&[
-        "link", "add", a, "netns", a_ns, "type", "veth", "peer", "name", b, "netns", b_ns,
-    ])?;
+/// A namespace with loopback up.
+fn netns(name: &str) -> anyhow::Result<()> {
+    ip(&["netns", "add", name])?;
+    ip(&["-n", name, "link", "set", "lo", "up"])?;
+    Ok(())
+}
+
+fn sysctl(ns: &str, kv: &str) -> anyhow::Result<()> {
+    run(&["ip", "netns", "exec", ns, "sysctl", "-qw", kv])?;
     Ok(())
 }
 
@@ -146,79 +151,55 @@ fn addr(ns: &str, cidr: &str, dev: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn route(ns: &str, dst: &str, via: &str) -> anyhow::Result<()> {
+    ip(&["-n", ns, "route", "add", dst, "via", via])?;
+    Ok(())
+}
+
+/// A veth pair created straight into both namespaces, each end addressed
+/// and up: (namespace, interface, address/len) for each side.
+fn link(a: (&str, &str, &str), b: (&str, &str, &str)) -> anyhow::Result<()> {
+    ip(&[
+        "link", "add", a.1, "netns", a.0, "type", "veth", "peer", "name", b.1, "netns", b.0,
+    ])?;
+    addr(a.0, a.2, a.1)?;
+    addr(b.0, b.2, b.1)
+}
+
 /// The namespaces and links, no processes yet.
 pub fn build_network(prefix: &str, gateways: u32, clients: u32) -> anyhow::Result<Vec<Namespace>> {
     let router = format!("{prefix}-router");
     let svc = format!("{prefix}-svc");
     let mut out = vec![];
     for (name, role) in [(router.clone(), "router"), (svc.clone(), "service")] {
-        ip(&["netns", "add", &name])?;
-        ip(&["-n", &name, "link", "set", "lo", "up"])?;
+        netns(&name)?;
         out.push(Namespace {
             name,
             role: role.into(),
             ..Default::default()
         });
     }
-    run(&[
-        "ip",
-        "netns",
-        "exec",
-        &router,
-        "sysctl",
-        "-qw",
-        "net.ipv4.ip_forward=1",
-    ])?;
-    run(&[
-        "ip",
-        "netns",
-        "exec",
-        &router,
-        "sysctl",
-        "-qw",
-        "net.ipv4.fib_multipath_hash_policy=1",
-    ])?;
+    sysctl(&router, "net.ipv4.ip_forward=1")?;
+    sysctl(&router, "net.ipv4.fib_multipath_hash_policy=1")?;
     addr(&svc, &format!("{SERVICE}/32"), "lo")?;
     out[1].addresses.push(SERVICE.into());
     for k in 1..=gateways {
         let g = format!("{prefix}-g{k}");
-        ip(&["netns", "add", &g])?;
-        ip(&["-n", &g, "link", "set", "lo", "up"])?;
-        run(&[
-            "ip",
-            "netns",
-            "exec",
-            &g,
-            "sysctl",
-            "-qw",
-            "net.ipv4.ip_forward=1",
-        ])?;
-        veth(&g, "up0", &router, &format!("g-{k}"))?;
-        addr(&router, &format!("10.78.{k}.1/24"), &format!("g-{k}"))?;
-        addr(&g, &format!("10.78.{k}.2/24"), "up0")?;
-        ip(&[
-            "-n",
-            &g,
-            "route",
-            "add",
-            "default",
-            "via",
-            &format!("10.78.{k}.1"),
-        ])?;
-        veth(&g, "int0", &svc, &format!("s-{k}"))?;
-        addr(&svc, &format!("172.16.{k}.1/24"), &format!("s-{k}"))?;
-        addr(&g, &format!("172.16.{k}.2/24"), "int0")?;
-        ip(&[
-            "-n",
-            &g,
-            "route",
-            "add",
-            &format!("{SERVICE}/32"),
-            "via",
-            &format!("172.16.{k}.1"),
-        ])?;
-        out[0].addresses.push(format!("10.78.{k}.1/24"));
-        out[1].addresses.push(format!("172.16.{k}.1/24"));
+        let (up, int) = (format!("10.78.{k}.1"), format!("172.16.{k}.1"));
+        netns(&g)?;
+        sysctl(&g, "net.ipv4.ip_forward=1")?;
+        link(
+            (&g, "up0", &format!("10.78.{k}.2/24")),
+            (&router, &format!("g-{k}"), &format!("{up}/24")),
+        )?;
+        route(&g, "default", &up)?;
+        link(
+            (&g, "int0", &format!("172.16.{k}.2/24")),
+            (&svc, &format!("s-{k}"), &format!("{int}/24")),
+        )?;
+        route(&g, &format!("{SERVICE}/32"), &int)?;
+        out[0].addresses.push(format!("{up}/24"));
+        out[1].addresses.push(format!("{int}/24"));
         out.push(Namespace {
             name: g,
             role: "gateway".into(),
@@ -232,20 +213,12 @@ pub fn build_network(prefix: &str, gateways: u32, clients: u32) -> anyhow::Resul
     }
     for j in 1..=clients {
         let c = format!("{prefix}-c{j}");
-        ip(&["netns", "add", &c])?;
-        ip(&["-n", &c, "link", "set", "lo", "up"])?;
-        veth(&c, "eth0", &router, &format!("c-{j}"))?;
-        addr(&router, &format!("10.80.{j}.1/24"), &format!("c-{j}"))?;
-        addr(&c, &format!("10.80.{j}.2/24"), "eth0")?;
-        ip(&[
-            "-n",
-            &c,
-            "route",
-            "add",
-            "default",
-            "via",
-            &format!("10.80.{j}.1"),
-        ])?;
+        netns(&c)?;
+        link(
+            (&c, "eth0", &format!("10.80.{j}.2/24")),
+            (&router, &format!("c-{j}"), &format!("10.80.{j}.1/24")),
+        )?;
+        route(&c, "default", &format!("10.80.{j}.1"))?;
         out[0].addresses.push(format!("10.80.{j}.1/24"));
         out.push(Namespace {
             name: c,
