@@ -15,6 +15,8 @@
 
 use crate::netns::run;
 use crate::router::bird_conf;
+use crate::router::next_hops;
+use base64::Engine;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -68,6 +70,13 @@ pub struct State {
     /// Run anygatectl with this namespace and these endpoints.
     pub ctl_namespace: String,
     pub ctl_endpoints: String,
+    /// Failover assists on (react, flush-loser, kick).
+    #[serde(default = "yes")]
+    pub assists: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl State {
@@ -279,4 +288,371 @@ pub fn teardown(state: &State) {
     for c in &state.clients {
         let _ = std::fs::remove_file(format!("/var/run/wireguard/{}.sock", c.wg_interface));
     }
+}
+
+fn b64(b: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+pub fn keypair() -> (String, String) {
+    let s = x25519_dalek::StaticSecret::random_from_rng(rand::rngs::OsRng);
+    (
+        b64(&s.to_bytes()),
+        b64(x25519_dalek::PublicKey::from(&s).as_bytes()),
+    )
+}
+
+pub fn bin(name: &str) -> anyhow::Result<String> {
+    Ok(std::env::current_exe()?
+        .with_file_name(name)
+        .display()
+        .to_string())
+}
+
+/// anygatectl, run in the router namespace against every gateway.
+pub fn ctl(st: &State, args: &[&str]) -> anyhow::Result<String> {
+    let ctl = bin("anygatectl")?;
+    let mut v = vec![
+        "ip",
+        "netns",
+        "exec",
+        &st.ctl_namespace,
+        &ctl,
+        "--endpoint",
+        &st.ctl_endpoints,
+    ];
+    v.extend_from_slice(args);
+    run(&v)
+}
+
+pub fn in_ns(ns: &str, args: &[&str]) -> anyhow::Result<String> {
+    let mut v = vec!["ip", "netns", "exec", ns];
+    v.extend_from_slice(args);
+    run(&v)
+}
+
+/// What a lab is made of.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// Gateways in the topology (and the router's configuration).
+    pub gateways: u32,
+    /// How many of them are started and form the cluster (the others can
+    /// join later: the add-gateway drill).
+    pub start: u32,
+    pub clients: u32,
+    /// The failover assists (react, flush-loser, kick); off = stock
+    /// WireGuard behaviour, for baselines.
+    pub assists: bool,
+}
+
+/// The lab whose state is in `dir`, if any of its processes runs.
+pub fn running(dir: &Path) -> Option<State> {
+    let st = State::load(dir).ok()?;
+    st.namespaces
+        .iter()
+        .flat_map(|n| n.pids.values())
+        .any(|p| alive(*p))
+        .then_some(st)
+}
+
+/// Create a lab: network, router, gateways, cluster, clients; returns once
+/// every gateway is announced and every client reaches the service.
+/// `say` gets a headline per step, `show` the tools' output.
+pub fn create(
+    dir: &Path,
+    prefix: &str,
+    opts: Options,
+    say: &dyn Fn(&str),
+    show: &dyn Fn(&str),
+) -> anyhow::Result<State> {
+    let Options {
+        gateways,
+        start,
+        clients,
+        assists,
+    } = opts;
+    if let Some(st) = running(dir) {
+        anyhow::bail!(
+            "a lab is already running (prefix {}, state in {}); use `deploy/lab status` or `deploy/lab down`",
+            st.prefix,
+            dir.display()
+        );
+    }
+    let existing = run(&["ip", "netns", "list"])?;
+    if existing
+        .lines()
+        .any(|l| l.starts_with(&format!("{prefix}-")))
+    {
+        anyhow::bail!(
+            "namespaces {prefix}-* already exist (a lab started with another --dir?); remove them with `anygate-lab --dir DIR down` or `ip netns del`"
+        );
+    }
+    if let Ok(old) = State::load(dir) {
+        teardown(&old);
+    }
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir)?;
+    let mut st = State {
+        prefix: prefix.into(),
+        dir: dir.display().to_string(),
+        service_address: SERVICE.into(),
+        anycast: ANYCAST.into(),
+        ctl_namespace: format!("{prefix}-router"),
+        ctl_endpoints: (1..=start)
+            .map(|k| format!("10.78.{k}.2:7400"))
+            .collect::<Vec<_>>()
+            .join(","),
+        assists,
+        ..Default::default()
+    };
+    say(&format!(
+        "network: router (BIRD), {gateways} gateways, service, {clients} clients"
+    ));
+    st.namespaces = build_network(prefix, gateways, clients)?;
+    st.save()?;
+    start_router(&mut st, gateways)?;
+    st.save()?;
+
+    say("gateways: anygate + its gobgpd + its wireguard-go");
+    let (private, public) = keypair();
+    let key = dir.join("wg.key");
+    std::fs::write(&key, &private)?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
+    }
+    for k in 1..=start {
+        start_gateway(&mut st, k)?;
+    }
+    for g in &st.gateways {
+        let (ns, ep) = (st.ctl_namespace.clone(), g.endpoint.replace(':', "/"));
+        wait(
+            &format!("gateway {} listening", g.id),
+            Duration::from_secs(20),
+            || in_ns(&ns, &["bash", "-c", &format!("exec 3<>/dev/tcp/{ep}")]).is_ok(),
+        )?;
+    }
+
+    say("forming the cluster with anygatectl");
+    show(ctl(&st, &["cluster", "init"])?.trim());
+    for k in 2..=start {
+        let id = k.to_string();
+        let addr = format!("10.78.{k}.2:7400");
+        show(
+            ctl(
+                &st,
+                &["cluster", "add-learner", "--id", &id, "--addr", &addr],
+            )?
+            .trim(),
+        );
+        show(ctl(&st, &["cluster", "promote", "--id", &id])?.trim());
+    }
+    ctl(
+        &st,
+        &[
+            "settings",
+            "set",
+            "--server-public-key",
+            &public,
+            "--anycast-v4",
+            ANYCAST,
+            "--client-routes",
+            "172.16.0.0/16",
+        ],
+    )?;
+    ctl(&st, &["pool", "add", "clients", "--cidr", POOL])?;
+
+    say("clients: peers added through anygatectl, wireguard-go to the anycast address");
+    for j in 1..=clients {
+        let ns = format!("{prefix}-c{j}");
+        let (cpriv, cpub) = keypair();
+        let out = ctl(
+            &st,
+            &[
+                "--json",
+                "peer",
+                "add",
+                "--user",
+                &format!("user{j}"),
+                "--device",
+                "laptop",
+                "--public-key",
+                &cpub,
+            ],
+        )?;
+        let v: serde_json::Value = serde_json::from_str(&out)?;
+        let tunnel = v["allowed_ips"][0]
+            .as_str()
+            .or_else(|| v[0]["allowed_ips"][0].as_str())
+            .ok_or_else(|| anyhow::anyhow!("no address in {out}"))?
+            .to_string();
+        let ifname = format!("{prefix}c{j}");
+        let ckey = dir.join(format!("c{j}.key"));
+        std::fs::write(&ckey, &cpriv)?;
+        let pid = daemon(
+            &ns,
+            &["wireguard-go", "-f", &ifname],
+            &dir.join(format!("c{j}.log")),
+        )?;
+        st.ns_mut(&ns).pids.insert("wireguard-go".into(), pid);
+        let sock = format!("/var/run/wireguard/{ifname}.sock");
+        wait("client wireguard-go", Duration::from_secs(5), || {
+            Path::new(&sock).exists()
+        })?;
+        in_ns(
+            &ns,
+            &[
+                "wg",
+                "set",
+                &ifname,
+                "private-key",
+                &ckey.display().to_string(),
+                "peer",
+                &public,
+                "endpoint",
+                &format!("{ANYCAST}:51820"),
+                "allowed-ips",
+                "100.64.0.0/16,172.16.0.0/16",
+                "persistent-keepalive",
+                "25",
+            ],
+        )?;
+        in_ns(&ns, &["ip", "addr", "add", &tunnel, "dev", &ifname])?;
+        in_ns(&ns, &["ip", "link", "set", &ifname, "up"])?;
+        in_ns(
+            &ns,
+            &["ip", "route", "add", "172.16.0.0/16", "dev", &ifname],
+        )?;
+        st.ns_mut(&ns).addresses.push(tunnel.clone());
+        st.clients.push(Client {
+            name: format!("user{j}/laptop"),
+            namespace: ns,
+            wg_interface: ifname,
+            tunnel_address: tunnel,
+            public_key: cpub,
+        });
+        st.save()?;
+    }
+
+    say("waiting for every gateway to announce the anycast address");
+    let router = st.router();
+    wait(
+        "router holds every gateway",
+        Duration::from_secs(60),
+        || next_hops(&router, ANYCAST).len() == start as usize,
+    )?;
+    record_children(&mut st)?;
+    for c in &st.clients {
+        let ns = c.namespace.clone();
+        wait(
+            &format!("{} reaches {SERVICE}", c.name),
+            Duration::from_secs(20),
+            || in_ns(&ns, &["ping", "-c1", "-W1", SERVICE]).is_ok(),
+        )?;
+    }
+    Ok(st)
+}
+
+/// Start gateway k's node (it starts its own gobgpd and wireguard-go).
+pub fn start_gateway(st: &mut State, k: u32) -> anyhow::Result<()> {
+    let dir = PathBuf::from(&st.dir);
+    let prefix = st.prefix.clone();
+    let ns = format!("{prefix}-g{k}");
+    let cfg = dir.join(format!("g{k}.toml"));
+    std::fs::write(
+        &cfg,
+        format!(
+            "[dataplane]\nreact = {a}\nflush-loser = {a}\nkick = {a}\n[bgp]\nasn = 65010\nleader-lease = \"3s\"\nrouter-id = \"10.78.{k}.2\"\n[[bgp.neighbors]]\naddress = \"10.78.{k}.1\"\npeer-as = 65000\n",
+            a = st.assists
+        ),
+    )?;
+    let ifname = format!("{prefix}g{k}");
+    let log = dir.join(format!("g{k}.log"));
+    let pid = daemon(
+        &ns,
+        &[
+            &bin("anygate")?,
+            "--id",
+            &k.to_string(),
+            "--listen",
+            &format!("10.78.{k}.2:7400"),
+            "--data-dir",
+            &dir.join(format!("g{k}")).display().to_string(),
+            "--config",
+            &cfg.display().to_string(),
+            "--metrics-listen",
+            "127.0.0.1:9400",
+            "--dataplane-backend",
+            "userspace",
+            "--wireguard-go",
+            "wireguard-go",
+            "--wg-interface",
+            &ifname,
+            "--wg-private-key-file",
+            &dir.join("wg.key").display().to_string(),
+            "--log-level",
+            "info,openraft=warn",
+        ],
+        &log,
+    )?;
+    st.ns_mut(&ns).pids.insert("anygate".into(), pid);
+    if !st.gateways.iter().any(|g| g.id == k as u64) {
+        st.gateways.push(Gateway {
+            id: k as u64,
+            namespace: ns,
+            anycast: ANYCAST.into(),
+            uapi_socket: format!("/var/run/wireguard/{ifname}.sock"),
+            wg_interface: ifname,
+            endpoint: format!("10.78.{k}.2:7400"),
+            log: log.display().to_string(),
+        });
+    }
+    st.save()
+}
+
+/// Which gateway holds a client's session: the one whose device has a
+/// handshake with it.
+pub fn serving_gateway(st: &State, client_public: &str) -> Option<u32> {
+    for g in &st.gateways {
+        let dump = in_ns(
+            &g.namespace,
+            &["wg", "show", &g.wg_interface, "latest-handshakes"],
+        )
+        .ok()?;
+        if dump
+            .lines()
+            .any(|l| l.starts_with(client_public) && !l.trim_end().ends_with("\t0"))
+        {
+            return Some(g.id as u32);
+        }
+    }
+    None
+}
+
+pub fn print_router(router: &str) {
+    println!(
+        "router: {ANYCAST} via {}",
+        next_hops(router, ANYCAST)
+            .into_iter()
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+}
+
+/// The gobgpd and wireguard-go the nodes started, by namespace.
+pub fn record_children(st: &mut State) -> anyhow::Result<()> {
+    for g in st.gateways.clone() {
+        let pids = run(&["ip", "netns", "pids", &g.namespace])?;
+        for p in pids
+            .split_whitespace()
+            .filter_map(|p| p.parse::<u32>().ok())
+        {
+            let comm = std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
+            let comm = comm.trim();
+            if comm == "gobgpd" || comm == "wireguard-go" {
+                st.ns_mut(&g.namespace).pids.insert(comm.into(), p);
+            }
+        }
+    }
+    st.save()
 }

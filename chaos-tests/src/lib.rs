@@ -1,12 +1,12 @@
-//! anygate-chaos: drills and benchmarks against real processes. For now it
-//! holds the process helpers the inventory benchmark uses; the failover
-//! drills of the lab build on them.
+//! anygate-chaos: the lab, the failover drills and the benchmarks, all
+//! against real processes (anygate, gobgpd, BIRD, wireguard-go).
 
 pub mod etcd {
     #![allow(clippy::all)]
     tonic::include_proto!("etcdserverpb");
 }
 
+pub mod drill;
 pub mod lab;
 pub mod netns;
 pub mod router;

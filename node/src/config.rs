@@ -128,6 +128,8 @@ struct FileDataplane {
     endpoint_batch_interval: Option<String>,
     endpoint_batch_max: Option<usize>,
     react: Option<bool>,
+    flush_loser: Option<bool>,
+    kick: Option<bool>,
 }
 
 /// Validated `[dataplane]` section.
@@ -148,6 +150,12 @@ pub struct DataplaneConfig {
     /// Start a handshake to a client whose data arrives here without a
     /// session (after a failover); off only for baseline drills.
     pub react: bool,
+    /// Drop a session whose client moved to another gateway (the endpoint
+    /// map names a newer handshake elsewhere); off only for baselines.
+    pub flush_loser: bool,
+    /// In a two-gateway cluster, the survivor starts handshakes to the lost
+    /// gateway's recent clients; off only for baselines.
+    pub kick: bool,
 }
 
 fn duration(
@@ -226,6 +234,8 @@ impl DataplaneConfig {
             )?,
             endpoint_batch_max,
             react: f.react.unwrap_or(true),
+            flush_loser: f.flush_loser.unwrap_or(true),
+            kick: f.kick.unwrap_or(true),
         })
     }
 }

@@ -40,7 +40,14 @@ pub struct Metrics {
     pub bgp_gobgpd_restarts: Counter,
     pub bgp_path_repairs: Counter,
     pub bgp_errors: Counter,
-    pub react_kicks: Counter,
+    pub react_kicks: Family<ReasonLabels, Counter>,
+    pub loser_flushes: Counter,
+    pub takeover_kicks: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -98,12 +105,24 @@ impl Metrics {
             bgp_gobgpd_restarts: Counter::default(),
             bgp_path_repairs: Counter::default(),
             bgp_errors: Counter::default(),
-            react_kicks: Counter::default(),
+            react_kicks: Family::default(),
+            loser_flushes: Counter::default(),
+            takeover_kicks: Counter::default(),
         };
         r.register(
             "react_handshakes",
-            "Handshakes started to clients whose data arrived here without a session (failover react)",
+            "Handshakes started to clients whose data arrived here without a working session (failover react), by reason: no_session | stalled",
             m.react_kicks.clone(),
+        );
+        r.register(
+            "loser_flushes",
+            "Sessions dropped because the client's flow moved to another gateway (ends the old gateway's handshake retries)",
+            m.loser_flushes.clone(),
+        );
+        r.register(
+            "takeover_kicks",
+            "Handshakes started to a lost gateway's recent clients by the sole survivor",
+            m.takeover_kicks.clone(),
         );
         r.register(
             "bgp_announced",

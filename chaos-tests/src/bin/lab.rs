@@ -1,13 +1,13 @@
 //! `anygate-lab`: the network-namespace lab (see `anygate_chaos::lab`).
 //! `deploy/lab` installs what is missing, builds, and calls this.
 
+use anygate_chaos::drill;
 use anygate_chaos::lab::{
-    alive, build_network, daemon, start_router, teardown, wait, Client, Gateway, State, ANYCAST,
-    POOL, SERVICE,
+    alive, create, ctl, in_ns, print_router, record_children, running, serving_gateway,
+    start_gateway, teardown, wait, Options, State, ANYCAST, SERVICE,
 };
 use anygate_chaos::netns::run;
 use anygate_chaos::router::next_hops;
-use base64::Engine;
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -46,247 +46,56 @@ enum Cmd {
     Start { gateway: u32 },
     /// Stop every process the lab started and remove its namespaces.
     Down,
-}
-
-fn b64(b: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(b)
-}
-
-fn keypair() -> (String, String) {
-    let s = x25519_dalek::StaticSecret::random_from_rng(rand::rngs::OsRng);
-    (
-        b64(&s.to_bytes()),
-        b64(x25519_dalek::PublicKey::from(&s).as_bytes()),
-    )
-}
-
-fn bin(name: &str) -> anyhow::Result<String> {
-    Ok(std::env::current_exe()?
-        .with_file_name(name)
-        .display()
-        .to_string())
-}
-
-/// anygatectl, run in the router namespace against every gateway.
-fn ctl(st: &State, args: &[&str]) -> anyhow::Result<String> {
-    let ctl = bin("anygatectl")?;
-    let mut v = vec![
-        "ip",
-        "netns",
-        "exec",
-        &st.ctl_namespace,
-        &ctl,
-        "--endpoint",
-        &st.ctl_endpoints,
-    ];
-    v.extend_from_slice(args);
-    run(&v)
-}
-
-fn in_ns(ns: &str, args: &[&str]) -> anyhow::Result<String> {
-    let mut v = vec!["ip", "netns", "exec", ns];
-    v.extend_from_slice(args);
-    run(&v)
+    /// Failover drills, each on a fresh lab of its own (prefix agd-, beside
+    /// a running lab): clients pinging the service every 100 ms and a writer
+    /// adding peers while one fault is injected and healed. NAME is a drill,
+    /// `quick` (crash, silent, drain: the CI subset) or `all`. Prints a
+    /// table, writes a JSON report, exits 1 when a bound is broken.
+    Drill {
+        /// crash, leader-crash, gobgpd, wireguard-go, silent, uplink, drain,
+        /// rolling-restart, add-gateway; quick; all
+        name: String,
+        /// Lab sizes to run each drill with.
+        #[arg(long, value_delimiter = ',', default_value = "2,3")]
+        gateways: Vec<u32>,
+        /// Run with the failover assists off (stock WireGuard recovery).
+        #[arg(long, conflicts_with = "with_baseline")]
+        baseline: bool,
+        /// Run each drill twice: with the assists, and as the baseline.
+        #[arg(long)]
+        with_baseline: bool,
+        /// Replay a run: the seed picks the target client and the writer's keys.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Where the JSON report goes [default: <drill dir>/report.json].
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
 }
 
 fn say(s: &str) {
     println!("\n\x1b[1m== {s}\x1b[0m");
 }
 
-fn running(dir: &Path) -> Option<State> {
-    let st = State::load(dir).ok()?;
-    st.namespaces
-        .iter()
-        .flat_map(|n| n.pids.values())
-        .any(|p| alive(*p))
-        .then_some(st)
-}
-
 fn up(dir: &Path, prefix: &str, gateways: u32, clients: u32) -> anyhow::Result<()> {
-    if let Some(st) = running(dir) {
-        anyhow::bail!(
-            "a lab is already running (prefix {}, state in {}); use `deploy/lab status` or `deploy/lab down`",
-            st.prefix,
-            dir.display()
-        );
-    }
-    let existing = run(&["ip", "netns", "list"])?;
-    if existing
-        .lines()
-        .any(|l| l.starts_with(&format!("{prefix}-")))
-    {
-        anyhow::bail!(
-            "namespaces {prefix}-* already exist (a lab started with another --dir?); remove them with `anygate-lab --dir DIR down` or `ip netns del`"
-        );
-    }
-    if let Ok(old) = State::load(dir) {
-        teardown(&old);
-    }
-    let _ = std::fs::remove_dir_all(dir);
-    std::fs::create_dir_all(dir)?;
-    let mut st = State {
-        prefix: prefix.into(),
-        dir: dir.display().to_string(),
-        service_address: SERVICE.into(),
-        anycast: ANYCAST.into(),
-        ctl_namespace: format!("{prefix}-router"),
-        ctl_endpoints: (1..=gateways)
-            .map(|k| format!("10.78.{k}.2:7400"))
-            .collect::<Vec<_>>()
-            .join(","),
-        ..Default::default()
-    };
-    say(&format!(
-        "network: router (BIRD), {gateways} gateways, service, {clients} clients"
-    ));
-    st.namespaces = build_network(prefix, gateways, clients)?;
-    st.save()?;
-    start_router(&mut st, gateways)?;
-    st.save()?;
-
-    say("gateways: anygate + its gobgpd + its wireguard-go");
-    let (private, public) = keypair();
-    let key = dir.join("wg.key");
-    std::fs::write(&key, &private)?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
-    }
-    for k in 1..=gateways {
-        start_gateway(&mut st, k)?;
-    }
-    for g in &st.gateways {
-        let (ns, ep) = (st.ctl_namespace.clone(), g.endpoint.replace(':', "/"));
-        wait(
-            &format!("gateway {} listening", g.id),
-            Duration::from_secs(20),
-            || in_ns(&ns, &["bash", "-c", &format!("exec 3<>/dev/tcp/{ep}")]).is_ok(),
-        )?;
-    }
-
-    say("forming the cluster with anygatectl");
-    println!("{}", ctl(&st, &["cluster", "init"])?.trim());
-    for k in 2..=gateways {
-        let id = k.to_string();
-        let addr = format!("10.78.{k}.2:7400");
-        println!(
-            "{}",
-            ctl(
-                &st,
-                &["cluster", "add-learner", "--id", &id, "--addr", &addr]
-            )?
-            .trim()
-        );
-        println!("{}", ctl(&st, &["cluster", "promote", "--id", &id])?.trim());
-    }
-    ctl(
-        &st,
-        &[
-            "settings",
-            "set",
-            "--server-public-key",
-            &public,
-            "--anycast-v4",
-            ANYCAST,
-            "--client-routes",
-            "172.16.0.0/16",
-        ],
+    let mut st = create(
+        dir,
+        prefix,
+        Options {
+            gateways,
+            start: gateways,
+            clients,
+            assists: true,
+        },
+        &say,
+        &|s| println!("{s}"),
     )?;
-    ctl(&st, &["pool", "add", "clients", "--cidr", POOL])?;
-
-    say("clients: peers added through anygatectl, wireguard-go to the anycast address");
-    for j in 1..=clients {
-        let ns = format!("{prefix}-c{j}");
-        let (cpriv, cpub) = keypair();
-        let out = ctl(
-            &st,
-            &[
-                "--json",
-                "peer",
-                "add",
-                "--user",
-                &format!("user{j}"),
-                "--device",
-                "laptop",
-                "--public-key",
-                &cpub,
-            ],
-        )?;
-        let v: serde_json::Value = serde_json::from_str(&out)?;
-        let tunnel = v["allowed_ips"][0]
-            .as_str()
-            .or_else(|| v[0]["allowed_ips"][0].as_str())
-            .ok_or_else(|| anyhow::anyhow!("no address in {out}"))?
-            .to_string();
-        let ifname = format!("{prefix}c{j}");
-        let ckey = dir.join(format!("c{j}.key"));
-        std::fs::write(&ckey, &cpriv)?;
-        let pid = daemon(
-            &ns,
-            &["wireguard-go", "-f", &ifname],
-            &dir.join(format!("c{j}.log")),
-        )?;
-        st.ns_mut(&ns).pids.insert("wireguard-go".into(), pid);
-        let sock = format!("/var/run/wireguard/{ifname}.sock");
-        wait("client wireguard-go", Duration::from_secs(5), || {
-            Path::new(&sock).exists()
-        })?;
-        in_ns(
-            &ns,
-            &[
-                "wg",
-                "set",
-                &ifname,
-                "private-key",
-                &ckey.display().to_string(),
-                "peer",
-                &public,
-                "endpoint",
-                &format!("{ANYCAST}:51820"),
-                "allowed-ips",
-                "100.64.0.0/16,172.16.0.0/16",
-                "persistent-keepalive",
-                "25",
-            ],
-        )?;
-        in_ns(&ns, &["ip", "addr", "add", &tunnel, "dev", &ifname])?;
-        in_ns(&ns, &["ip", "link", "set", &ifname, "up"])?;
-        in_ns(
-            &ns,
-            &["ip", "route", "add", "172.16.0.0/16", "dev", &ifname],
-        )?;
-        st.ns_mut(&ns).addresses.push(tunnel.clone());
-        st.clients.push(Client {
-            name: format!("user{j}/laptop"),
-            namespace: ns,
-            wg_interface: ifname,
-            tunnel_address: tunnel,
-            public_key: cpub,
-        });
-        st.save()?;
-    }
-
-    say("waiting for every gateway to announce the anycast address");
-    let router = st.router();
-    wait(
-        "router holds every gateway",
-        Duration::from_secs(60),
-        || next_hops(&router, ANYCAST).len() == gateways as usize,
-    )?;
-    print_router(&router);
-    record_children(&mut st)?;
-
+    print_router(&st.router());
     say(&format!(
         "traffic: every client pings the internal service {SERVICE} through the anycast tunnel"
     ));
     for c in &st.clients {
-        let ns = c.namespace.clone();
-        wait(
-            &format!("{} reaches {SERVICE}", c.name),
-            Duration::from_secs(20),
-            || in_ns(&ns, &["ping", "-c1", "-W1", SERVICE]).is_ok(),
-        )?;
-        let out = in_ns(&ns, &["ping", "-c3", "-i0.2", "-W1", SERVICE])?;
+        let out = in_ns(&c.namespace, &["ping", "-c3", "-i0.2", "-W1", SERVICE])?;
         let summary = out.lines().rev().find(|l| l.contains("rtt")).unwrap_or("");
         println!(
             "{:<14} {} -> {SERVICE}: ok  {summary}",
@@ -298,85 +107,10 @@ fn up(dir: &Path, prefix: &str, gateways: u32, clients: u32) -> anyhow::Result<(
     say("cluster status");
     println!("{}", ctl(&st, &["cluster", "status"])?.trim_end());
     println!(
-        "\nlab state: {}/state.json   (deploy/lab status [--json], deploy/lab down)",
+        "\nlab state: {}/state.json   (deploy/lab status [--json], deploy/lab drill NAME, deploy/lab down)",
         dir.display()
     );
     Ok(())
-}
-
-/// Start gateway k's node (it starts its own gobgpd and wireguard-go).
-fn start_gateway(st: &mut State, k: u32) -> anyhow::Result<()> {
-    let dir = PathBuf::from(&st.dir);
-    let prefix = st.prefix.clone();
-    let ns = format!("{prefix}-g{k}");
-    let cfg = dir.join(format!("g{k}.toml"));
-    std::fs::write(
-        &cfg,
-        format!(
-            "[bgp]\nasn = 65010\nrouter-id = \"10.78.{k}.2\"\n[[bgp.neighbors]]\naddress = \"10.78.{k}.1\"\npeer-as = 65000\n"
-        ),
-    )?;
-    let ifname = format!("{prefix}g{k}");
-    let log = dir.join(format!("g{k}.log"));
-    let pid = daemon(
-        &ns,
-        &[
-            &bin("anygate")?,
-            "--id",
-            &k.to_string(),
-            "--listen",
-            &format!("10.78.{k}.2:7400"),
-            "--data-dir",
-            &dir.join(format!("g{k}")).display().to_string(),
-            "--config",
-            &cfg.display().to_string(),
-            "--metrics-listen",
-            "127.0.0.1:9400",
-            "--dataplane-backend",
-            "userspace",
-            "--wireguard-go",
-            "wireguard-go",
-            "--wg-interface",
-            &ifname,
-            "--wg-private-key-file",
-            &dir.join("wg.key").display().to_string(),
-            "--log-level",
-            "info,openraft=warn",
-        ],
-        &log,
-    )?;
-    st.ns_mut(&ns).pids.insert("anygate".into(), pid);
-    if !st.gateways.iter().any(|g| g.id == k as u64) {
-        st.gateways.push(Gateway {
-            id: k as u64,
-            namespace: ns,
-            anycast: ANYCAST.into(),
-            uapi_socket: format!("/var/run/wireguard/{ifname}.sock"),
-            wg_interface: ifname,
-            endpoint: format!("10.78.{k}.2:7400"),
-            log: log.display().to_string(),
-        });
-    }
-    st.save()
-}
-
-/// Which gateway holds a client's session: the one whose device has a
-/// handshake with it.
-fn serving_gateway(st: &State, client_public: &str) -> Option<u32> {
-    for g in &st.gateways {
-        let dump = in_ns(
-            &g.namespace,
-            &["wg", "show", &g.wg_interface, "latest-handshakes"],
-        )
-        .ok()?;
-        if dump
-            .lines()
-            .any(|l| l.starts_with(client_public) && !l.trim_end().ends_with("\t0"))
-        {
-            return Some(g.id as u32);
-        }
-    }
-    None
 }
 
 /// The failover shown by `up`: kill -9 the gateway serving client 1 (its
@@ -434,34 +168,6 @@ fn show_failover(st: &mut State) -> anyhow::Result<()> {
     )?;
     print_router(&router);
     record_children(st)
-}
-
-fn print_router(router: &str) {
-    println!(
-        "router: {ANYCAST} via {}",
-        next_hops(router, ANYCAST)
-            .into_iter()
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-}
-
-/// The gobgpd and wireguard-go the nodes started, by namespace.
-fn record_children(st: &mut State) -> anyhow::Result<()> {
-    for g in st.gateways.clone() {
-        let pids = run(&["ip", "netns", "pids", &g.namespace])?;
-        for p in pids
-            .split_whitespace()
-            .filter_map(|p| p.parse::<u32>().ok())
-        {
-            let comm = std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
-            let comm = comm.trim();
-            if comm == "gobgpd" || comm == "wireguard-go" {
-                st.ns_mut(&g.namespace).pids.insert(comm.into(), p);
-            }
-        }
-    }
-    st.save()
 }
 
 fn main() {
@@ -562,6 +268,51 @@ fn run_cmd(a: Args) -> anyhow::Result<()> {
             record_children(&mut st)?;
             print_router(&router);
             println!("gateway {gateway} started");
+        }
+        Cmd::Drill {
+            name,
+            gateways,
+            baseline,
+            with_baseline,
+            seed,
+            report,
+        } => {
+            let names: Vec<&str> = match name.as_str() {
+                "all" => drill::DRILLS.to_vec(),
+                "quick" => drill::QUICK.to_vec(),
+                n if drill::DRILLS.contains(&n) => vec![n],
+                n => anyhow::bail!(
+                    "unknown drill {n:?}: one of {}, quick, all",
+                    drill::DRILLS.join(", ")
+                ),
+            };
+            let seed = seed.unwrap_or_else(drill::random_seed);
+            println!("seed {seed} (replay with --seed {seed})");
+            let modes: Vec<bool> = if with_baseline {
+                vec![true, false]
+            } else {
+                vec![!baseline]
+            };
+            let dir = drill::default_dir();
+            std::fs::create_dir_all(&dir)?;
+            let mut reports = vec![];
+            for n in &names {
+                for g in &gateways {
+                    for assists in &modes {
+                        let r = drill::run_drill(&dir, n, *g, *assists, seed, &|s| say(s));
+                        print!("{}", drill::table(std::slice::from_ref(&r)));
+                        reports.push(r);
+                    }
+                }
+            }
+            let path = report.unwrap_or_else(|| dir.join("report.json"));
+            std::fs::write(&path, serde_json::to_vec_pretty(&reports)?)?;
+            say("drills");
+            print!("{}", drill::table(&reports));
+            println!("seed {seed}; JSON report: {}", path.display());
+            if reports.iter().any(|r| !r.pass) {
+                std::process::exit(1);
+            }
         }
         Cmd::Down => match State::load(&a.dir) {
             Ok(st) => {

@@ -126,13 +126,7 @@ pub fn net_desired(inv: &Inventory, ifname: &str) -> NetDesired {
         nft.push('\n');
     }
     nft.push_str("  }\n");
-    // React (see react.rs): every transport-data packet (WireGuard message
-    // type 4, the first payload byte) refreshes its source in a set.
-    nft.push_str(&format!(
-        "  set {set} {{ type ipv4_addr . inet_service; flags dynamic, timeout; timeout 2s; size 65536; }}\n  chain react {{\n    type filter hook input priority -150; policy accept;\n    udp dport {port} @th,64,8 0x04 update @{set} {{ ip saddr . udp sport }}\n  }}\n}}\n",
-        set = super::react::SET4,
-        port = s.listen_port
-    ));
+    nft.push_str(&react_nft(port, ifname));
     NetDesired {
         ifname: ifname.to_string(),
         mtu: s.mtu as u32,
@@ -141,6 +135,42 @@ pub fn net_desired(inv: &Inventory, ifname: &str) -> NetDesired {
         routes,
         nft,
     }
+}
+
+/// The react sets and the rules that feed them (see react.rs): the source
+/// of every transport-data packet (WireGuard message type 4, the first
+/// payload byte), of those with a payload (longer than a keepalive's 32
+/// bytes), and the inner source of every packet the device decrypted.
+fn react_nft(port: u16, ifname: &str) -> String {
+    use super::react::*;
+    let set = |name: &str, ty: &str| {
+        format!(
+            "  set {name} {{ type {ty}; flags dynamic, timeout; timeout {SET_TIMEOUT_MS}ms; size 65536; }}\n"
+        )
+    };
+    let mut s = String::new();
+    for (name, ty) in [
+        (SET_DATA4, "ipv4_addr . inet_service"),
+        (SET_DATA6, "ipv6_addr . inet_service"),
+        (SET_LOAD4, "ipv4_addr . inet_service"),
+        (SET_LOAD6, "ipv6_addr . inet_service"),
+        (SET_IN4, "ipv4_addr"),
+        (SET_IN6, "ipv6_addr"),
+    ] {
+        s.push_str(&set(name, ty));
+    }
+    let data = format!("udp dport {port} @th,64,8 0x04");
+    s.push_str(&format!(
+        "  chain react {{\n    type filter hook input priority -150; policy accept;\n\
+    {data} update @{SET_DATA4} {{ ip saddr . udp sport }}\n\
+    {data} update @{SET_DATA6} {{ ip6 saddr . udp sport }}\n\
+    {data} udp length > 40 update @{SET_LOAD4} {{ ip saddr . udp sport }}\n\
+    {data} udp length > 40 update @{SET_LOAD6} {{ ip6 saddr . udp sport }}\n  }}\n\
+  chain react_inner {{\n    type filter hook prerouting priority -150; policy accept;\n\
+    iifname \"{ifname}\" update @{SET_IN4} {{ ip saddr }}\n\
+    iifname \"{ifname}\" update @{SET_IN6} {{ ip6 saddr }}\n  }}\n}}\n"
+    ));
+    s
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -187,6 +187,26 @@ impl RaftNode {
         }
     }
 
+    /// In a two-voter cluster, the other voter when it has not been heard
+    /// from for longer than `after` (the leader: no quorum ack; a follower:
+    /// no AppendEntries). None in any other cluster shape: with three or
+    /// more gateways no single survivor can know it is the router's choice.
+    pub fn sole_survivor_of(&self, after: Duration) -> Option<NodeId> {
+        let m = self.raft.metrics().borrow().clone();
+        let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
+        if voters.len() != 2 || !voters.contains(&self.id) {
+            return None;
+        }
+        let other = *voters.iter().find(|v| **v != self.id)?;
+        let age = if m.state == openraft::ServerState::Leader {
+            m.millis_since_quorum_ack.map(Duration::from_millis)
+        } else {
+            self.contact.age()
+        };
+        // Never heard at all (just started): no basis to call anyone lost.
+        (age? > after).then_some(other)
+    }
+
     /// The leader's id and address, if known.
     pub fn leader(&self) -> Option<(NodeId, String)> {
         let m = self.raft.metrics().borrow().clone();

@@ -11,11 +11,12 @@ use crate::config::DataplaneConfig;
 use crate::dataplane::backend::{Device, Reader};
 use crate::dataplane::identity::Identity;
 use crate::dataplane::net::{apply_nft, net_desired, NetDesired, NetManager};
-use crate::dataplane::{Action, DeviceSettings, Observed};
+use crate::dataplane::{Action, DeviceSettings, Observed, PeerConfig};
 use crate::metrics::{ActionLabels, Metrics, PassLabels};
-use crate::model::{Command, EndpointRecord, Inventory, Request, WgKey};
+use crate::model::{Command, EndpointRecord, Inventory, NodeId, Request, WgKey};
 use crate::raft::RaftNode;
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -59,6 +60,10 @@ pub struct Reconciler {
     react_index: crate::dataplane::react::Index,
     /// When each peer was last kicked (at most once per REACT_HOLDOFF).
     react_last: BTreeMap<WgKey, Instant>,
+    /// When each peer's moved-away session was last dropped here.
+    flushed_last: BTreeMap<WgKey, Instant>,
+    /// Sole survivor: the lost node and its clients still to kick.
+    kick_queue: Option<(NodeId, Vec<(WgKey, SocketAddr)>)>,
     /// Fresh sessions, updated after every device read.
     sessions: watch::Sender<Arc<BTreeSet<WgKey>>>,
     cfg: DataplaneConfig,
@@ -98,6 +103,12 @@ const LAG_GRACE: Duration = Duration::from_secs(2);
 /// How often the react set is read, and how long a kicked peer is left alone.
 const REACT_INTERVAL: Duration = Duration::from_millis(100);
 const REACT_HOLDOFF: Duration = Duration::from_secs(5);
+
+/// Sole survivor: the other gateway is lost after this long unheard (Raft
+/// heartbeats every 100 ms), and its clients are kicked at most this many
+/// per react tick (500 handshakes a second).
+const KICK_AFTER: Duration = Duration::from_millis(400);
+const KICK_PER_TICK: usize = 50;
 
 /// How often the device's liveness is checked between full reads.
 const LIVENESS_INTERVAL: Duration = Duration::from_millis(100);
@@ -151,6 +162,8 @@ impl Reconciler {
             sessions: watch::channel(Arc::new(BTreeSet::new())).0,
             react_index: Default::default(),
             react_last: BTreeMap::new(),
+            flushed_last: BTreeMap::new(),
+            kick_queue: None,
             behind_since: None,
             read_started: None,
             reader: None,
@@ -177,7 +190,7 @@ impl Reconciler {
         liveness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut react = tokio::time::interval(REACT_INTERVAL);
         react.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let reacting = self.cfg.react && self.net.is_some();
+        let reacting = (self.cfg.react && self.net.is_some()) || self.cfg.kick;
         self.sync(true).await;
         // A device read in flight: (read, belief index when it started, full).
         let mut reading: Option<(ReadTask, u64, bool)> = None;
@@ -442,6 +455,9 @@ impl Reconciler {
             info!(plan = %p, "device programmed");
         }
         apply_to(&mut observed, &p.actions);
+        if self.cfg.flush_loser && had_belief {
+            self.flush_losers(&observed).await;
+        }
         self.react_index = crate::dataplane::react::index(&observed);
         self.metrics.device_peers.set(observed.peers.len() as i64);
         self.believed = Some(observed);
@@ -503,25 +519,28 @@ impl Reconciler {
     }
 
     /// Start a handshake to every client whose transport data arrives here
-    /// without a session (see dataplane/react.rs).
+    /// without a working session (see dataplane/react.rs), and, as the sole
+    /// survivor of a two-gateway cluster, to the lost gateway's clients.
     async fn react(&mut self) {
         use crate::dataplane::react;
-        let sources = match react::sources().await {
-            Ok(s) => s,
-            Err(e) => {
-                debug!(error = %e, "react: cannot read the nftables set");
-                return;
-            }
-        };
-        if sources.is_empty() {
-            return;
-        }
         let now = Instant::now();
         self.react_last
             .retain(|_, t| now.duration_since(*t) < REACT_HOLDOFF);
-        for (k, mut cfg, src) in
-            react::orphans(&sources, &self.react_index, now_ms(), SESSION_LIFETIME_MS)
-        {
+        let mut kicks: Vec<(WgKey, PeerConfig, SocketAddr, &'static str)> = Vec::new();
+        if self.cfg.react && self.net.is_some() {
+            match react::read(crate::dataplane::net::NFT_TABLE).await {
+                Ok(seen) => kicks.extend(
+                    react::orphans(&seen, &self.react_index, now_ms(), SESSION_LIFETIME_MS)
+                        .into_iter()
+                        .map(|(k, c, s, why)| (k, c, s, why.as_str())),
+                ),
+                Err(e) => debug!(error = %e, "react: cannot read the nftables sets"),
+            }
+        }
+        if self.cfg.kick {
+            kicks.extend(self.takeover_kicks());
+        }
+        for (k, mut cfg, src, why) in kicks {
             if self.react_last.contains_key(&k) {
                 continue;
             }
@@ -537,12 +556,94 @@ impl Reconciler {
                 .await
             {
                 Ok(()) => {
-                    self.metrics.react_kicks.inc();
-                    info!(peer = %k, endpoint = %src, "react: data without a session; handshake started");
+                    if why == "takeover" {
+                        self.metrics.takeover_kicks.inc();
+                    } else {
+                        self.metrics
+                            .react_kicks
+                            .get_or_create(&crate::metrics::ReasonLabels { reason: why.into() })
+                            .inc();
+                    }
+                    info!(peer = %k, endpoint = %src, reason = why, "handshake started to take the client over");
                 }
-                Err(e) => warn!(peer = %k, error = %e, "react: could not start a handshake"),
+                Err(e) => warn!(peer = %k, error = %e, "could not start a handshake"),
             }
         }
+    }
+
+    /// Kick: in a two-gateway cluster whose other gateway has gone silent,
+    /// the clients it held recently (the endpoint map) are handshaken from
+    /// here at once, at most KICK_PER_TICK per react tick (a paced start,
+    /// not a storm), once per loss.
+    fn takeover_kicks(&mut self) -> Vec<(WgKey, PeerConfig, SocketAddr, &'static str)> {
+        let Some(lost) = self.node.sole_survivor_of(KICK_AFTER) else {
+            self.kick_queue = None;
+            return Vec::new();
+        };
+        if self.kick_queue.as_ref().map(|(n, _)| *n) != Some(lost) {
+            let queue = self
+                .node
+                .view
+                .read(|inv| takeover_candidates(inv, &self.react_index, lost, now_ms()));
+            if !queue.is_empty() {
+                info!(
+                    lost,
+                    clients = queue.len(),
+                    "sole survivor: taking the lost gateway's clients over"
+                );
+            }
+            self.kick_queue = Some((lost, queue));
+        }
+        let Some((_, queue)) = &mut self.kick_queue else {
+            return Vec::new();
+        };
+        let n = queue.len().min(KICK_PER_TICK);
+        queue
+            .drain(..n)
+            .filter_map(|(k, ep)| {
+                let (_, cfg, _) = self.react_index.get(&ep)?;
+                Some((k, cfg.clone(), ep, "takeover"))
+            })
+            .collect()
+    }
+
+    /// Flush the loser: a session here whose client the endpoint map shows
+    /// handshaking later with another gateway is dropped (the peer is
+    /// re-added without a session), so this device stops retrying the
+    /// handshake for 90 s — each of those retries would cancel the client's
+    /// own recovery timer. At most once per peer per REACT_HOLDOFF.
+    async fn flush_losers(&mut self, observed: &Observed) {
+        let losers = self
+            .node
+            .view
+            .read(|inv| lost_sessions(inv, observed, self.node.id, now_ms()));
+        let now = Instant::now();
+        for k in losers {
+            if self
+                .flushed_last
+                .get(&k)
+                .is_some_and(|t| now.duration_since(*t) < REACT_HOLDOFF)
+            {
+                continue;
+            }
+            let Some(p) = observed.peers.get(&k) else {
+                continue;
+            };
+            self.flushed_last.insert(k, now);
+            match self
+                .device
+                .set(&[Action::RemovePeer(k), Action::AddPeer(p.config.clone())])
+                .await
+            {
+                Ok(()) => {
+                    self.metrics.loser_flushes.inc();
+                    info!(peer = %k, "session moved to another gateway; dropped here");
+                }
+                Err(e) => warn!(peer = %k, error = %e, "could not drop a moved session"),
+            }
+        }
+        self.flushed_last
+            .retain(|_, t| now.duration_since(*t) < REACT_HOLDOFF * 4);
     }
 
     fn failed(&mut self, e: String) {
@@ -689,6 +790,49 @@ pub fn fresh_sessions(observed: &Observed, now_ms: i64) -> BTreeSet<WgKey> {
         })
         .map(|(k, _)| *k)
         .collect()
+}
+
+/// Sessions this device holds whose client has since handshaken with
+/// another gateway (a newer handshake in the endpoint map, observed by
+/// someone else): the flow moved away. Pure.
+pub fn lost_sessions(inv: &Inventory, observed: &Observed, node: u64, now_ms: i64) -> Vec<WgKey> {
+    observed
+        .peers
+        .iter()
+        .filter(|(k, p)| {
+            let hs = p.stats.last_handshake_ms();
+            hs > 0
+                && now_ms - hs <= SESSION_LIFETIME_MS
+                && inv
+                    .endpoint(k)
+                    .is_some_and(|r| r.observed_by != node && r.last_handshake_ms > hs)
+        })
+        .map(|(k, _)| *k)
+        .collect()
+}
+
+/// The clients a lost node held within the session lifetime, that this
+/// device has no newer session with: (peer, endpoint), oldest handshake
+/// last. Pure.
+pub fn takeover_candidates(
+    inv: &Inventory,
+    index: &crate::dataplane::react::Index,
+    lost: u64,
+    now_ms: i64,
+) -> Vec<(WgKey, SocketAddr)> {
+    let mut v: Vec<(i64, WgKey, SocketAddr)> = inv
+        .endpoints()
+        .filter(|(_, r)| {
+            r.observed_by == lost && now_ms - r.last_handshake_ms <= SESSION_LIFETIME_MS
+        })
+        .filter(|(k, r)| match index.get(&r.endpoint) {
+            Some((ik, _, hs)) => *ik == **k && *hs < r.last_handshake_ms,
+            None => false,
+        })
+        .map(|(k, r)| (r.last_handshake_ms, *k, r.endpoint))
+        .collect();
+    v.sort_by(|a, b| b.0.cmp(&a.0));
+    v.into_iter().map(|(_, k, e)| (k, e)).collect()
 }
 
 /// Endpoint observations worth replicating: the device saw the client at an
