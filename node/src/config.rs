@@ -156,6 +156,9 @@ pub struct DataplaneConfig {
     /// In a two-gateway cluster, the survivor starts handshakes to the lost
     /// gateway's recent clients; off only for baselines.
     pub kick: bool,
+    /// How long the other gateway must be silent before the kick: the BGP
+    /// hold time + 500 ms (set from `[bgp]`).
+    pub kick_after: std::time::Duration,
 }
 
 fn duration(
@@ -236,6 +239,7 @@ impl DataplaneConfig {
             react: f.react.unwrap_or(true),
             flush_loser: f.flush_loser.unwrap_or(true),
             kick: f.kick.unwrap_or(true),
+            kick_after: std::time::Duration::from_millis(3500),
         })
     }
 }
@@ -588,12 +592,18 @@ impl Config {
         if snapshot_logs == 0 {
             return Err(bad("snapshot-logs", "must be at least 1"));
         }
-        let dataplane = DataplaneConfig::load(cli, file.dataplane)?;
+        let mut dataplane = DataplaneConfig::load(cli, file.dataplane)?;
         let bgp = match file.bgp {
             Some(b) => Some(BgpConfig::load(cli, b)?),
             None if cli.bgp_asn.is_some() => Some(BgpConfig::load(cli, FileBgp::default())?),
             None => None,
         };
+        // Kick only once the router has surely dropped a silent gateway
+        // (its hold time): kicking earlier, the client's answer would still
+        // go to the lost gateway and the kick would hold the client hostage.
+        if let Some(b) = &bgp {
+            dataplane.kick_after = std::time::Duration::from_millis(b.hold_time * 1000 + 500);
+        }
         Ok(Config {
             dataplane,
             bgp,

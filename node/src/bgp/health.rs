@@ -24,6 +24,11 @@ pub struct Inputs {
     /// is the leader and a quorum acknowledged it). None: never.
     pub leader_age: Option<Duration>,
     pub leader_lease: Duration,
+    /// Voters in the cluster. With fewer than three, any single failure
+    /// loses the quorum: a lease that ran out there does not withdraw (it
+    /// would turn every single failure into a total outage); a node that
+    /// never heard a leader still does.
+    pub voters: usize,
     pub sessions_established: usize,
 }
 
@@ -85,6 +90,7 @@ pub fn decide(i: &Inputs) -> Result<(), Withdraw> {
     }
     match i.leader_age {
         Some(a) if a <= i.leader_lease => {}
+        Some(_) if i.voters < 3 => {}
         a => return Err(Withdraw::LeaderLease(a)),
     }
     if i.sessions_established == 0 {
@@ -113,6 +119,7 @@ mod tests {
             dataplane_reason: String::new(),
             leader_age: Some(Duration::from_millis(100)),
             leader_lease: Duration::from_secs(10),
+            voters: 3,
             sessions_established: 1,
         }
     }
@@ -150,6 +157,22 @@ mod tests {
                 "lease expired",
                 |i| i.leader_age = Some(Duration::from_millis(10_001)),
                 Err(Withdraw::LeaderLease(Some(Duration::from_millis(10_001)))),
+            ),
+            (
+                "lease expired in a two-voter cluster: keeps serving",
+                |i| {
+                    i.voters = 2;
+                    i.leader_age = Some(Duration::from_secs(60));
+                },
+                Ok(()),
+            ),
+            (
+                "two voters, never heard a leader",
+                |i| {
+                    i.voters = 2;
+                    i.leader_age = None;
+                },
+                Err(Withdraw::LeaderLease(None)),
             ),
             (
                 "never heard a leader",

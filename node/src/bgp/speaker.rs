@@ -411,8 +411,8 @@ impl Speaker {
     fn inputs(&self, shutting: bool) -> Inputs {
         let dp = self.dp.borrow().clone();
         let m = self.node.raft.metrics().borrow().clone();
+        let voters = m.membership_config.membership().voter_ids().count();
         let leader_age = if m.state == ServerState::Leader {
-            let voters = m.membership_config.membership().voter_ids().count();
             if voters <= 1 {
                 Some(Duration::ZERO)
             } else {
@@ -433,6 +433,7 @@ impl Speaker {
             dataplane_reason: dp.reason,
             leader_age,
             leader_lease: self.cfg.leader_lease,
+            voters,
             sessions_established: self.sessions.values().filter(|s| s.established).count(),
         }
     }

@@ -102,12 +102,10 @@ const LAG_GRACE: Duration = Duration::from_secs(2);
 
 /// How often the react set is read, and how long a kicked peer is left alone.
 const REACT_INTERVAL: Duration = Duration::from_millis(100);
-const REACT_HOLDOFF: Duration = Duration::from_secs(5);
+const REACT_HOLDOFF: Duration = Duration::from_secs(1);
 
-/// Sole survivor: the other gateway is lost after this long unheard (Raft
-/// heartbeats every 100 ms), and its clients are kicked at most this many
+/// Sole survivor: the lost gateway's clients are kicked at most this many
 /// per react tick (500 handshakes a second).
-const KICK_AFTER: Duration = Duration::from_millis(400);
 const KICK_PER_TICK: usize = 50;
 
 /// How often the device's liveness is checked between full reads.
@@ -556,6 +554,12 @@ impl Reconciler {
                 .await
             {
                 Ok(()) => {
+                    // Until the next device read, count the handshake as
+                    // done: data without a session must not flush it again;
+                    // if it did not complete, the stall rule finds it.
+                    if let Some(e) = self.react_index.get_mut(&src) {
+                        e.2 = now_ms();
+                    }
                     if why == "takeover" {
                         self.metrics.takeover_kicks.inc();
                     } else {
@@ -576,7 +580,7 @@ impl Reconciler {
     /// here at once, at most KICK_PER_TICK per react tick (a paced start,
     /// not a storm), once per loss.
     fn takeover_kicks(&mut self) -> Vec<(WgKey, PeerConfig, SocketAddr, &'static str)> {
-        let Some(lost) = self.node.sole_survivor_of(KICK_AFTER) else {
+        let Some(lost) = self.node.sole_survivor_of(self.cfg.kick_after) else {
             self.kick_queue = None;
             return Vec::new();
         };
