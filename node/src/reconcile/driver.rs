@@ -957,6 +957,47 @@ mod tests {
     }
 
     #[test]
+    fn a_session_is_lost_when_another_node_saw_a_newer_handshake() {
+        let (a, b) = (WgKey([1; 32]), WgKey([2; 32]));
+        // Node 2 saw `a` handshake at t = 60 s.
+        let inv = inv_with(&[a, b], Some((a, "192.0.2.1:1000", 60_000)));
+        let mut obs = Observed::default();
+        obs.peers.extend([
+            seen(a, "192.0.2.1:1000", 50), // ours is older: the flow moved
+            seen(b, "192.0.2.2:2000", 50), // no record elsewhere
+        ]);
+        assert_eq!(lost_sessions(&inv, &obs, 1, 100_000), [a]);
+        // Node 2 itself holds it; a newer session here is not lost either.
+        assert!(lost_sessions(&inv, &obs, 2, 100_000).is_empty());
+        obs.peers.extend([seen(a, "192.0.2.1:1000", 70)]);
+        assert!(lost_sessions(&inv, &obs, 1, 100_000).is_empty());
+        // An expired session here is nothing to flush.
+        obs.peers.extend([seen(a, "192.0.2.1:1000", 50)]);
+        assert!(lost_sessions(&inv, &obs, 1, 50_000 + SESSION_LIFETIME_MS + 1).is_empty());
+    }
+
+    #[test]
+    fn takeover_kicks_the_lost_nodes_recent_clients_only() {
+        let a = WgKey([1; 32]);
+        let inv = inv_with(&[a], Some((a, "192.0.2.1:1000", 60_000)));
+        let index = |hs_s: u64| {
+            let mut o = Observed::default();
+            o.peers.extend([seen(a, "192.0.2.1:1000", hs_s)]);
+            crate::dataplane::react::index(&o)
+        };
+        let ep: SocketAddr = "192.0.2.1:1000".parse().unwrap();
+        assert_eq!(takeover_candidates(&inv, &index(0), 2, 100_000), [(a, ep)]);
+        // Another node was lost: not its client.
+        assert!(takeover_candidates(&inv, &index(0), 3, 100_000).is_empty());
+        // This device already has a newer session with the client.
+        assert!(takeover_candidates(&inv, &index(70), 2, 100_000).is_empty());
+        // The lost node's session is long expired: the client is idle.
+        assert!(
+            takeover_candidates(&inv, &index(0), 2, 60_000 + SESSION_LIFETIME_MS + 1).is_empty()
+        );
+    }
+
+    #[test]
     fn endpoint_proposals_only_when_new_and_fresher() {
         let (a, b, c, stranger) = (
             WgKey([1; 32]),
