@@ -63,6 +63,42 @@ pub struct Bound {
     pub ok: bool,
 }
 
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct Assists {
+    pub react_no_session: usize,
+    pub react_stalled: usize,
+    pub kick: usize,
+    pub flush_loser: usize,
+}
+
+impl Assists {
+    /// Count the node's log lines (see the reconciler's messages). Pure.
+    pub fn count(log: &str) -> Assists {
+        let mut a = Assists::default();
+        for l in log.lines() {
+            if l.contains("handshake started to take the client over") {
+                if l.contains("no_session") {
+                    a.react_no_session += 1;
+                } else if l.contains("stalled") {
+                    a.react_stalled += 1;
+                } else if l.contains("takeover") {
+                    a.kick += 1;
+                }
+            } else if l.contains("session moved to another gateway") {
+                a.flush_loser += 1;
+            }
+        }
+        a
+    }
+
+    fn add(&mut self, o: &Assists) {
+        self.react_no_session += o.react_no_session;
+        self.react_stalled += o.react_stalled;
+        self.kick += o.kick;
+        self.flush_loser += o.flush_loser;
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
     pub drill: String,
@@ -81,6 +117,9 @@ pub struct Report {
     pub devices_match: bool,
     /// An isolated node withdrew once its lease ran out (when it applies).
     pub lease_respected: Option<bool>,
+    /// What the gateways did, from their logs: handshakes started by react
+    /// (no session / stalled session), by the kick, sessions flushed.
+    pub assists_fired: Assists,
     pub bounds: Vec<Bound>,
     pub pass: bool,
     pub error: Option<String>,
@@ -335,6 +374,7 @@ pub fn run_drill(
         writes_lost: 0,
         devices_match: false,
         lease_respected: None,
+        assists_fired: Assists::default(),
         bounds: vec![],
         pass: false,
         error: None,
@@ -354,6 +394,10 @@ pub fn run_drill(
         report.error = Some(format!("{e:#}"));
     }
     if let Some(st) = &state {
+        for g in &st.gateways {
+            let log = std::fs::read_to_string(&g.log).unwrap_or_default();
+            report.assists_fired.add(&Assists::count(&log));
+        }
         if report.error.is_some() {
             // Keep the logs of a failed drill next to its report.
             let _ = std::fs::write(
@@ -751,8 +795,9 @@ pub fn table(reports: &[Report]) -> String {
             v.get(v.len() / 2).copied().unwrap_or(0.0)
         };
         let max = |v: &[f64]| v.iter().copied().fold(0.0f64, f64::max);
+        let a = &r.assists_fired;
         s.push_str(&format!(
-            "{:<16} {:>3} {:<8} {:>6} {:>9} {:>17} {:>6} {:>17} {:>6} {:>7} {:<5}\n",
+            "{:<16} {:>3} {:<8} {:>6} {:>9} {:>17} {:>6} {:>17} {:>6} {:>7} {:>13} {:<5}\n",
             r.drill,
             r.gateways,
             if r.assists { "anygate" } else { "baseline" },
@@ -770,6 +815,10 @@ pub fn table(reports: &[Report]) -> String {
                 .filter_map(|c| c.failback_lost)
                 .sum::<u64>(),
             format!("{}/{}", r.writes_acked - r.writes_lost, r.writes_acked),
+            format!(
+                "{}/{}/{}/{}",
+                a.react_no_session, a.react_stalled, a.kick, a.flush_loser
+            ),
             if r.pass { "ok" } else { "FAIL" },
         ));
         for b in r.bounds.iter().filter(|b| !b.ok) {
@@ -785,9 +834,10 @@ pub fn table(reports: &[Report]) -> String {
     s
 }
 
-/// Where drills keep their labs and reports.
+/// Where drills keep their labs and reports (not inside the lab's own
+/// directory, which `deploy/lab down` removes).
 pub fn default_dir() -> PathBuf {
-    PathBuf::from("/var/lib/anygate-lab/drills")
+    PathBuf::from("/var/lib/anygate-drills")
 }
 
 /// A fresh random seed.
@@ -837,6 +887,26 @@ mod tests {
     }
 
     #[test]
+    fn counts_what_the_gateways_did() {
+        let log = "\
+2026-11-26T01:00:00Z  INFO anygate::reconcile::driver: handshake started to take the client over peer=abc endpoint=10.80.1.2:1 reason=\"no_session\"
+2026-11-26T01:00:01Z  INFO anygate::reconcile::driver: handshake started to take the client over peer=abc endpoint=10.80.1.2:1 reason=\"stalled\"
+2026-11-26T01:00:02Z  INFO anygate::reconcile::driver: handshake started to take the client over peer=abc endpoint=10.80.1.2:1 reason=\"takeover\"
+2026-11-26T01:00:03Z  INFO anygate::reconcile::driver: session moved to another gateway; dropped here peer=abc
+2026-11-26T01:00:04Z  INFO anygate::reconcile::driver: device programmed
+";
+        assert_eq!(
+            Assists::count(log),
+            Assists {
+                react_no_session: 1,
+                react_stalled: 1,
+                kick: 1,
+                flush_loser: 1
+            }
+        );
+    }
+
+    #[test]
     fn bounds_apply_to_assisted_runs_only() {
         let c = |o: f64, lost: u64| ClientResult {
             client: "c".into(),
@@ -859,6 +929,7 @@ mod tests {
             writes_lost: 0,
             devices_match: true,
             lease_respected: None,
+            assists_fired: Assists::default(),
             bounds: vec![],
             pass: false,
             error: None,

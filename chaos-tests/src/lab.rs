@@ -115,7 +115,11 @@ pub fn alive(pid: u32) -> bool {
 /// Start a daemon in `ns` that outlives this process; its output goes to
 /// `log`. `ip netns exec` execs without forking, so the PID is the daemon's.
 pub fn daemon(ns: &str, args: &[&str], log: &Path) -> anyhow::Result<u32> {
-    let f = std::fs::File::create(log)?;
+    // Appended: a restarted gateway's earlier life stays readable.
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
     let child = Command::new("ip")
         .args(["netns", "exec", ns])
         .args(args)
