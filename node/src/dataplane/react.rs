@@ -120,9 +120,12 @@ pub fn parse(text: &str) -> Seen {
     seen
 }
 
-/// (name, timeout ms, elements with their expiry in ms) of every set.
-fn sets(text: &str) -> Vec<(String, u64, Vec<(Elem, u64)>)> {
-    let mut out: Vec<(String, u64, Vec<(Elem, u64)>)> = Vec::new();
+/// One listed set: name, timeout in ms, elements with their expiry in ms.
+type ListedSet = (String, u64, Vec<(Elem, u64)>);
+
+/// Every set in an `nft list table` listing.
+fn sets(text: &str) -> Vec<ListedSet> {
+    let mut out: Vec<ListedSet> = Vec::new();
     let mut elements: Option<String> = None;
     for line in text.lines() {
         let l = line.trim();

@@ -868,7 +868,7 @@ pub fn takeover_candidates(
         })
         .map(|(k, r)| (r.last_handshake_ms, *k, r.endpoint))
         .collect();
-    v.sort_by(|a, b| b.0.cmp(&a.0));
+    v.sort_by_key(|x| std::cmp::Reverse(x.0));
     v.into_iter().map(|(_, k, e)| (k, e)).collect()
 }
 
