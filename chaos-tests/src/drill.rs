@@ -485,6 +485,8 @@ fn drill(
     record_children(&mut st)?;
     *state = Some(st.clone());
     let mon = monitor(&router, ANYCAST)?;
+    // Stock WireGuard can take 2 minutes to come back (the hostage effect).
+    let limit = if assists { 30 } else { 200 };
     let (t_fault_wall, t_fault) = (now(), Instant::now());
     let tns = format!("{}-g{target}", st.prefix);
     let mut isolated = false;
@@ -526,7 +528,7 @@ fn drill(
                 }
                 start_gateway(&mut st, k)?;
                 wait_announced(&st, k, Duration::from_secs(60))?;
-                wait("clients flowing", Duration::from_secs(60), || {
+                wait("clients flowing", Duration::from_secs(limit), || {
                     pingers.iter().all(|p| p.flowing(0.3))
                 })?;
             }
@@ -563,7 +565,6 @@ fn drill(
         "silent" => Duration::from_millis(HOLD_MS as u64 + 1000),
         _ => Duration::from_secs(1),
     };
-    let limit = if assists { 30 } else { 200 };
     let recovered = wait("every client recovered", Duration::from_secs(limit), || {
         t_fault.elapsed() > settle && pingers.iter().all(|p| p.flowing(0.3))
     });
