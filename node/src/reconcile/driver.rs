@@ -332,7 +332,24 @@ impl Reconciler {
         match self.apply(&p).await {
             Ok(()) => {
                 if let Some(b) = &mut self.believed {
+                    // React must know peers (and endpoints) a commit added
+                    // before the next device read: a gateway that just
+                    // joined gets its clients' flows as soon as it announces.
+                    let touched: Vec<WgKey> = p.actions.iter().filter_map(action_peer).collect();
+                    for k in &touched {
+                        if let Some(ep) = b.peers.get(k).and_then(|o| o.config.endpoint) {
+                            self.react_index.remove(&ep);
+                        }
+                    }
                     apply_to(b, &p.actions);
+                    for k in &touched {
+                        if let Some(o) = b.peers.get(k) {
+                            if let Some(ep) = o.config.endpoint {
+                                let hs = o.stats.last_handshake_ms();
+                                self.react_index.insert(ep, (*k, o.config.clone(), hs));
+                            }
+                        }
+                    }
                 }
                 self.believed_index = self.believed_index.max(index);
                 if !p.is_empty() {
@@ -827,6 +844,16 @@ pub fn fresh_sessions(observed: &Observed, now_ms: i64) -> BTreeSet<WgKey> {
         })
         .map(|(k, _)| *k)
         .collect()
+}
+
+/// The peer an action is about.
+fn action_peer(a: &Action) -> Option<WgKey> {
+    match a {
+        Action::SetDevice(_) => None,
+        Action::AddPeer(c) => Some(c.public_key),
+        Action::UpdatePeer { public_key, .. } => Some(*public_key),
+        Action::RemovePeer(k) => Some(*k),
+    }
 }
 
 /// Sessions this device holds whose client has since handshaken with
