@@ -457,6 +457,7 @@ fn drill(
         .map(|c| Pinger::start(&c.name, &c.namespace))
         .collect::<anyhow::Result<_>>()?;
     let writer = Writer::start(&st, seed ^ 0x5eed);
+    let mon = monitor(&st.router(), ANYCAST)?;
     wait(
         "every client's pings flowing",
         Duration::from_secs(20),
@@ -484,7 +485,9 @@ fn drill(
     ));
     record_children(&mut st)?;
     *state = Some(st.clone());
-    let mon = monitor(&router, ANYCAST)?;
+    // Subscribed well before the fault (an `ip monitor` just started can
+    // miss the first events); what it saw so far is dropped.
+    mon.drain();
     // Stock WireGuard can take 2 minutes to come back (the hostage effect).
     let limit = if assists { 30 } else { 200 };
     let (t_fault_wall, t_fault) = (now(), Instant::now());
