@@ -6,6 +6,7 @@ pub mod backend;
 pub mod identity;
 pub mod kernel;
 pub mod net;
+pub mod nflog;
 pub mod react;
 pub mod uapi;
 

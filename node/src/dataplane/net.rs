@@ -140,7 +140,9 @@ pub fn net_desired(inv: &Inventory, ifname: &str) -> NetDesired {
 /// The react sets and the rules that feed them (see react.rs): the source
 /// of every transport-data packet (WireGuard message type 4, the first
 /// payload byte), of those with a payload (longer than a keepalive's 32
-/// bytes), and the inner source of every packet the device decrypted.
+/// bytes), and the inner source of every packet the device decrypted; and
+/// the first data packet of a source not seen for a while, logged to the
+/// NFLOG group the node listens on (see nflog.rs).
 fn react_nft(port: u16, ifname: &str) -> String {
     use super::react::*;
     let set = |name: &str, ty: &str| {
@@ -160,8 +162,11 @@ fn react_nft(port: u16, ifname: &str) -> String {
         s.push_str(&set(name, ty));
     }
     let data = format!("udp dport {port} @th,64,8 0x04");
+    let group = super::nflog::GROUP;
     s.push_str(&format!(
         "  chain react {{\n    type filter hook input priority -150; policy accept;\n\
+    {data} ip saddr . udp sport != @{SET_DATA4} log group {group} snaplen 48\n\
+    {data} ip6 saddr . udp sport != @{SET_DATA6} log group {group} snaplen 48\n\
     {data} update @{SET_DATA4} {{ ip saddr . udp sport }}\n\
     {data} update @{SET_DATA6} {{ ip6 saddr . udp sport }}\n\
     {data} udp length > 40 update @{SET_LOAD4} {{ ip saddr . udp sport }}\n\

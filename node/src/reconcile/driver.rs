@@ -211,6 +211,15 @@ impl Reconciler {
         let mut react = tokio::time::interval(REACT_INTERVAL);
         react.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let reacting = (self.cfg.react && self.net.is_some()) || self.cfg.kick;
+        // React's event path (NFLOG); without it the poll alone reacts.
+        let mut arrivals = None;
+        if self.cfg.react && self.net.is_some() {
+            let (tx, rx) = tokio::sync::mpsc::channel(4096);
+            match crate::dataplane::nflog::listen(tx) {
+                Ok(()) => arrivals = Some(rx),
+                Err(e) => warn!(error = %e, "react: no NFLOG events; the 100 ms poll alone reacts"),
+            }
+        }
         self.sync(true).await;
         // A device read in flight: (read, belief index when it started, full).
         let mut reading: Option<(ReadTask, u64, bool)> = None;
@@ -254,6 +263,16 @@ impl Reconciler {
                     }
                 }
                 _ = react.tick(), if reacting && self.believed.is_some() => self.react().await,
+                r = async { arrivals.as_mut().expect("guarded").recv().await }, if arrivals.is_some() => {
+                    match r {
+                        Some(src) if self.believed.is_some() => self.arrival(src).await,
+                        Some(_) => {}
+                        None => {
+                            warn!("react: the NFLOG listener stopped; the 100 ms poll alone reacts");
+                            arrivals = None;
+                        }
+                    }
+                }
                 _ = resync.tick(), if reading.is_none() => {
                     reading = self.start_read(true).await;
                 }
@@ -585,43 +604,70 @@ impl Reconciler {
         if self.cfg.kick {
             kicks.extend(self.takeover_kicks());
         }
-        for (k, mut cfg, src, why) in kicks {
-            let strikes = match self.react_last.get(&k) {
-                Some(prev) if now.duration_since(prev.at) < prev.holdoff() => continue,
-                // Again soon after the last one: escalate.
-                Some(prev) if now.duration_since(prev.at) < prev.holdoff() * 4 => prev.strikes + 1,
-                _ => 0,
-            };
-            self.react_last.insert(k, Kicked { at: now, strikes });
-            // Flush whatever session state the device has for the peer,
-            // then re-add it with keepalive 1: the device sends a handshake
-            // initiation at once. The next read restores the keepalive.
-            cfg.endpoint = Some(src);
-            cfg.persistent_keepalive = 1;
-            match self
-                .device
-                .set(&[Action::RemovePeer(k), Action::AddPeer(cfg)])
-                .await
-            {
-                Ok(()) => {
-                    // Until the next device read, count the handshake as
-                    // done: data without a session must not flush it again;
-                    // if it did not complete, the stall rule finds it.
-                    if let Some(e) = self.react_index.get_mut(&src) {
-                        e.2 = now_ms();
-                    }
-                    if why == "takeover" {
-                        self.metrics.takeover_kicks.inc();
-                    } else {
-                        self.metrics
-                            .react_kicks
-                            .get_or_create(&crate::metrics::ReasonLabels { reason: why.into() })
-                            .inc();
-                    }
-                    info!(peer = %k, endpoint = %src, reason = why, "handshake started to take the client over");
+        for (k, cfg, src, why) in kicks {
+            self.start_handshake(now, k, cfg, src, why, "poll").await;
+        }
+    }
+
+    /// React's event path: the first data packet of a source this gateway
+    /// had not seen for a while (see dataplane/nflog.rs). A known client
+    /// without a session here gets the handshake at once.
+    async fn arrival(&mut self, src: SocketAddr) {
+        let Some((k, cfg, hs)) = self.react_index.get(&src).cloned() else {
+            return;
+        };
+        if hs > 0 && now_ms() - hs <= SESSION_LIFETIME_MS {
+            return; // a session here: the poll judges whether it is stale
+        }
+        self.start_handshake(Instant::now(), k, cfg, src, "no_session", "event")
+            .await;
+    }
+
+    /// Flush whatever session state the device has for the peer, then
+    /// re-add it with keepalive 1: the device sends a handshake initiation
+    /// at once. The next read restores the keepalive. At most once per
+    /// peer per hold-off.
+    async fn start_handshake(
+        &mut self,
+        now: Instant,
+        k: WgKey,
+        mut cfg: PeerConfig,
+        src: SocketAddr,
+        why: &'static str,
+        via: &'static str,
+    ) {
+        let strikes = match self.react_last.get(&k) {
+            Some(prev) if now.duration_since(prev.at) < prev.holdoff() => return,
+            // Again soon after the last one: escalate.
+            Some(prev) if now.duration_since(prev.at) < prev.holdoff() * 4 => prev.strikes + 1,
+            _ => 0,
+        };
+        self.react_last.insert(k, Kicked { at: now, strikes });
+        cfg.endpoint = Some(src);
+        cfg.persistent_keepalive = 1;
+        match self
+            .device
+            .set(&[Action::RemovePeer(k), Action::AddPeer(cfg)])
+            .await
+        {
+            Ok(()) => {
+                // Until the next device read, count the handshake as done:
+                // data without a session must not flush it again; if it did
+                // not complete, the stall rule finds it.
+                if let Some(e) = self.react_index.get_mut(&src) {
+                    e.2 = now_ms();
                 }
-                Err(e) => warn!(peer = %k, error = %e, "could not start a handshake"),
+                if why == "takeover" {
+                    self.metrics.takeover_kicks.inc();
+                } else {
+                    self.metrics
+                        .react_kicks
+                        .get_or_create(&crate::metrics::ReasonLabels { reason: why.into() })
+                        .inc();
+                }
+                info!(peer = %k, endpoint = %src, reason = why, via, "handshake started to take the client over");
             }
+            Err(e) => warn!(peer = %k, error = %e, "could not start a handshake"),
         }
     }
 
