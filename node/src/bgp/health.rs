@@ -29,6 +29,9 @@ pub struct Inputs {
     /// would turn every single failure into a total outage); a node that
     /// never heard a leader still does.
     pub voters: usize,
+    /// (device's applied index, the leader's commit when first heard) while
+    /// the device has not reached it yet; None once it has.
+    pub catching_up: Option<(u64, u64)>,
     pub sessions_established: usize,
 }
 
@@ -40,6 +43,7 @@ pub enum Withdraw {
     NoDataplane,
     Dataplane(String),
     LeaderLease(Option<Duration>),
+    CatchingUp(u64, u64),
     NoSession,
 }
 
@@ -52,6 +56,7 @@ impl Withdraw {
             Withdraw::NoDataplane => "no-dataplane",
             Withdraw::Dataplane(_) => "dataplane",
             Withdraw::LeaderLease(_) => "leader-lease",
+            Withdraw::CatchingUp(..) => "catching-up",
             Withdraw::NoSession => "no-session",
         }
     }
@@ -68,6 +73,10 @@ impl fmt::Display for Withdraw {
             Withdraw::LeaderLease(Some(a)) => {
                 write!(f, "no Raft leader heard for {:.1} s", a.as_secs_f64())
             }
+            Withdraw::CatchingUp(a, c) => write!(
+                f,
+                "catching up with the cluster: device at index {a} of {c}"
+            ),
             Withdraw::NoSession => write!(f, "no BGP session established"),
         }
     }
@@ -92,6 +101,9 @@ pub fn decide(i: &Inputs) -> Result<(), Withdraw> {
         Some(a) if a <= i.leader_lease => {}
         Some(_) if i.voters < 3 => {}
         a => return Err(Withdraw::LeaderLease(a)),
+    }
+    if let Some((a, c)) = i.catching_up {
+        return Err(Withdraw::CatchingUp(a, c));
     }
     if i.sessions_established == 0 {
         return Err(Withdraw::NoSession);
@@ -120,6 +132,7 @@ mod tests {
             leader_age: Some(Duration::from_millis(100)),
             leader_lease: Duration::from_secs(10),
             voters: 3,
+            catching_up: None,
             sessions_established: 1,
         }
     }
@@ -173,6 +186,11 @@ mod tests {
                     i.leader_age = None;
                 },
                 Err(Withdraw::LeaderLease(None)),
+            ),
+            (
+                "device behind the leader's commit when first heard",
+                |i| i.catching_up = Some((3, 40)),
+                Err(Withdraw::CatchingUp(3, 40)),
             ),
             (
                 "never heard a leader",

@@ -434,6 +434,15 @@ impl Speaker {
             leader_age,
             leader_lease: self.cfg.leader_lease,
             voters,
+            // Not before the device holds what the cluster had committed
+            // when this node first heard a leader (a joining or restarted
+            // gateway); reached once, it stays reached.
+            catching_up: self
+                .node
+                .contact
+                .first_commit()
+                .filter(|c| dp.applied_index < *c)
+                .map(|c| (dp.applied_index, c)),
             sessions_established: self.sessions.values().filter(|s| s.established).count(),
         }
     }

@@ -56,20 +56,42 @@ pub struct RaftNode {
 }
 
 /// The last time a leader's AppendEntries (entries or heartbeat) was accepted
-/// here: the staleness lease for BGP announcements.
+/// here: the staleness lease for BGP announcements. Also the leader's commit
+/// index in the first one accepted: a node does not announce before its
+/// device has caught up to it (a gateway that just joined or restarted would
+/// otherwise take clients it does not know yet).
 #[derive(Clone, Default)]
-pub struct LeaderContact(std::sync::Arc<std::sync::Mutex<Option<std::time::Instant>>>);
+pub struct LeaderContact(std::sync::Arc<std::sync::Mutex<Contact>>);
+
+#[derive(Default)]
+struct Contact {
+    at: Option<std::time::Instant>,
+    first_commit: Option<u64>,
+}
 
 impl LeaderContact {
-    pub fn touch(&self) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now());
+    pub fn touch(&self, leader_commit: Option<u64>) {
+        let mut c = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        c.at = Some(std::time::Instant::now());
+        if c.first_commit.is_none() {
+            c.first_commit = Some(leader_commit.unwrap_or(0));
+        }
     }
 
     pub fn age(&self) -> Option<Duration> {
         self.0
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+            .at
             .map(|t| t.elapsed())
+    }
+
+    /// The leader's commit index when this node first heard a leader.
+    pub fn first_commit(&self) -> Option<u64> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .first_commit
     }
 }
 

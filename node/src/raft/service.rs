@@ -29,7 +29,9 @@ impl RaftService for RaftServiceImpl {
         &self,
         req: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
-        let rpc = decode(req.get_ref()).map_err(bad)?;
+        let rpc: openraft::raft::AppendEntriesRequest<super::types::TypeConfig> =
+            decode(req.get_ref()).map_err(bad)?;
+        let commit = rpc.leader_commit.map(|l| l.index);
         let res = self.node.raft.append_entries(rpc).await;
         // Accepted from a current leader (a conflict still proves the
         // leader's term is current): the node is not partitioned.
@@ -39,7 +41,7 @@ impl RaftService for RaftServiceImpl {
                 | AppendEntriesResponse::PartialSuccess(_)
                 | AppendEntriesResponse::Conflict)
         ) {
-            self.node.contact.touch();
+            self.node.contact.touch(commit);
         }
         Ok(Response::new(encode(&res)))
     }
