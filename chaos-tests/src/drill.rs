@@ -300,14 +300,6 @@ fn base64_key(b: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(b)
 }
 
-fn pid_of(st: &State, k: u32, what: &str) -> Option<u32> {
-    let ns = format!("{}-g{k}", st.prefix);
-    st.namespaces
-        .iter()
-        .find(|n| n.name == ns)
-        .and_then(|n| n.pids.get(what).copied())
-}
-
 fn kill(pid: Option<u32>, sig: &str) {
     if let Some(p) = pid {
         let _ = run(&["kill", sig, &p.to_string()]);
@@ -381,16 +373,7 @@ pub fn run_drill(
     };
     let dir = dir.join(format!("{name}-{gateways}"));
     let mut state: Option<State> = None;
-    if let Err(e) = drill(
-        &dir,
-        name,
-        gateways,
-        assists,
-        seed,
-        say,
-        &mut report,
-        &mut state,
-    ) {
+    if let Err(e) = drill(&dir, say, &mut report, &mut state) {
         report.error = Some(format!("{e:#}"));
     }
     if let Some(st) = &state {
@@ -412,17 +395,21 @@ pub fn run_drill(
     report
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The drill `report` names (drill, gateways, assists, seed); fills in what
+/// it measured.
 fn drill(
     dir: &Path,
-    name: &str,
-    gateways: u32,
-    assists: bool,
-    seed: u64,
     say: &dyn Fn(&str),
     report: &mut Report,
     state: &mut Option<State>,
 ) -> anyhow::Result<()> {
+    let (name, gateways, assists, seed) = (
+        report.drill.clone(),
+        report.gateways,
+        report.assists,
+        report.seed,
+    );
+    let name = name.as_str();
     anyhow::ensure!(DRILLS.contains(&name), "unknown drill {name:?}");
     anyhow::ensure!(gateways >= 2, "a drill needs at least 2 gateways");
     let _ = std::fs::remove_dir_all(dir);
@@ -496,11 +483,11 @@ fn drill(
     match name {
         "crash" | "leader-crash" => {
             for p in ["anygate", "gobgpd", "wireguard-go"] {
-                kill(pid_of(&st, target, p), "-KILL");
+                kill(st.pid(target, p), "-KILL");
             }
         }
-        "gobgpd" => kill(pid_of(&st, target, "gobgpd"), "-KILL"),
-        "wireguard-go" => kill(pid_of(&st, target, "wireguard-go"), "-KILL"),
+        "gobgpd" => kill(st.pid(target, "gobgpd"), "-KILL"),
+        "wireguard-go" => kill(st.pid(target, "wireguard-go"), "-KILL"),
         "silent" => {
             in_ns(
                 &tns,
@@ -520,7 +507,7 @@ fn drill(
         }
         "rolling-restart" => {
             for k in 1..=gateways {
-                let pid = pid_of(&st, k, "anygate");
+                let pid = st.pid(k, "anygate");
                 kill(pid, "-TERM");
                 if let Some(p) = pid {
                     wait(

@@ -99,6 +99,16 @@ impl State {
             .expect("namespace in state")
     }
 
+    /// The recorded PID of `what` (anygate, gobgpd, wireguard-go) in
+    /// gateway k's namespace.
+    pub fn pid(&self, k: u32, what: &str) -> Option<u32> {
+        let ns = format!("{}-g{k}", self.prefix);
+        self.namespaces
+            .iter()
+            .find(|n| n.name == ns)
+            .and_then(|n| n.pids.get(what).copied())
+    }
+
     pub fn router(&self) -> String {
         format!("{}-router", self.prefix)
     }

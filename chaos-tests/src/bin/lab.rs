@@ -120,14 +120,8 @@ fn show_failover(st: &mut State) -> anyhow::Result<()> {
     let Some(k) = serving_gateway(st, &c.public_key) else {
         anyhow::bail!("no gateway holds {}'s session", c.name);
     };
-    let ns = format!("{}-g{k}", st.prefix);
-    let pid = st
-        .namespaces
-        .iter()
-        .find(|n| n.name == ns)
-        .and_then(|n| n.pids.get("anygate").copied());
-    let Some(pid) = pid else {
-        anyhow::bail!("no anygate recorded in {ns}")
+    let Some(pid) = st.pid(k, "anygate") else {
+        anyhow::bail!("no anygate recorded for gateway {k}")
     };
     let router = st.router();
     let before = next_hops(&router, ANYCAST).len();
@@ -226,10 +220,7 @@ fn run_cmd(a: Args) -> anyhow::Result<()> {
             };
             let ns = format!("{}-g{gateway}", st.prefix);
             let pid = st
-                .namespaces
-                .iter()
-                .find(|n| n.name == ns)
-                .and_then(|n| n.pids.get("anygate").copied())
+                .pid(gateway, "anygate")
                 .filter(|p| alive(*p))
                 .ok_or_else(|| anyhow::anyhow!("gateway {gateway} is not running"))?;
             run(&["kill", "-TERM", &pid.to_string()])?;
@@ -248,14 +239,7 @@ fn run_cmd(a: Args) -> anyhow::Result<()> {
                 "the lab has gateways 1..={}",
                 st.gateways.len()
             );
-            let ns = format!("{}-g{gateway}", st.prefix);
-            if let Some(p) = st
-                .namespaces
-                .iter()
-                .find(|n| n.name == ns)
-                .and_then(|n| n.pids.get("anygate").copied())
-                .filter(|p| alive(*p))
-            {
+            if let Some(p) = st.pid(gateway, "anygate").filter(|p| alive(*p)) {
                 anyhow::bail!("gateway {gateway} is already running (pid {p})");
             }
             start_gateway(&mut st, gateway)?;

@@ -37,6 +37,14 @@ use crate::model::WgKey;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
+/// WireGuard drops a session this long after its handshake (REJECT_AFTER_TIME).
+pub const SESSION_LIFETIME_MS: i64 = 180_000;
+
+/// A session with a handshake at `hs_ms` (0 = never) is live at `now_ms`.
+pub fn live(hs_ms: i64, now_ms: i64) -> bool {
+    hs_ms > 0 && now_ms - hs_ms <= SESSION_LIFETIME_MS
+}
+
 /// Set names, as the nftables table declares them.
 pub const SET_DATA4: &str = "wg_data4";
 pub const SET_DATA6: &str = "wg_data6";
@@ -252,12 +260,10 @@ pub fn orphans(
     seen: &Seen,
     index: &Index,
     now_ms: i64,
-    session_lifetime_ms: i64,
 ) -> Vec<(WgKey, PeerConfig, SocketAddr, Why)> {
     let mut out = Vec::new();
     for (src, (k, cfg, hs)) in index {
-        let live = *hs > 0 && now_ms - hs <= session_lifetime_ms;
-        if !live {
+        if !live(*hs, now_ms) {
             if seen.data.contains_key(src) {
                 out.push((*k, cfg.clone(), *src, Why::NoSession));
             }
@@ -368,7 +374,7 @@ mod tests {
     }
 
     fn found(seen: &Seen, o: &Observed) -> Vec<(u8, Why)> {
-        orphans(seen, &index(o), 1_000_000, 180_000)
+        orphans(seen, &index(o), 1_000_000)
             .iter()
             .map(|(k, _, _, w)| (k.0[0], *w))
             .collect()

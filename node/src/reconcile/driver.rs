@@ -11,6 +11,7 @@ use crate::config::DataplaneConfig;
 use crate::dataplane::backend::{Device, Reader};
 use crate::dataplane::identity::Identity;
 use crate::dataplane::net::{apply_nft, net_desired, NetDesired, NetManager};
+use crate::dataplane::react;
 use crate::dataplane::{Action, DeviceSettings, Observed, PeerConfig};
 use crate::metrics::{ActionLabels, Metrics, PassLabels};
 use crate::model::{Command, EndpointRecord, Inventory, NodeId, Request, WgKey};
@@ -578,7 +579,6 @@ impl Reconciler {
     /// without a working session (see dataplane/react.rs), and, as the sole
     /// survivor of a two-gateway cluster, to the lost gateway's clients.
     async fn react(&mut self) {
-        use crate::dataplane::react;
         let now = Instant::now();
         // Forget peers that have been quiet for a while (their hold-off
         // starts again from REACT_HOLDOFF).
@@ -594,7 +594,7 @@ impl Reconciler {
             self.react_next_at = now + REACT_INTERVAL.max(now.elapsed() * REACT_DUTY_INVERSE);
             match read {
                 Ok(seen) => kicks.extend(
-                    react::orphans(&seen, &self.react_index, now_ms(), SESSION_LIFETIME_MS)
+                    react::orphans(&seen, &self.react_index, now_ms())
                         .into_iter()
                         .map(|(k, c, s, why)| (k, c, s, why.as_str())),
                 ),
@@ -613,12 +613,13 @@ impl Reconciler {
     /// had not seen for a while (see dataplane/nflog.rs). A known client
     /// without a session here gets the handshake at once.
     async fn arrival(&mut self, src: SocketAddr) {
-        let Some((k, cfg, hs)) = self.react_index.get(&src).cloned() else {
+        let Some((k, cfg, hs)) = self.react_index.get(&src) else {
             return;
         };
-        if hs > 0 && now_ms() - hs <= SESSION_LIFETIME_MS {
+        if react::live(*hs, now_ms()) {
             return; // a session here: the poll judges whether it is stale
         }
+        let (k, cfg) = (*k, cfg.clone());
         self.start_handshake(Instant::now(), k, cfg, src, "no_session", "event")
             .await;
     }
@@ -875,8 +876,7 @@ impl Reconciler {
     }
 }
 
-/// WireGuard drops a session this long after its handshake (REJECT_AFTER_TIME).
-pub const SESSION_LIFETIME_MS: i64 = 180_000;
+pub use crate::dataplane::react::SESSION_LIFETIME_MS;
 
 /// Peers with a live session on this device: a handshake within the
 /// session lifetime. Pure.
@@ -884,10 +884,7 @@ pub fn fresh_sessions(observed: &Observed, now_ms: i64) -> BTreeSet<WgKey> {
     observed
         .peers
         .iter()
-        .filter(|(_, p)| {
-            let hs = p.stats.last_handshake_ms();
-            hs > 0 && now_ms - hs <= SESSION_LIFETIME_MS
-        })
+        .filter(|(_, p)| react::live(p.stats.last_handshake_ms(), now_ms))
         .map(|(k, _)| *k)
         .collect()
 }
@@ -911,8 +908,7 @@ pub fn lost_sessions(inv: &Inventory, observed: &Observed, node: u64, now_ms: i6
         .iter()
         .filter(|(k, p)| {
             let hs = p.stats.last_handshake_ms();
-            hs > 0
-                && now_ms - hs <= SESSION_LIFETIME_MS
+            react::live(hs, now_ms)
                 && inv
                     .endpoint(k)
                     .is_some_and(|r| r.observed_by != node && r.last_handshake_ms > hs)
@@ -932,9 +928,7 @@ pub fn takeover_candidates(
 ) -> Vec<(WgKey, SocketAddr)> {
     let mut v: Vec<(i64, WgKey, SocketAddr)> = inv
         .endpoints()
-        .filter(|(_, r)| {
-            r.observed_by == lost && now_ms - r.last_handshake_ms <= SESSION_LIFETIME_MS
-        })
+        .filter(|(_, r)| r.observed_by == lost && react::live(r.last_handshake_ms, now_ms))
         .filter(|(k, r)| match index.get(&r.endpoint) {
             Some((ik, _, hs)) => *ik == **k && *hs < r.last_handshake_ms,
             None => false,
