@@ -25,6 +25,11 @@ use std::time::{Duration, Instant};
 
 pub const ANYCAST: &str = "198.51.100.1";
 pub const SERVICE: &str = "172.16.0.10";
+/// A second service the lab's clients may not reach until a policy allows it.
+pub const SERVICE_B: &str = "172.16.0.11";
+/// The group of the lab's clients, and its policy (service A only).
+pub const GROUP: &str = "staff";
+pub const POLICY: &str = "staff-service";
 pub const POOL: &str = "100.64.0.0/16";
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -205,7 +210,9 @@ pub fn build_network(prefix: &str, gateways: u32, clients: u32) -> anyhow::Resul
     sysctl(&router, "net.ipv4.ip_forward=1")?;
     sysctl(&router, "net.ipv4.fib_multipath_hash_policy=1")?;
     addr(&svc, &format!("{SERVICE}/32"), "lo")?;
+    addr(&svc, &format!("{SERVICE_B}/32"), "lo")?;
     out[1].addresses.push(SERVICE.into());
+    out[1].addresses.push(SERVICE_B.into());
     for k in 1..=gateways {
         let g = format!("{prefix}-g{k}");
         let (up, int) = (format!("10.78.{k}.1"), format!("172.16.{k}.1"));
@@ -221,6 +228,7 @@ pub fn build_network(prefix: &str, gateways: u32, clients: u32) -> anyhow::Resul
             (&svc, &format!("s-{k}"), &format!("{int}/24")),
         )?;
         route(&g, &format!("{SERVICE}/32"), &int)?;
+        route(&g, &format!("{SERVICE_B}/32"), &int)?;
         out[0].addresses.push(format!("{up}/24"));
         out[1].addresses.push(format!("{int}/24"));
         out.push(Namespace {
@@ -316,16 +324,25 @@ pub fn keypair() -> (String, String) {
     )
 }
 
+/// A binary built beside this one (from a test: beside `deps/`).
 pub fn bin(name: &str) -> anyhow::Result<String> {
-    Ok(std::env::current_exe()?
-        .with_file_name(name)
-        .display()
-        .to_string())
+    let exe = std::env::current_exe()?;
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.pop();
+    }
+    Ok(dir.join(name).display().to_string())
 }
 
 /// anygatectl, run in the router namespace against every gateway.
 pub fn ctl(st: &State, args: &[&str]) -> anyhow::Result<String> {
     let ctl = bin("anygatectl")?;
+    let pki = Path::new(&st.dir).join("pki");
+    let (ca, cert, key) = (
+        pki.join("ca.pem").display().to_string(),
+        pki.join("admin.pem").display().to_string(),
+        pki.join("admin.key").display().to_string(),
+    );
     let mut v = vec![
         "ip",
         "netns",
@@ -334,6 +351,12 @@ pub fn ctl(st: &State, args: &[&str]) -> anyhow::Result<String> {
         &ctl,
         "--endpoint",
         &st.ctl_endpoints,
+        "--ca",
+        &ca,
+        "--cert",
+        &cert,
+        "--key",
+        &key,
     ];
     v.extend_from_slice(args);
     run(&v)
@@ -406,6 +429,15 @@ pub fn create(
     }
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir)?;
+    // The lab runs as production does: its own CA, mutual TLS everywhere.
+    let pki = dir.join("pki");
+    run(&[
+        &bin("anygatectl")?,
+        "pki",
+        "init",
+        "--dir",
+        &pki.display().to_string(),
+    ])?;
     let mut st = State {
         prefix: prefix.into(),
         dir: dir.display().to_string(),
@@ -475,6 +507,20 @@ pub fn create(
         ],
     )?;
     ctl(&st, &["pool", "add", "clients", "--cidr", POOL])?;
+    // Least privilege: the clients' group reaches service A only (client
+    // traffic is dropped unless a policy allows it).
+    ctl(
+        &st,
+        &[
+            "policy",
+            "add",
+            POLICY,
+            "--group",
+            GROUP,
+            "--to",
+            &format!("{SERVICE}/32"),
+        ],
+    )?;
 
     say("clients: peers added through anygatectl, wireguard-go to the anycast address");
     for j in 1..=clients {
@@ -490,6 +536,8 @@ pub fn create(
                 &format!("user{j}"),
                 "--device",
                 "laptop",
+                "--group",
+                GROUP,
                 "--public-key",
                 &cpub,
             ],
@@ -582,6 +630,24 @@ pub fn start_gateway(st: &mut State, k: u32) -> anyhow::Result<()> {
     )?;
     let ifname = format!("{prefix}g{k}");
     let log = dir.join(format!("g{k}.log"));
+    let pki = dir.join("pki");
+    let name = format!("gateway-{k}");
+    if !pki.join(format!("{name}.pem")).exists() {
+        run(&[
+            &bin("anygatectl")?,
+            "pki",
+            "issue",
+            "--dir",
+            &pki.display().to_string(),
+            "--role",
+            "node",
+            "--name",
+            &name,
+            "--san",
+            &format!("10.78.{k}.2"),
+        ])?;
+    }
+    let pem = |f: &str| pki.join(f).display().to_string();
     let pid = daemon(
         &ns,
         &[
@@ -606,6 +672,12 @@ pub fn start_gateway(st: &mut State, k: u32) -> anyhow::Result<()> {
             &dir.join("wg.key").display().to_string(),
             "--log-level",
             "info,openraft=warn",
+            "--tls-ca",
+            &pem("ca.pem"),
+            "--tls-cert",
+            &pem(&format!("{name}.pem")),
+            "--tls-key",
+            &pem(&format!("{name}.key")),
         ],
         &log,
     )?;

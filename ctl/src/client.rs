@@ -3,11 +3,13 @@
 //! while an election is in progress, so the user never has to find the
 //! leader.
 
+use anygate_proto::tls::Tls;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 pub const LEADER_ADDR: &str = "x-anygate-leader";
@@ -16,6 +18,7 @@ pub const REQUEST_ID_HEADER: &str = "x-anygate-request-id";
 
 pub struct Client {
     endpoints: Vec<String>,
+    tls: Option<Arc<Tls>>,
     actor: String,
     pub timeout: Duration,
     /// Every attempt of one `call` carries the same request id, so a write
@@ -25,26 +28,25 @@ pub struct Client {
     current_id: Mutex<String>,
 }
 
-fn channel(addr: &str) -> Result<Channel, Status> {
-    let uri = if addr.starts_with("http") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
-    };
-    Ok(Endpoint::from_shared(uri)
-        .map_err(|e| Status::invalid_argument(format!("endpoint {addr:?}: {e}")))?
-        .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true)
-        .connect_lazy())
-}
-
 impl Client {
-    pub fn new(endpoints: Vec<String>, actor: String, timeout: Duration) -> Client {
+    fn channel(&self, addr: &str) -> Result<Channel, Status> {
+        anygate_proto::tls::channel(addr, self.tls.clone(), Duration::from_secs(2))
+            .map_err(Status::invalid_argument)
+    }
+
+    /// `tls`: this operator's certificate (None: plaintext, insecure dev mode).
+    pub fn new(
+        endpoints: Vec<String>,
+        tls: Option<Arc<Tls>>,
+        actor: String,
+        timeout: Duration,
+    ) -> Client {
         let mut b = [0u8; 12];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut b);
         let nonce = b.iter().map(|x| format!("{x:02x}")).collect();
         Client {
             endpoints,
+            tls,
             actor,
             timeout,
             nonce,
@@ -66,6 +68,31 @@ impl Client {
         r
     }
 
+    /// A transport failure over TLS usually means the node refused our
+    /// certificate (or we refused its): say which, in words.
+    async fn explain(&self, addr: &str, s: Status) -> Status {
+        let transport = matches!(
+            s.code(),
+            Code::Unknown | Code::Cancelled | Code::Unavailable
+        );
+        match &self.tls {
+            Some(t) if transport => match anygate_proto::tls::probe(addr, t).await {
+                Err(e) => Status::unauthenticated(format!("{addr}: TLS refused: {e}")),
+                Ok(()) => s,
+            },
+            None if transport
+                && (s.message().contains("h2 protocol error")
+                    || s.message().contains("transport error")) =>
+            {
+                Status::unavailable(format!(
+                    "{addr}: {} (the node probably requires TLS: give --ca, --cert and --key)",
+                    s.message()
+                ))
+            }
+            _ => s,
+        }
+    }
+
     /// Run `f` against the cluster: first endpoint that answers, following
     /// leader hints, retrying `Unavailable` until the deadline.
     pub async fn call<T, F, Fut>(&self, f: F) -> Result<T, Status>
@@ -77,12 +104,13 @@ impl Client {
         let n = self.seq.fetch_add(1, Ordering::Relaxed);
         *self.current_id.lock().expect("request id lock") = format!("{}-{n}", self.nonce);
         let mut last = Status::unavailable("no endpoint given");
+        let mut last_addr = String::new();
         let mut backoff = Duration::from_millis(50);
         loop {
             for ep in &self.endpoints {
                 let mut addr = ep.clone();
                 for _hop in 0..3 {
-                    match f(channel(&addr)?).await {
+                    match f(self.channel(&addr)?).await {
                         Ok(r) => return Ok(r.into_inner()),
                         Err(s) if s.code() == Code::Unavailable => {
                             let hint = s
@@ -91,17 +119,18 @@ impl Client {
                                 .and_then(|v| v.to_str().ok())
                                 .map(str::to_string);
                             last = s;
+                            last_addr = addr.clone();
                             match hint {
                                 Some(h) if h != addr => addr = h,
                                 _ => break,
                             }
                         }
-                        Err(s) => return Err(s),
+                        Err(s) => return Err(self.explain(&addr, s).await),
                     }
                 }
             }
             if Instant::now() + backoff >= deadline {
-                return Err(last);
+                return Err(self.explain(&last_addr, last).await);
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_millis(500));

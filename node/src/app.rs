@@ -2,12 +2,14 @@
 //! HTTP endpoints, runs the background tasks. The only place tasks are
 //! spawned; the shutdown order lives here.
 
+use crate::api::authz::{AuthzLayer, Gate};
 use crate::api::{self, Api};
 use crate::bgp::speaker::{BgpStatus, Speaker};
-use crate::config::{BackendKind, Config};
+use crate::config::{BackendKind, Config, TlsConfig};
 use crate::dataplane::backend::Device;
 use crate::dataplane::identity::Identity;
 use crate::metrics::Metrics;
+use crate::metrics::ResultLabels;
 use crate::model::{Command, Request};
 use crate::raft::network::{Channels, MAX_RAFT_MESSAGE};
 use crate::raft::service::RaftServiceImpl;
@@ -15,16 +17,17 @@ use crate::raft::{raft_config, RaftNode};
 use crate::reconcile::driver::{disabled_status, DataplaneStatus, Reconciler};
 use crate::store;
 use anygate_proto::raft::v1::raft_service_server::RaftServiceServer;
+use anygate_proto::tls::{Role, Tls};
 use anygate_proto::v1::audit_service_server::AuditServiceServer;
 use anygate_proto::v1::cluster_service_server::ClusterServiceServer;
 use anygate_proto::v1::peer_service_server::PeerServiceServer;
+use anygate_proto::v1::policy_service_server::PolicyServiceServer;
 use anygate_proto::v1::pool_service_server::PoolServiceServer;
 use anygate_proto::v1::settings_service_server::SettingsServiceServer;
 use openraft::ServerState;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn, Instrument};
@@ -41,6 +44,10 @@ pub enum AppError {
     Dataplane(String),
     #[error("gRPC server: {0}")]
     Serve(#[from] tonic::transport::Error),
+    #[error("tls: {0}")]
+    Tls(String),
+    #[error("{0}")]
+    Permissions(String),
 }
 
 /// Listeners are injected so tests can bind 127.0.0.1:0.
@@ -55,12 +62,33 @@ pub struct App {
 impl App {
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), AppError> {
         let cfg = self.cfg;
-        std::fs::create_dir_all(&cfg.data_dir)
-            .map_err(|e| AppError::DataDir(cfg.data_dir.display().to_string(), e))?;
-        restrict_dir(&cfg.data_dir);
+        prepare_data_dir(&cfg.data_dir)?;
+        let metrics = Metrics::new();
+        let tls = match &cfg.tls {
+            TlsConfig::Mutual { paths, .. } => {
+                check_private(&paths.key, "tls.key")?;
+                let t = Tls::load(paths.clone()).map_err(|e| AppError::Tls(e.to_string()))?;
+                let id = t.identity();
+                if id.role != Role::Node {
+                    return Err(AppError::Tls(format!(
+                        "{}: the certificate of {:?} has role {}; a node needs role node",
+                        paths.cert.display(),
+                        id.name,
+                        id.role
+                    )));
+                }
+                metrics.tls_cert_expiry.set(id.not_after);
+                info!(name = %id.name, expires = id.not_after, "mutual TLS on every gRPC connection");
+                Some(t)
+            }
+            TlsConfig::InsecureDev => {
+                warn!("--insecure-dev: gRPC is PLAINTEXT and unauthenticated, every caller is admin; never run a real gateway like this");
+                None
+            }
+        };
         let (log, sm) = store::open(&cfg.data_dir)?;
         let view = sm.view();
-        let channels = Channels::default();
+        let channels = Channels::new(tls.clone());
         let rcfg = Arc::new(
             raft_config(cfg.snapshot_logs)
                 .validate()
@@ -77,7 +105,6 @@ impl App {
             channels,
             contact: Default::default(),
         };
-        let metrics = Metrics::new();
         // The dataplane: a reconciler owning the device, or a fixed "off" status.
         let (dp_status, dp_rx) = match (&self.identity, cfg.dataplane.backend) {
             (Some(_), b) if b != BackendKind::None => {
@@ -134,7 +161,14 @@ impl App {
             metrics: metrics.clone(),
             dataplane: dp_rx.clone(),
             bgp: bgp_rx,
+            limiter: api::write_limiter(cfg.api),
+            limits: cfg.api,
         };
+        let (denied_tx, denied_rx) = tokio::sync::mpsc::channel(256);
+        let gate = Arc::new(Gate {
+            metrics: metrics.clone(),
+            denied: denied_tx,
+        });
         info!(id = cfg.id, listen = %cfg.listen, advertise = %cfg.advertise, data_dir = %cfg.data_dir.display(), "node starting");
 
         let tasks = TaskTracker::new();
@@ -144,7 +178,7 @@ impl App {
         let grpc = {
             let limit = api::MAX_API_MESSAGE;
             let router = tonic::transport::Server::builder()
-                .tcp_nodelay(true)
+                .layer(AuthzLayer(gate))
                 .add_service(
                     RaftServiceServer::new(RaftServiceImpl::new(node.clone()))
                         .max_decoding_message_size(MAX_RAFT_MESSAGE)
@@ -164,6 +198,10 @@ impl App {
                         .max_decoding_message_size(limit),
                 )
                 .add_service(
+                    PolicyServiceServer::new(api::policies::PolicyApi(api.clone()))
+                        .max_decoding_message_size(limit),
+                )
+                .add_service(
                     AuditServiceServer::new(api::audit::AuditApi(api.clone()))
                         .max_decoding_message_size(limit)
                         .max_encoding_message_size(usize::MAX),
@@ -172,7 +210,10 @@ impl App {
                     ClusterServiceServer::new(api::cluster::ClusterApi(api.clone()))
                         .max_decoding_message_size(limit),
                 );
-            let incoming = TcpListenerStream::new(self.grpc);
+            let m = metrics.clone();
+            let incoming = anygate_proto::tls::incoming(self.grpc, tls.clone(), move |_| {
+                m.tls_refused.inc();
+            });
             let stop = stop_api.clone();
             let trip = shutdown.clone();
             tasks.spawn(
@@ -216,6 +257,27 @@ impl App {
             expiry_sweeper(node.clone(), shutdown.clone())
                 .instrument(tracing::info_span!("expiry")),
         );
+        tasks.spawn(
+            audit_denied(node.clone(), denied_rx, shutdown.clone())
+                .instrument(tracing::info_span!("authz")),
+        );
+        if let (
+            Some(t),
+            TlsConfig::Mutual {
+                reload_interval, ..
+            },
+        ) = (&tls, &cfg.tls)
+        {
+            tasks.spawn(
+                tls_reloader(
+                    t.clone(),
+                    *reload_interval,
+                    metrics.clone(),
+                    shutdown.clone(),
+                )
+                .instrument(tracing::info_span!("tls")),
+            );
+        }
         tasks.close();
 
         shutdown.cancelled().await;
@@ -244,11 +306,144 @@ impl App {
     }
 }
 
-#[cfg(unix)]
-fn restrict_dir(p: &std::path::Path) {
+/// The data dir holds the inventory, preshared keys included: it is
+/// created 0700, and an existing one that others can read is refused.
+fn prepare_data_dir(p: &std::path::Path) -> Result<(), AppError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let shown = || p.display().to_string();
+    if !p.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(p)
+            .map_err(|e| AppError::DataDir(shown(), e))?;
+        // DirBuilder's mode is filtered by the umask; make it exact.
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| AppError::DataDir(shown(), e))?;
+        return Ok(());
+    }
+    let mode = std::fs::metadata(p)
+        .map_err(|e| AppError::DataDir(shown(), e))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        return Err(AppError::Permissions(format!(
+            "refusing to start: data dir {} is mode {:o}, readable or writable by others; it holds preshared keys: chmod 700 {}",
+            shown(),
+            mode & 0o777,
+            shown()
+        )));
+    }
+    Ok(())
+}
+
+/// A private key file must not be readable by group or others.
+fn check_private(p: &std::path::Path, key: &str) -> Result<(), AppError> {
     use std::os::unix::fs::PermissionsExt;
-    if let Err(e) = std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700)) {
-        warn!(error = %e, dir = %p.display(), "could not restrict data dir to 0700");
+    let mode = std::fs::metadata(p)
+        .map_err(|e| AppError::Permissions(format!("{key} {}: {e}", p.display())))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        return Err(AppError::Permissions(format!(
+            "refusing to start: {key} {} is mode {:o}; a private key must be 0600 or stricter: chmod 600 {}",
+            p.display(),
+            mode & 0o777,
+            p.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Re-reads the TLS files when they change (checked every `every`) or at
+/// once on SIGHUP: rotated certificates are used by every new connection,
+/// with no restart. Bad new files are refused and the old material stays.
+async fn tls_reloader(tls: Arc<Tls>, every: Duration, metrics: Metrics, stop: CancellationToken) {
+    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            warn!(error = %e, "no SIGHUP handler; TLS files are still polled");
+            None
+        }
+    };
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let force = tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => false,
+            Some(()) = async { match &mut hup { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
+        };
+        let res = check_private(&tls.paths().key, "tls.key")
+            .map_err(|e| e.to_string())
+            .and_then(|()| tls.reload(force).map_err(|e| e.to_string()));
+        match res {
+            Ok(None) => {}
+            Ok(Some(id)) if id.role == Role::Node => {
+                metrics.tls_cert_expiry.set(id.not_after);
+                metrics
+                    .tls_reloads
+                    .get_or_create(&ResultLabels {
+                        result: "ok".into(),
+                    })
+                    .inc();
+                info!(name = %id.name, expires = id.not_after, "TLS material reloaded; new connections use it");
+            }
+            Ok(Some(id)) => {
+                metrics
+                    .tls_reloads
+                    .get_or_create(&ResultLabels {
+                        result: "error".into(),
+                    })
+                    .inc();
+                warn!(name = %id.name, role = %id.role, "reloaded certificate is not a node certificate; it is in use but other nodes will refuse it");
+            }
+            Err(e) => {
+                metrics
+                    .tls_reloads
+                    .get_or_create(&ResultLabels {
+                        result: "error".into(),
+                    })
+                    .inc();
+                warn!(error = %e, "TLS reload failed; the previous certificates stay in use");
+            }
+        }
+    }
+}
+
+/// Refused calls go into the replicated audit log, at most one per caller
+/// per second (burst 5); beyond that they are only counted and logged.
+async fn audit_denied(
+    node: RaftNode,
+    mut rx: tokio::sync::mpsc::Receiver<api::authz::Denied>,
+    stop: CancellationToken,
+) {
+    let limiter = governor::RateLimiter::keyed(
+        governor::Quota::per_second(std::num::NonZeroU32::MIN)
+            .allow_burst(std::num::NonZeroU32::new(5).expect("5 > 0")),
+    );
+    loop {
+        let d = tokio::select! {
+            _ = stop.cancelled() => return,
+            d = rx.recv() => match d { Some(d) => d, None => return },
+        };
+        if limiter.check_key(&d.caller).is_err() {
+            continue;
+        }
+        let req = Request {
+            actor: d.caller,
+            at_ms: api::now_ms(),
+            request_id: None,
+            cmd: Command::Denied {
+                method: d.method,
+                role: d.role.to_string(),
+            },
+        };
+        match node.write(req).await {
+            // The entry is in the log, recorded as refused: that is the point.
+            Ok(_) | Err(crate::raft::NodeError::Rejected(_)) => {}
+            Err(e) => warn!(error = %e, "could not audit a refused call"),
+        }
     }
 }
 
@@ -318,6 +513,24 @@ async fn metrics_loop(node: RaftNode, metrics: Metrics, shutdown: CancellationTo
             metrics
                 .members
                 .set(m.membership_config.membership().nodes().count() as i64);
+            metrics
+                .raft_leader
+                .set(m.current_leader.unwrap_or(0) as i64);
+            metrics.raft_follower_lag.clear();
+            if let (Some(rep), Some(last)) = (&m.replication, m.last_log_index) {
+                for (id, matched) in rep {
+                    if *id == node.id {
+                        continue;
+                    }
+                    let at = matched.map(|l| l.index).unwrap_or(0);
+                    metrics
+                        .raft_follower_lag
+                        .get_or_create(&crate::metrics::FollowerLabels {
+                            follower: id.to_string(),
+                        })
+                        .set(last.saturating_sub(at) as i64);
+                }
+            }
             metrics
                 .peers
                 .set(node.view.read(|inv| inv.peer_count()) as i64);

@@ -102,6 +102,24 @@ pub struct Cli {
     /// Withdraw when no Raft leader was heard for this long [default: 10s].
     #[arg(long)]
     pub leader_lease: Option<String>,
+    /// CA bundle (PEM) that node and operator certificates must chain to
+    /// (`anygatectl pki init` makes one). During a CA rotation, both CAs.
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
+    /// This node's certificate (PEM, role `node`, naming its advertise host).
+    #[arg(long)]
+    pub tls_cert: Option<PathBuf>,
+    /// This node's private key (PEM, mode 0600 or stricter).
+    #[arg(long)]
+    pub tls_key: Option<PathBuf>,
+    /// Serve and dial plaintext gRPC, with no certificates and no roles
+    /// (everyone is admin). For a laptop lab only; logs a warning.
+    #[arg(long)]
+    pub insecure_dev: bool,
+    /// Writes each client (certificate name) may make per second, sustained
+    /// (burst: twice that) [default: 100].
+    #[arg(long)]
+    pub write_rate: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -500,6 +518,82 @@ struct FileConfig {
     #[serde(default)]
     dataplane: FileDataplane,
     bgp: Option<FileBgp>,
+    #[serde(default)]
+    tls: FileTls,
+    #[serde(default)]
+    api: FileApi,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileTls {
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    insecure_dev: Option<bool>,
+    reload_interval: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileApi {
+    write_rate: Option<u32>,
+    write_burst: Option<u32>,
+}
+
+/// Validated `[tls]` section: mutual TLS, or the explicit insecure dev mode.
+#[derive(Debug, Clone)]
+pub enum TlsConfig {
+    Mutual {
+        paths: anygate_proto::tls::Paths,
+        /// How often the files are checked for new material (SIGHUP reloads at once).
+        reload_interval: std::time::Duration,
+    },
+    InsecureDev,
+}
+
+impl TlsConfig {
+    fn load(cli: &Cli, f: FileTls) -> Result<TlsConfig, ConfigError> {
+        let insecure = cli.insecure_dev || f.insecure_dev.unwrap_or(false);
+        let ca = cli.tls_ca.clone().or(f.ca);
+        let cert = cli.tls_cert.clone().or(f.cert);
+        let key = cli.tls_key.clone().or(f.key);
+        match (ca, cert, key) {
+            (Some(_), Some(_), Some(_)) if insecure => Err(bad(
+                "tls.insecure-dev",
+                "is given together with tls.ca/cert/key: choose one",
+            )),
+            (Some(ca), Some(cert), Some(key)) => Ok(TlsConfig::Mutual {
+                paths: anygate_proto::tls::Paths { ca, cert, key },
+                reload_interval: duration("tls.reload-interval", f.reload_interval, "10s")?,
+            }),
+            (None, None, None) if insecure => Ok(TlsConfig::InsecureDev),
+            (None, None, None) => Err(bad(
+                "tls",
+                "no certificates: set tls.ca, tls.cert and tls.key (anygatectl pki init makes \
+                 them), or start with --insecure-dev for a plaintext lab",
+            )),
+            (ca, cert, _) => Err(bad(
+                if ca.is_none() {
+                    "tls.ca"
+                } else if cert.is_none() {
+                    "tls.cert"
+                } else {
+                    "tls.key"
+                },
+                "is missing: tls.ca, tls.cert and tls.key go together",
+            )),
+        }
+    }
+}
+
+/// Request limits of the operator API.
+#[derive(Debug, Clone, Copy)]
+pub struct ApiLimits {
+    /// Sustained writes per second per client.
+    pub write_rate: u32,
+    /// Writes a client may make at once before the rate applies.
+    pub write_burst: u32,
 }
 
 /// Validated configuration.
@@ -516,6 +610,8 @@ pub struct Config {
     pub dataplane: DataplaneConfig,
     /// `[bgp]`; None = this node announces nothing.
     pub bgp: Option<BgpConfig>,
+    pub tls: TlsConfig,
+    pub api: ApiLimits,
 }
 
 impl Config {
@@ -604,9 +700,20 @@ impl Config {
         if let Some(b) = &bgp {
             dataplane.kick_after = std::time::Duration::from_millis(b.hold_time * 1000 + 500);
         }
+        let tls = TlsConfig::load(cli, file.tls)?;
+        let write_rate = cli.write_rate.or(file.api.write_rate).unwrap_or(100);
+        if write_rate == 0 {
+            return Err(bad("api.write-rate", "must be at least 1"));
+        }
+        let write_burst = file.api.write_burst.unwrap_or(write_rate * 2).max(1);
         Ok(Config {
             dataplane,
             bgp,
+            tls,
+            api: ApiLimits {
+                write_rate,
+                write_burst,
+            },
             id,
             listen,
             advertise,
@@ -635,8 +742,58 @@ fn read_file(p: &Path) -> Result<FileConfig, ConfigError> {
 mod tests {
     use super::*;
 
+    /// Flags for a plaintext test node (TLS has its own test below).
     fn cli(args: &[&str]) -> Cli {
-        Cli::parse_from(std::iter::once("anygate").chain(args.iter().copied()))
+        let tls = args
+            .iter()
+            .any(|a| a.starts_with("--tls") || *a == "--insecure-dev");
+        let dev = (!tls).then_some("--insecure-dev");
+        Cli::parse_from(
+            std::iter::once("anygate")
+                .chain(args.iter().copied())
+                .chain(dev),
+        )
+    }
+
+    #[test]
+    fn tls_is_required_unless_insecure_dev() {
+        let base = [
+            "anygate",
+            "--id",
+            "1",
+            "--data-dir",
+            "/tmp/x",
+            "--dataplane-backend",
+            "none",
+        ];
+        let e = Config::load(&Cli::parse_from(base)).unwrap_err();
+        assert_eq!(e.key, "tls");
+        assert!(e.msg.contains("--insecure-dev"), "{e}");
+        let c = Config::load(&Cli::parse_from(base.iter().chain(&["--insecure-dev"]))).unwrap();
+        assert!(matches!(c.tls, TlsConfig::InsecureDev));
+        let e = Config::load(&Cli::parse_from(base.iter().chain(&[
+            "--tls-ca",
+            "/ca.pem",
+            "--tls-cert",
+            "/c.pem",
+        ])))
+        .unwrap_err();
+        assert_eq!(e.key, "tls.key");
+        let all = [
+            "--tls-ca",
+            "/ca.pem",
+            "--tls-cert",
+            "/c.pem",
+            "--tls-key",
+            "/k.pem",
+        ];
+        let c = Config::load(&Cli::parse_from(base.iter().chain(&all))).unwrap();
+        assert!(matches!(c.tls, TlsConfig::Mutual { .. }));
+        let e = Config::load(&Cli::parse_from(
+            base.iter().chain(&all).chain(&["--insecure-dev"]),
+        ))
+        .unwrap_err();
+        assert_eq!(e.key, "tls.insecure-dev");
     }
 
     #[test]

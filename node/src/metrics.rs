@@ -43,6 +43,54 @@ pub struct Metrics {
     pub react_kicks: Family<ReasonLabels, Counter>,
     pub loser_flushes: Counter,
     pub takeover_kicks: Counter,
+    pub denied: Family<DeniedLabels, Counter>,
+    pub policy_rules: Gauge,
+    pub bgp_session_up: Family<NeighborLabels, Gauge>,
+    pub bgp_state: Family<StateLabels, Gauge>,
+    pub raft_leader: Gauge,
+    pub raft_follower_lag: Family<FollowerLabels, Gauge>,
+    pub peer_rx_bytes: Family<PeerLabels, Gauge>,
+    pub peer_tx_bytes: Family<PeerLabels, Gauge>,
+    pub peer_last_handshake: Family<PeerLabels, Gauge>,
+    pub policy_denied_packets: Gauge,
+    pub rate_limited: Counter,
+    pub tls_refused: Counter,
+    pub tls_cert_expiry: Gauge,
+    pub tls_reloads: Family<ResultLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NeighborLabels {
+    pub neighbor: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FollowerLabels {
+    pub follower: String,
+}
+
+/// A client device, as operators name it.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+pub struct PeerLabels {
+    pub user: String,
+    pub device: String,
+    pub group: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeniedLabels {
+    pub role: String,
+    pub method: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -108,7 +156,91 @@ impl Metrics {
             react_kicks: Family::default(),
             loser_flushes: Counter::default(),
             takeover_kicks: Counter::default(),
+            denied: Family::default(),
+            policy_rules: Gauge::default(),
+            bgp_session_up: Family::default(),
+            bgp_state: Family::default(),
+            raft_leader: Gauge::default(),
+            raft_follower_lag: Family::default(),
+            peer_rx_bytes: Family::default(),
+            peer_tx_bytes: Family::default(),
+            peer_last_handshake: Family::default(),
+            policy_denied_packets: Gauge::default(),
+            rate_limited: Counter::default(),
+            tls_refused: Counter::default(),
+            tls_cert_expiry: Gauge::default(),
+            tls_reloads: Family::default(),
         };
+        r.register(
+            "api_denied",
+            "Calls refused because the caller's certificate role is below what the method needs",
+            m.denied.clone(),
+        );
+        r.register(
+            "bgp_session_up",
+            "1 when the BGP session with this neighbor is established",
+            m.bgp_session_up.clone(),
+        );
+        r.register(
+            "bgp_state",
+            "1 for the current announcement state (announced, graceful-shutdown, withdrawn)",
+            m.bgp_state.clone(),
+        );
+        r.register(
+            "raft_leader",
+            "Node id of the Raft leader this node knows (0: none)",
+            m.raft_leader.clone(),
+        );
+        r.register(
+            "raft_follower_lag",
+            "On the leader: log entries each follower is behind",
+            m.raft_follower_lag.clone(),
+        );
+        r.register(
+            "peer_rx_bytes",
+            "Bytes received from a client device by this gateway's WireGuard (device counter)",
+            m.peer_rx_bytes.clone(),
+        );
+        r.register(
+            "peer_tx_bytes",
+            "Bytes sent to a client device by this gateway's WireGuard (device counter)",
+            m.peer_tx_bytes.clone(),
+        );
+        r.register(
+            "peer_last_handshake_timestamp_seconds",
+            "Unix time of the client device's last handshake with this gateway (0: none)",
+            m.peer_last_handshake.clone(),
+        );
+        r.register(
+            "policy_rules",
+            "Access-policy rules programmed on this gateway (one per policy and address family)",
+            m.policy_rules.clone(),
+        );
+        r.register(
+            "policy_denied_packets",
+            "Client packets dropped by the default deny (no policy allowed them), as of the last resync",
+            m.policy_denied_packets.clone(),
+        );
+        r.register(
+            "api_rate_limited",
+            "Writes refused by the per-client write rate limit",
+            m.rate_limited.clone(),
+        );
+        r.register(
+            "tls_handshakes_refused",
+            "Connections refused during the TLS handshake (no certificate, unknown CA, expired, no role)",
+            m.tls_refused.clone(),
+        );
+        r.register(
+            "tls_certificate_expiry_timestamp_seconds",
+            "Unix time at which this node's certificate expires",
+            m.tls_cert_expiry.clone(),
+        );
+        r.register(
+            "tls_reloads",
+            "Re-reads of the TLS files after they changed or on SIGHUP, by result",
+            m.tls_reloads.clone(),
+        );
         r.register(
             "react_handshakes",
             "Handshakes started to clients whose data arrived here without a working session (failover react), by reason: no_session | stalled",
@@ -237,6 +369,15 @@ impl Metrics {
             .get_or_create(&WriteLabels {
                 action: action.into(),
                 result: if ok { "ok" } else { "error" }.into(),
+            })
+            .inc();
+    }
+
+    pub fn denied(&self, role: &str, method: &str) {
+        self.denied
+            .get_or_create(&DeniedLabels {
+                role: role.into(),
+                method: method.into(),
             })
             .inc();
     }

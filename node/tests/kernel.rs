@@ -270,7 +270,15 @@ fn node_programs_kernel_wireguard_end_to_end() {
     let node_bin = std::path::PathBuf::from(env!("CARGO_BIN_EXE_anygate"));
     let ctl_bin = node_bin.with_file_name("anygatectl");
     let mut node = Command::new(&node_bin)
-        .args(["--id", "1", "--listen", "127.0.0.1:7400", "--data-dir"])
+        // Inside the VM, on loopback: the backend is under test, not TLS.
+        .args([
+            "--id",
+            "1",
+            "--listen",
+            "127.0.0.1:7400",
+            "--insecure-dev",
+            "--data-dir",
+        ])
         .arg(dir.path().join("data"))
         .args(["--dataplane-backend", "auto", "--wg-interface", "agk3"])
         .arg("--wg-private-key-file")
@@ -285,6 +293,7 @@ fn node_programs_kernel_wireguard_end_to_end() {
                 "127.0.0.1:7400",
                 "--operator",
                 "kernel-test",
+                "--insecure-dev",
                 "--timeout",
                 "20s",
             ])

@@ -25,3 +25,6 @@ pub mod gobgp {
         format!("type.googleapis.com/apipb.{message}")
     }
 }
+
+pub mod pki;
+pub mod tls;

@@ -94,6 +94,12 @@ async fn bench_anygate(a: &Args, dir: &std::path::Path) -> anyhow::Result<(Resul
                     "warn",
                     "--dataplane-backend",
                     "none",
+                    // Plaintext, as etcd is run here: the comparison is of
+                    // the replicated write path.
+                    "--insecure-dev",
+                    // The bench is one client pushing as hard as it can.
+                    "--write-rate",
+                    "1000000",
                     "--data-dir",
                 ])
                 .arg(&data),

@@ -400,6 +400,8 @@ fn one_size(a: &Args, size: u64) -> anyhow::Result<serde_json::Value> {
             &ep,
             "--log-level",
             "warn",
+            // Measures the dataplane, not the API: plaintext gRPC.
+            "--insecure-dev",
         ])
         .arg("--data-dir")
         .arg(dir.join(format!("node{k}")))

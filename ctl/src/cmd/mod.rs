@@ -4,6 +4,8 @@ pub mod audit;
 pub mod cluster;
 pub mod node;
 pub mod peer;
+pub mod pki;
+pub mod policy;
 pub mod pool;
 pub mod settings;
 
@@ -22,6 +24,7 @@ pub fn describe(s: &Status) -> String {
         Code::Unavailable => "cluster unavailable",
         Code::DeadlineExceeded => "timed out",
         Code::PermissionDenied => "permission denied",
+        Code::Unauthenticated => "not authenticated",
         _ => "error",
     };
     format!("{what}: {}", s.message())

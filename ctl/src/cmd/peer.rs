@@ -463,8 +463,12 @@ impl PeerCmd {
                         client_config(&p, &s, None, p.preshared_key.as_deref())
                     );
                 } else if ctx.json {
-                    println!("{}", json(&peer_json(&p)));
+                    let access = super::policy::for_group(ctx, &p.group, stale).await?;
+                    let mut v = peer_json(&p);
+                    v["access"] = serde_json::to_value(&access).expect("serialisable");
+                    println!("{}", json(&v));
                 } else {
+                    let access = super::policy::for_group(ctx, &p.group, stale).await?;
                     let mut rows = vec![
                         vec!["public key".into(), p.public_key.clone()],
                         vec!["user/device".into(), format!("{}/{}", p.user, p.device)],
@@ -494,6 +498,18 @@ impl PeerCmd {
                     for (k, v) in &p.labels {
                         rows.push(vec![format!("label {k}"), v.clone()]);
                     }
+                    rows.push(vec![
+                        "access".into(),
+                        if access.is_empty() {
+                            "none: no policy covers this group (default deny)".into()
+                        } else {
+                            access
+                                .iter()
+                                .map(|a| format!("{} ({})", super::policy::describe(a), a.name))
+                                .collect::<Vec<_>>()
+                                .join("\n")
+                        },
+                    ]);
                     println!("{}", table(&["FIELD", "VALUE"], rows));
                 }
             }

@@ -3,9 +3,11 @@
 //! it to [`RaftNode`]; they never mutate state themselves.
 
 pub mod audit;
+pub mod authz;
 pub mod cluster;
 pub mod convert;
 pub mod peers;
+pub mod policies;
 pub mod pools;
 pub mod settings;
 pub mod status;
@@ -13,7 +15,10 @@ pub mod status;
 use crate::metrics::Metrics;
 use crate::model::{Command, Request, Response};
 use crate::raft::{RaftNode, Written};
+use anygate_proto::tls::{ConnInfo, Role};
 use anygate_proto::v1::ReadOptions;
+pub use authz::Caller;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 use tonic::Status;
 
@@ -33,31 +38,104 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// Writes per second per caller, keyed by the caller's name.
+pub type WriteLimiter = governor::DefaultKeyedRateLimiter<String>;
+
+pub fn write_limiter(l: crate::config::ApiLimits) -> Arc<WriteLimiter> {
+    let rate = std::num::NonZeroU32::new(l.write_rate).unwrap_or(std::num::NonZeroU32::MIN);
+    let burst = std::num::NonZeroU32::new(l.write_burst).unwrap_or(rate);
+    Arc::new(governor::RateLimiter::keyed(
+        governor::Quota::per_second(rate).allow_burst(burst),
+    ))
+}
+
 #[derive(Clone)]
 pub struct Api {
     pub node: RaftNode,
     pub metrics: Metrics,
     pub dataplane: crate::reconcile::driver::StatusRx,
     pub bgp: crate::bgp::speaker::BgpRx,
+    pub limiter: Arc<WriteLimiter>,
+    pub limits: crate::config::ApiLimits,
 }
 
 impl Api {
-    /// Who is asking: the actor header (until client certificates name
-    /// them), and the remote address.
-    pub fn actor<T>(req: &tonic::Request<T>) -> String {
+    /// Who is asking: the name and role in the client certificate; on a
+    /// plaintext (`--insecure-dev`) connection, the unverified actor header
+    /// with the remote address, as admin.
+    pub fn caller<T>(req: &tonic::Request<T>) -> Caller {
+        let info = req.extensions().get::<ConnInfo>();
+        if let Some(id) = info.and_then(|i| i.identity.as_ref()) {
+            return Caller {
+                name: id.name.clone(),
+                role: id.role,
+                verified: true,
+            };
+        }
         let who = req
             .metadata()
             .get(ACTOR_HEADER)
             .and_then(|v| v.to_str().ok())
             .filter(|s| !s.is_empty() && s.len() <= 128)
             .unwrap_or("anonymous");
-        match req.remote_addr() {
+        let name = match info.and_then(|i| i.remote).or(req.remote_addr()) {
             Some(a) => format!("{who}@{}", a.ip()),
             None => who.to_string(),
+        };
+        Caller {
+            name,
+            role: Role::Admin,
+            verified: false,
+        }
+    }
+
+    /// The audit actor of a request.
+    pub fn actor<T>(req: &tonic::Request<T>) -> String {
+        Self::caller(req).name
+    }
+
+    /// Refuses a caller below `need` (for checks finer than the method,
+    /// such as secrets in an otherwise read-only call).
+    pub fn require<T>(req: &tonic::Request<T>, need: Role, what: &str) -> Result<Caller, Status> {
+        let c = Self::caller(req);
+        if c.role >= need {
+            Ok(c)
+        } else {
+            Err(Status::permission_denied(format!(
+                "{} (role {}) may not {what}: it needs role {need} or higher",
+                c.name, c.role
+            )))
+        }
+    }
+
+    /// Each caller gets `write-rate` writes per second (burst
+    /// `write-burst`); beyond that ResourceExhausted, before anything
+    /// reaches the log. Other gateways are not limited.
+    fn rate_limit(&self, c: &Caller) -> Result<(), Status> {
+        if c.role == Role::Node {
+            return Ok(());
+        }
+        match self.limiter.check_key(&c.name) {
+            Ok(()) => Ok(()),
+            Err(not_until) => {
+                let wait = not_until.wait_time_from(governor::clock::Clock::now(
+                    &governor::clock::DefaultClock::default(),
+                ));
+                self.metrics.rate_limited.inc();
+                Err(Status::resource_exhausted(format!(
+                    "write rate limit: {} may make {} writes per second (burst {}); retry in {} ms",
+                    c.name,
+                    self.limits.write_rate,
+                    self.limits.write_burst,
+                    wait.as_millis().max(1)
+                )))
+            }
         }
     }
 
     pub async fn write<T>(&self, req: &tonic::Request<T>, cmd: Command) -> Result<Written, Status> {
+        let caller = Self::caller(req);
+        self.rate_limit(&caller)?;
         let request_id = match req.metadata().get(REQUEST_ID_HEADER) {
             None => None,
             Some(v) => match v.to_str() {
@@ -70,7 +148,7 @@ impl Api {
             },
         };
         let r = Request {
-            actor: Self::actor(req),
+            actor: caller.name,
             at_ms: now_ms(),
             request_id,
             cmd,
@@ -115,6 +193,10 @@ impl Api {
                 None => Response::Empty,
             },
             Replay::Settings => Response::Settings(inv.settings().clone()),
+            Replay::Policy(name) => match inv.policies().find(|p| p.name == name) {
+                Some(p) => Response::Policy(p.clone()),
+                None => Response::Empty,
+            },
             Replay::Count => Response::Count(0),
             Replay::Empty => Response::Empty,
         })
@@ -135,6 +217,7 @@ enum Replay {
     Peers(Vec<crate::model::WgKey>),
     PeerRef(crate::model::PeerRef),
     Pool(String),
+    Policy(String),
     Settings,
     Count,
     Empty,
@@ -150,7 +233,11 @@ impl Replay {
             Command::AddPool { name, .. } => Replay::Pool(name.clone()),
             Command::SetSettings(_) => Replay::Settings,
             Command::ExpirePeers | Command::UpdateEndpoints(_) => Replay::Count,
-            Command::RemovePool { .. } | Command::SetNodeFlags { .. } => Replay::Empty,
+            Command::RemovePool { .. }
+            | Command::SetNodeFlags { .. }
+            | Command::Denied { .. }
+            | Command::RemovePolicy { .. } => Replay::Empty,
+            Command::AddPolicy(p) => Replay::Policy(p.name.clone()),
         }
     }
 }

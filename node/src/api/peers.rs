@@ -5,6 +5,7 @@ use super::convert::{self, peer_ref, peer_to_pb};
 use super::status::invalid;
 use super::{committed, unexpected, Api, MAX_PEERS_PER_REQUEST};
 use crate::model::{Command, EndpointRecord, Response};
+use anygate_proto::tls::Role;
 use anygate_proto::v1::peer_service_server::PeerService;
 use anygate_proto::v1::*;
 use tonic::{Request, Response as Reply, Status};
@@ -94,6 +95,16 @@ impl PeerService for PeerApi {
 
     async fn get_peer(&self, req: Request<GetPeerRequest>) -> Result<Reply<Peer>, Status> {
         let r = req.get_ref();
+        if r.secrets {
+            // Preshared keys are for admins only, and reading one is audited.
+            let c = Api::require(&req, Role::Admin, "read preshared keys").inspect_err(|_| {
+                self.0.metrics.denied(
+                    Api::caller(&req).role.as_str(),
+                    "anygate.v1.PeerService/GetPeer?secrets",
+                )
+            })?;
+            tracing::info!(caller = %c.name, peer = %r.peer, "preshared key read");
+        }
         let pr = peer_ref(&r.peer)?;
         self.0.read_barrier(&r.read).await?;
         self.0

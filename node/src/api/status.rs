@@ -41,6 +41,7 @@ impl From<NodeError> for Status {
                     ErrorKind::FailedPrecondition => Code::FailedPrecondition,
                     ErrorKind::OutOfRange => Code::OutOfRange,
                     ErrorKind::ResourceExhausted => Code::ResourceExhausted,
+                    ErrorKind::PermissionDenied => Code::PermissionDenied,
                 };
                 Status::new(code, a.message)
             }

@@ -576,6 +576,20 @@ impl Speaker {
         self.metrics.bgp_announced.set(announced as i64);
         let est = self.sessions.values().filter(|s| s.established).count();
         self.metrics.bgp_sessions_established.set(est as i64);
+        for (n, s) in &self.sessions {
+            self.metrics
+                .bgp_session_up
+                .get_or_create(&crate::metrics::NeighborLabels {
+                    neighbor: n.to_string(),
+                })
+                .set(s.established as i64);
+        }
+        for st in ["announced", "graceful-shutdown", "withdrawn"] {
+            self.metrics
+                .bgp_state
+                .get_or_create(&crate::metrics::StateLabels { state: st.into() })
+                .set((st == state) as i64);
+        }
         let anycast: std::collections::BTreeSet<String> =
             self.candidates().iter().map(|r| r.cidr()).collect();
         if self.installed.is_empty() {

@@ -7,6 +7,7 @@ pub mod identity;
 pub mod kernel;
 pub mod net;
 pub mod nflog;
+pub mod policy;
 pub mod react;
 pub mod uapi;
 

@@ -465,6 +465,30 @@ impl NetManager {
     }
 }
 
+/// `nft [-a] list table inet NAME`; None when the table does not exist.
+pub async fn list_table(name: &str, handles: bool) -> Result<Option<String>, NetError> {
+    let mut cmd = tokio::process::Command::new("nft");
+    if handles {
+        cmd.arg("-a");
+    }
+    let out = cmd
+        .args(["list", "table", "inet", name])
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|e| NetError::Nft(format!("cannot run nft (is nftables installed?): {e}")))?;
+    if out.status.success() {
+        return Ok(Some(String::from_utf8_lossy(&out.stdout).into_owned()));
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    if err.contains("No such file or directory") {
+        Ok(None)
+    } else {
+        Err(NetError::Nft(err.trim().to_string()))
+    }
+}
+
 /// Replace the `inet anygate` table atomically (`nft -f -` runs the script as
 /// one transaction).
 pub async fn apply_nft(script: &str) -> Result<(), NetError> {

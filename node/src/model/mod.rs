@@ -4,6 +4,7 @@
 
 pub mod ipam;
 pub mod key;
+pub mod policy;
 mod state;
 
 pub use key::{KeyError, WgKey};
@@ -273,6 +274,16 @@ pub enum Command {
         drained: Option<bool>,
         site: Option<Option<String>>,
     },
+    /// A call refused for the caller's role: changes nothing, recorded so
+    /// the refusal is in the replicated audit log.
+    Denied {
+        method: String,
+        role: String,
+    },
+    AddPolicy(policy::Policy),
+    RemovePolicy {
+        name: String,
+    },
 }
 
 impl Command {
@@ -304,6 +315,9 @@ impl Command {
                 site: None,
             } => ("node.undrain", node.to_string()),
             Command::SetNodeFlags { node, .. } => ("node.flags", node.to_string()),
+            Command::Denied { method, .. } => ("denied", method.clone()),
+            Command::AddPolicy(p) => ("policy.add", p.name.clone()),
+            Command::RemovePolicy { name } => ("policy.remove", name.clone()),
         }
     }
 }
@@ -316,6 +330,7 @@ pub enum ErrorKind {
     FailedPrecondition,
     OutOfRange,
     ResourceExhausted,
+    PermissionDenied,
 }
 
 /// A command that `apply` refused. It changed nothing.
@@ -353,6 +368,7 @@ pub enum Response {
     Pool(PoolView),
     Settings(Settings),
     Count(u64),
+    Policy(policy::Policy),
     Rejected(ApplyError),
     /// The request id was already applied at `index`; nothing changed now.
     Duplicate {

@@ -5,6 +5,7 @@ use super::types::TypeConfig;
 use crate::model::NodeId;
 use anygate_proto::raft::v1::raft_service_client::RaftServiceClient;
 use anygate_proto::raft::v1::RaftPayload;
+use anygate_proto::tls::Tls;
 use openraft::error::{
     InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
     Unreachable,
@@ -19,37 +20,38 @@ use serde::{de::DeserializeOwned, Serialize};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// Raft messages can be large (snapshot chunks, batches of entries).
 pub const MAX_RAFT_MESSAGE: usize = 64 * 1024 * 1024;
 
 /// Shared cache of channels by address, used by Raft and by write forwarding.
+/// With TLS every (re)connect presents this node's current certificate.
 #[derive(Clone, Default)]
 pub struct Channels {
     inner: Arc<Mutex<HashMap<String, Channel>>>,
+    tls: Option<Arc<Tls>>,
 }
 
 impl Channels {
-    pub fn get(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
+    pub fn new(tls: Option<Arc<Tls>>) -> Channels {
+        Channels {
+            inner: Default::default(),
+            tls,
+        }
+    }
+
+    pub fn get(&self, addr: &str) -> Result<Channel, String> {
         let mut m = self.inner.lock().expect("channel cache poisoned");
         if let Some(c) = m.get(addr) {
             return Ok(c.clone());
         }
-        let ch = Endpoint::from_shared(format!("http://{addr}"))?
-            .connect_timeout(Duration::from_millis(500))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(5))
-            .keep_alive_timeout(Duration::from_secs(5))
-            .connect_lazy();
+        let ch = anygate_proto::tls::channel(addr, self.tls.clone(), Duration::from_millis(500))?;
         m.insert(addr.to_string(), ch.clone());
         Ok(ch)
     }
 
-    pub fn raft_client(
-        &self,
-        addr: &str,
-    ) -> Result<RaftServiceClient<Channel>, tonic::transport::Error> {
+    pub fn raft_client(&self, addr: &str) -> Result<RaftServiceClient<Channel>, String> {
         Ok(RaftServiceClient::new(self.get(addr)?)
             .max_decoding_message_size(MAX_RAFT_MESSAGE)
             .max_encoding_message_size(MAX_RAFT_MESSAGE))
@@ -63,7 +65,7 @@ impl RaftNetworkFactory<TypeConfig> for Channels {
         Conn {
             target,
             addr: node.addr.clone(),
-            client: self.raft_client(&node.addr).map_err(|e| e.to_string()),
+            client: self.raft_client(&node.addr),
         }
     }
 }

@@ -84,6 +84,10 @@ pub struct Reconciler {
     backoff: Duration,
     retry_at: Instant,
     last_nft: Option<String>,
+    /// The access-policy table as last read or written (None: read it).
+    policy_have: Option<crate::dataplane::policy::Present>,
+    /// Label sets of the per-peer metrics exported (removed with the peer).
+    peer_labels: BTreeMap<WgKey, crate::metrics::PeerLabels>,
     pending_endpoints: BTreeMap<WgKey, EndpointRecord>,
     endpoint_flush_at: Instant,
     endpoint_write: Option<tokio::task::JoinHandle<()>>,
@@ -175,6 +179,8 @@ impl Reconciler {
             backoff: Duration::from_millis(100),
             retry_at: Instant::now(),
             last_nft: None,
+            policy_have: None,
+            peer_labels: BTreeMap::new(),
             pending_endpoints: BTreeMap::new(),
             endpoint_flush_at: Instant::now(),
             endpoint_write: None,
@@ -314,6 +320,10 @@ impl Reconciler {
         };
         let started = Instant::now();
         let changes = self.node.view.changes_since(self.believed_index);
+        // Group membership follows peers; policies are a global change.
+        let touches_policy = changes
+            .as_ref()
+            .is_none_or(|cs| cs.global || !cs.peers.is_empty());
         let (index, p, net) = match changes {
             Some(cs) if !cs.global => {
                 let p = self.node.view.read(|inv| {
@@ -379,6 +389,9 @@ impl Reconciler {
                     if self.net.is_some() {
                         self.reconcile_net(&net, false).await;
                     }
+                }
+                if self.net.is_some() && (touches_policy || !p.is_empty()) {
+                    self.sync_policy(false).await;
                 }
                 self.last_error = None;
             }
@@ -517,6 +530,7 @@ impl Reconciler {
         }
         self.react_index = crate::dataplane::react::index(&observed);
         self.metrics.device_peers.set(observed.peers.len() as i64);
+        self.peer_metrics(&observed);
         self.believed = Some(observed);
         self.believed_index = index;
         self.last_error = None;
@@ -526,6 +540,107 @@ impl Reconciler {
         }
         if self.net.is_some() {
             self.reconcile_net(&net, full).await;
+            self.sync_policy(full).await;
+        }
+    }
+
+    /// Per-peer traffic and handshake gauges, labelled as operators name
+    /// the device; series of peers gone from the device are dropped.
+    fn peer_metrics(&mut self, observed: &Observed) {
+        let labels: BTreeMap<WgKey, crate::metrics::PeerLabels> = self.node.view.read(|inv| {
+            observed
+                .peers
+                .keys()
+                .filter_map(|k| {
+                    inv.peer(k).map(|p| {
+                        (
+                            *k,
+                            crate::metrics::PeerLabels {
+                                user: p.user.clone(),
+                                device: p.device.clone(),
+                                group: p.group.clone(),
+                            },
+                        )
+                    })
+                })
+                .collect()
+        });
+        let m = &self.metrics;
+        for (k, old) in &self.peer_labels {
+            if labels.get(k) != Some(old) {
+                m.peer_rx_bytes.remove(old);
+                m.peer_tx_bytes.remove(old);
+                m.peer_last_handshake.remove(old);
+            }
+        }
+        for (k, l) in &labels {
+            let st = &observed.peers[k].stats;
+            m.peer_rx_bytes.get_or_create(l).set(st.rx_bytes as i64);
+            m.peer_tx_bytes.get_or_create(l).set(st.tx_bytes as i64);
+            m.peer_last_handshake
+                .get_or_create(l)
+                .set(st.last_handshake.0 as i64);
+        }
+        self.peer_labels = labels;
+    }
+
+    /// Brings `table inet anygate_policy` to what the policies and group
+    /// memberships ask for, with the smallest change. `full` (every
+    /// resync) reads the kernel first, so hand edits are repaired.
+    async fn sync_policy(&mut self, full: bool) {
+        use crate::dataplane::net::list_table;
+        use crate::dataplane::policy;
+        let want = self
+            .node
+            .view
+            .read(|inv| policy::desired(inv, &self.ifname));
+        let rules_differ = self
+            .policy_have
+            .as_ref()
+            .is_none_or(|h| !h.rules.keys().eq(want.rules.keys()));
+        let had = self.policy_have.is_some();
+        if full || rules_differ {
+            match list_table(policy::TABLE, true).await {
+                Ok(t) => {
+                    self.policy_have = t.map(|t| policy::parse(&t));
+                    if let Some(h) = &self.policy_have {
+                        self.metrics
+                            .policy_denied_packets
+                            .set(h.denied_packets as i64);
+                    }
+                }
+                Err(e) => {
+                    self.metrics.reconcile_errors.inc();
+                    warn!(error = %e, "cannot read the access-policy table; will retry");
+                    self.policy_have = None;
+                    return;
+                }
+            }
+        }
+        let Some(script) = policy::plan(self.policy_have.as_ref(), &want) else {
+            return;
+        };
+        match apply_nft(&script).await {
+            Ok(()) => {
+                if full && had {
+                    warn!(script = %script.trim(), "access-policy table differed from the policies (hand edit?); repaired");
+                    self.metrics.drift_repairs.inc();
+                } else {
+                    debug!(script = %script.trim(), "access-policy table updated");
+                }
+                self.metrics.policy_rules.set(want.rules.len() as i64);
+                if script.contains(" rule ") || script.contains("delete table") {
+                    // New rules' handles are needed to remove them later.
+                    self.policy_have = None;
+                } else if let Some(h) = &mut self.policy_have {
+                    h.sets = want.sets;
+                }
+            }
+            Err(e) => {
+                self.metrics.reconcile_errors.inc();
+                warn!(error = %e, "access-policy table not updated; will retry");
+                self.policy_have = None;
+            }
         }
     }
 

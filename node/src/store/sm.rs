@@ -17,6 +17,7 @@ use tokio::sync::watch;
 const KEY_APPLIED: &[u8] = b"applied";
 const KEY_MEMBERSHIP: &[u8] = b"membership";
 const KEY_SETTINGS: &[u8] = b"settings";
+const KEY_POLICIES: &[u8] = b"policies";
 const KEY_SNAP_META: &[u8] = b"meta";
 const KEY_SNAP_DATA: &[u8] = b"data";
 
@@ -97,7 +98,7 @@ impl StateView {
 
     fn record(&self, index: u64, ch: &Changes) {
         let keys: Vec<WgKey> = ch.peers.union(&ch.endpoints).copied().collect();
-        let global = ch.settings || ch.pool_set;
+        let global = ch.settings || ch.pool_set || ch.policies;
         let mut feed = self.inner.feed.lock().expect("feed lock poisoned");
         feed.keys += keys.len();
         feed.batches.push_back((index, keys, global));
@@ -197,8 +198,13 @@ impl StateMachine {
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| io_err(StorageIOError::read_state_machine, e))
         };
+        let policies = get(CF_SETTINGS, KEY_POLICIES)?
+            .map(|b| rd(&b))
+            .transpose()?
+            .unwrap_or_default();
         let mut img = InventoryImage {
             settings,
+            policies,
             ..Default::default()
         };
         for (_, v) in all(CF_PEERS)? {
@@ -258,6 +264,10 @@ impl StateMachine {
         }
         if ch.settings {
             b.put_cf(cf(db, CF_SETTINGS), KEY_SETTINGS, wr(inv.settings())?);
+        }
+        if ch.policies {
+            let all: Vec<_> = inv.policies().cloned().collect();
+            b.put_cf(cf(db, CF_SETTINGS), KEY_POLICIES, wr(&all)?);
         }
         for k in &ch.endpoints {
             match inv.endpoint(k) {
@@ -442,6 +452,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             b.put_cf(cf(db, CF_POOLS), p.name.as_bytes(), wr(p)?);
         }
         b.put_cf(cf(db, CF_SETTINGS), KEY_SETTINGS, wr(&img.settings)?);
+        b.put_cf(cf(db, CF_SETTINGS), KEY_POLICIES, wr(&img.policies)?);
         for e in &img.endpoints {
             b.put_cf(cf(db, CF_ENDPOINTS), e.0.as_bytes(), wr(e)?);
         }

@@ -22,6 +22,82 @@ pub fn ctl_bin() -> PathBuf {
     p
 }
 
+/// One cluster CA for the whole test binary (every test's nodes and
+/// anygatectl use mutual TLS, as production does): an admin certificate
+/// for anygatectl, node certificates issued as nodes start.
+pub struct Pki {
+    pub dir: PathBuf,
+    pub ca: anygate_proto::pki::Pem,
+}
+
+static PKI: std::sync::OnceLock<Pki> = std::sync::OnceLock::new();
+
+pub fn pki() -> &'static Pki {
+    PKI.get_or_init(|| {
+        let dir = tempfile::Builder::new()
+            .prefix("anygate-test-pki")
+            .tempdir()
+            .unwrap()
+            .keep();
+        let ca = anygate_proto::pki::new_ca("test CA", Duration::from_secs(86_400)).unwrap();
+        std::fs::write(dir.join("ca.pem"), &ca.cert).unwrap();
+        let p = Pki { dir, ca };
+        p.issue("admin", anygate_proto::tls::Role::Admin, vec![], None);
+        p
+    })
+}
+
+impl Pki {
+    /// Writes DIR/NAME.pem and DIR/NAME.key; `not_after` in the past makes
+    /// an expired certificate.
+    pub fn issue(
+        &self,
+        name: &str,
+        role: anygate_proto::tls::Role,
+        sans: Vec<String>,
+        not_after: Option<std::time::SystemTime>,
+    ) -> (PathBuf, PathBuf) {
+        let mut req =
+            anygate_proto::pki::Request::new(name, role, sans, Duration::from_secs(86_400));
+        if let Some(t) = not_after {
+            req.not_before = t - Duration::from_secs(3600);
+            req.not_after = t;
+        }
+        let pem = anygate_proto::pki::issue(&self.ca, &req).unwrap();
+        let (c, k) = (
+            self.dir.join(format!("{name}.pem")),
+            self.dir.join(format!("{name}.key")),
+        );
+        std::fs::write(&c, pem.cert).unwrap();
+        std::fs::write(&k, pem.key).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&k, std::fs::Permissions::from_mode(0o600)).unwrap();
+        (c, k)
+    }
+
+    pub fn ca_path(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+}
+
+/// A gRPC channel to `addr` holding the admin certificate.
+pub fn admin_channel(addr: &str) -> tonic::transport::Channel {
+    client_channel(addr, "admin")
+}
+
+/// A gRPC channel to `addr` holding the certificate DIR/NAME.pem of the
+/// test PKI (see [`Pki::issue`]).
+pub fn client_channel(addr: &str, name: &str) -> tonic::transport::Channel {
+    let p = pki();
+    let tls = anygate_proto::tls::Tls::load(anygate_proto::tls::Paths {
+        ca: p.ca_path(),
+        cert: p.dir.join(format!("{name}.pem")),
+        key: p.dir.join(format!("{name}.key")),
+    })
+    .unwrap();
+    anygate_proto::tls::channel(addr, Some(tls), Duration::from_secs(2)).unwrap()
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -71,6 +147,25 @@ impl Node {
         };
         if !self.extra.iter().any(|a| a == "--dataplane-backend") {
             cmd.args(["--dataplane-backend", "none"]);
+        }
+        if !self
+            .extra
+            .iter()
+            .any(|a| a == "--insecure-dev" || a == "--tls-cert")
+        {
+            let (host, port) = self.addr.rsplit_once(':').unwrap();
+            let (cert, key) = pki().issue(
+                &format!("node-{}-{}-{port}", self.id, host.replace(':', "_")),
+                anygate_proto::tls::Role::Node,
+                vec![host.trim_matches(['[', ']']).to_string()],
+                None,
+            );
+            cmd.arg("--tls-ca")
+                .arg(pki().ca_path())
+                .arg("--tls-cert")
+                .arg(cert)
+                .arg("--tls-key")
+                .arg(key);
         }
         let child = cmd
             .args([
@@ -308,6 +403,15 @@ pub fn ctl_in(ns: Option<&str>, endpoint: &str, args: &[&str]) -> Output {
         }
         None => Command::new(ctl_bin()),
     };
+    if !args
+        .iter()
+        .any(|a| *a == "--cert" || *a == "--insecure-dev")
+    {
+        let p = pki();
+        cmd.env("ANYGATE_CA", p.ca_path())
+            .env("ANYGATE_CERT", p.dir.join("admin.pem"))
+            .env("ANYGATE_KEY", p.dir.join("admin.key"));
+    }
     cmd.args([
         "--endpoint",
         endpoint,

@@ -15,3 +15,4 @@ mod t09_routed;
 mod t10_bgp_external;
 mod t11_bgp_ipv6;
 mod t12_react;
+mod t13_security;

@@ -170,9 +170,7 @@ fn bad_input_is_refused_clearly_and_changes_nothing() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let leader_addr = c.addr(c.leader());
     rt.block_on(async {
-        let mut client = PeerServiceClient::connect(format!("http://{leader_addr}"))
-            .await
-            .unwrap();
+        let mut client = PeerServiceClient::new(admin_channel(&leader_addr));
         let spec = |i: usize| PeerSpec {
             public_key: random_key(),
             user: format!("big{i}"),

@@ -356,7 +356,7 @@ fn three_nodes_keep_their_wireguard_go_devices_equal_to_the_inventory() {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).unwrap();
     let out = Command::new(node_bin())
-        .args(["--id", "9", "--data-dir"])
+        .args(["--id", "9", "--insecure-dev", "--data-dir"])
         .arg(c.dir().join("n9"))
         .args(["--dataplane-backend", "userspace", "--wg-private-key-file"])
         .arg(&loose)

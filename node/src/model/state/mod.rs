@@ -17,6 +17,8 @@ pub struct Changes {
     pub settings: bool,
     pub endpoints: BTreeSet<WgKey>,
     pub nodes: BTreeSet<NodeId>,
+    /// The access policies changed.
+    pub policies: bool,
     pub audit: Vec<AuditEntry>,
     /// Request ids remembered (index, id, outcome) and forgotten (index).
     pub requests_added: Vec<RememberedRequest>,
@@ -41,6 +43,8 @@ pub struct InventoryImage {
     pub nodes: Vec<(NodeId, NodeFlags)>,
     #[serde(default)]
     pub requests: Vec<RememberedRequest>,
+    #[serde(default)]
+    pub policies: Vec<super::policy::Policy>,
 }
 
 #[derive(Debug, Default)]
@@ -54,9 +58,13 @@ pub struct Inventory {
     nodes: BTreeMap<NodeId, NodeFlags>,
     requests: HashMap<String, RememberedRequest>,
     request_order: BTreeMap<u64, String>,
+    policies: BTreeMap<String, super::policy::Policy>,
 }
 
 type Res<T> = Result<T, ApplyError>;
+
+/// Policies per cluster (each becomes a rule on every gateway).
+pub const MAX_POLICIES: usize = 1000;
 
 fn err(kind: ErrorKind, msg: impl Into<String>) -> ApplyError {
     ApplyError::new(kind, msg)
@@ -69,6 +77,11 @@ impl Inventory {
             settings: img.settings,
             endpoints: img.endpoints.into_iter().collect(),
             nodes: img.nodes.into_iter().collect(),
+            policies: img
+                .policies
+                .into_iter()
+                .map(|p| (p.name.clone(), p))
+                .collect(),
             ..Default::default()
         };
         for p in img.peers {
@@ -98,6 +111,7 @@ impl Inventory {
                 .values()
                 .map(|id| self.requests[id].clone())
                 .collect(),
+            policies: self.policies.values().cloned().collect(),
         }
     }
 
@@ -135,6 +149,9 @@ impl Inventory {
     }
     pub fn endpoint(&self, k: &WgKey) -> Option<&EndpointRecord> {
         self.endpoints.get(k)
+    }
+    pub fn policies(&self) -> impl Iterator<Item = &super::policy::Policy> {
+        self.policies.values()
     }
     pub fn node_flags(&self, id: NodeId) -> Option<&NodeFlags> {
         self.nodes.get(&id)
@@ -357,6 +374,38 @@ impl Inventory {
                 ch.nodes.insert(*node);
                 Ok(Response::Empty)
             }
+            Command::AddPolicy(p) => {
+                p.validate()
+                    .map_err(|m| err(ErrorKind::InvalidArgument, m))?;
+                if self.policies.contains_key(&p.name) {
+                    return Err(err(
+                        ErrorKind::AlreadyExists,
+                        format!("policy {:?} exists (remove it first to change it)", p.name),
+                    ));
+                }
+                if self.policies.len() >= MAX_POLICIES {
+                    return Err(err(
+                        ErrorKind::ResourceExhausted,
+                        format!("at most {MAX_POLICIES} policies"),
+                    ));
+                }
+                let mut p = p.clone();
+                p.revision = index;
+                self.policies.insert(p.name.clone(), p.clone());
+                ch.policies = true;
+                Ok(Response::Policy(p))
+            }
+            Command::RemovePolicy { name } => match self.policies.remove(name) {
+                Some(p) => {
+                    ch.policies = true;
+                    Ok(Response::Policy(p))
+                }
+                None => Err(err(ErrorKind::NotFound, format!("no policy {name:?}"))),
+            },
+            Command::Denied { method, role } => Err(err(
+                ErrorKind::PermissionDenied,
+                format!("permission denied: role {role} may not call {method}"),
+            )),
         }
     }
 

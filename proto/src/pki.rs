@@ -1,0 +1,168 @@
+//! The cluster's small PKI (rcgen): one CA, and certificates for nodes and
+//! operators that carry the holder's name (CN) and role (OU). ECDSA P-256.
+
+use crate::tls::Role;
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use std::time::{Duration, SystemTime};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("certificate generation: {0}")]
+    Rcgen(#[from] rcgen::Error),
+}
+
+/// A PEM certificate and its PEM private key.
+#[derive(Debug, Clone)]
+pub struct Pem {
+    pub cert: String,
+    pub key: String,
+}
+
+fn at(t: SystemTime) -> time::OffsetDateTime {
+    time::OffsetDateTime::from(t)
+}
+
+/// A new cluster CA, valid from now for `valid`.
+pub fn new_ca(name: &str, valid: Duration) -> Result<Pem, PkiError> {
+    let key = KeyPair::generate()?;
+    let mut p = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, name);
+    dn.push(DnType::OrganizationName, "anygate");
+    p.distinguished_name = dn;
+    p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let now = SystemTime::now();
+    p.not_before = at(now - Duration::from_secs(300));
+    p.not_after = at(now + valid);
+    let cert = p.self_signed(&key)?;
+    Ok(Pem {
+        cert: cert.pem(),
+        key: key.serialize_pem(),
+    })
+}
+
+/// What to put into a certificate.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub name: String,
+    pub role: Role,
+    /// Addresses and host names the holder serves on (nodes): IPs become IP
+    /// SANs, anything else a DNS SAN.
+    pub sans: Vec<String>,
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+}
+
+impl Request {
+    pub fn new(name: &str, role: Role, sans: Vec<String>, valid: Duration) -> Request {
+        let now = SystemTime::now();
+        Request {
+            name: name.to_string(),
+            role,
+            sans,
+            not_before: now - Duration::from_secs(300),
+            not_after: now + valid,
+        }
+    }
+}
+
+/// A certificate for `req`, signed by the CA (`ca`: its PEM cert and key).
+pub fn issue(ca: &Pem, req: &Request) -> Result<Pem, PkiError> {
+    if req.name.is_empty() || req.name.len() > 64 || req.name.chars().any(|c| c.is_control()) {
+        return Err(PkiError::Invalid(format!(
+            "name {:?}: 1-64 printable characters",
+            req.name
+        )));
+    }
+    if req.role == Role::Node && req.sans.is_empty() {
+        return Err(PkiError::Invalid(
+            "a node certificate needs the addresses or names it is reached at (--san)".into(),
+        ));
+    }
+    let ca_key =
+        KeyPair::from_pem(&ca.key).map_err(|e| PkiError::Invalid(format!("CA key: {e}")))?;
+    let issuer = Issuer::from_ca_cert_pem(&ca.cert, ca_key)
+        .map_err(|e| PkiError::Invalid(format!("CA certificate: {e}")))?;
+    let key = KeyPair::generate()?;
+    let mut p = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, req.name.as_str());
+    dn.push(DnType::OrganizationalUnitName, req.role.as_str());
+    dn.push(DnType::OrganizationName, "anygate");
+    p.distinguished_name = dn;
+    for s in &req.sans {
+        let san = match s.parse::<std::net::IpAddr>() {
+            Ok(ip) => SanType::IpAddress(ip),
+            Err(_) => SanType::DnsName(
+                s.clone()
+                    .try_into()
+                    .map_err(|e| PkiError::Invalid(format!("SAN {s:?}: {e}")))?,
+            ),
+        };
+        p.subject_alt_names.push(san);
+    }
+    p.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    // Nodes are servers and clients (Raft both ways); operators clients.
+    p.extended_key_usages = match req.role {
+        Role::Node => vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ],
+        _ => vec![ExtendedKeyUsagePurpose::ClientAuth],
+    };
+    p.not_before = at(req.not_before);
+    p.not_after = at(req.not_after);
+    let cert = p.signed_by(&key, &issuer)?;
+    Ok(Pem {
+        cert: cert.pem(),
+        key: key.serialize_pem(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::identity_of;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+
+    #[test]
+    fn issued_certificate_names_holder_and_role() {
+        let ca = new_ca("test CA", Duration::from_secs(3600)).unwrap();
+        let c = issue(
+            &ca,
+            &Request::new("alice", Role::Operator, vec![], Duration::from_secs(60)),
+        )
+        .unwrap();
+        let der = CertificateDer::from_pem_slice(c.cert.as_bytes()).unwrap();
+        let id = identity_of(&der).unwrap();
+        assert_eq!(id.name, "alice");
+        assert_eq!(id.role, Role::Operator);
+        // The CA itself names no role: it cannot be used as a client.
+        let der = CertificateDer::from_pem_slice(ca.cert.as_bytes()).unwrap();
+        assert!(identity_of(&der).is_err());
+    }
+
+    #[test]
+    fn node_certificate_needs_an_address() {
+        let ca = new_ca("test CA", Duration::from_secs(3600)).unwrap();
+        let r = Request::new("node-1", Role::Node, vec![], Duration::from_secs(60));
+        assert!(issue(&ca, &r).is_err());
+        let r = Request::new(
+            "node-1",
+            Role::Node,
+            vec!["10.0.0.1".into(), "gw1.example.net".into()],
+            Duration::from_secs(60),
+        );
+        issue(&ca, &r).unwrap();
+    }
+}
