@@ -84,9 +84,15 @@ enum Cmd {
     /// Who changed what, and when.
     #[command(subcommand)]
     Audit(cmd::audit::AuditCmd),
+    /// Back up the inventory to a file, restore it into a fresh cluster.
+    #[command(subcommand)]
+    Backup(cmd::backup::BackupCmd),
     /// The cluster's certificates: a CA, node and operator certificates.
     #[command(subcommand)]
     Pki(cmd::pki::PkiCmd),
+    /// Signed client configs: a signing key, and checking a config.
+    #[command(subcommand)]
+    Config(cmd::config::ConfigCmd),
 }
 
 pub struct Ctx {
@@ -104,6 +110,7 @@ async fn main() -> ExitCode {
     // Local commands need no connection.
     let cmd = match cli.cmd {
         Cmd::Pki(c) => return finish(c.run(cli.json)),
+        Cmd::Config(c) => return finish(c.run(cli.json)),
         other => other,
     };
     let tls =
@@ -143,7 +150,8 @@ async fn main() -> ExitCode {
         Cmd::Settings(c) => c.run(&ctx).await,
         Cmd::Audit(c) => c.run(&ctx).await,
         Cmd::Policy(c) => c.run(&ctx).await,
-        Cmd::Pki(_) => unreachable!("handled above"),
+        Cmd::Backup(c) => c.run(&ctx).await,
+        Cmd::Pki(_) | Cmd::Config(_) => unreachable!("handled above"),
     };
     finish(res)
 }

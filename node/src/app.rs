@@ -19,6 +19,7 @@ use crate::store;
 use anygate_proto::raft::v1::raft_service_server::RaftServiceServer;
 use anygate_proto::tls::{Role, Tls};
 use anygate_proto::v1::audit_service_server::AuditServiceServer;
+use anygate_proto::v1::backup_service_server::BackupServiceServer;
 use anygate_proto::v1::cluster_service_server::ClusterServiceServer;
 use anygate_proto::v1::peer_service_server::PeerServiceServer;
 use anygate_proto::v1::policy_service_server::PolicyServiceServer;
@@ -200,6 +201,11 @@ impl App {
                 .add_service(
                     PolicyServiceServer::new(api::policies::PolicyApi(api.clone()))
                         .max_decoding_message_size(limit),
+                )
+                .add_service(
+                    BackupServiceServer::new(api::backup::BackupApi(api.clone()))
+                        .max_decoding_message_size(limit)
+                        .max_encoding_message_size(usize::MAX),
                 )
                 .add_service(
                     AuditServiceServer::new(api::audit::AuditApi(api.clone()))

@@ -889,8 +889,18 @@ mod tests {
             env!("CARGO_MANIFEST_DIR"),
             "/../deploy/config/node.example.toml"
         );
-        let c = Config::load(&cli(&["--config", p])).unwrap();
+        let c = Config::load(&Cli::parse_from(["anygate", "--config", p])).unwrap();
         assert_eq!(c.dataplane.backend, BackendKind::Auto);
+        let TlsConfig::Mutual {
+            paths,
+            reload_interval,
+        } = &c.tls
+        else {
+            panic!("the example runs with mutual TLS");
+        };
+        assert_eq!(paths.key, Path::new("/etc/anygate/pki/gw1.key"));
+        assert_eq!(*reload_interval, std::time::Duration::from_secs(10));
+        assert_eq!((c.api.write_rate, c.api.write_burst), (100, 200));
         assert_eq!(
             c.dataplane.private_key_file.as_deref(),
             Some(Path::new("/etc/anygate/wg.key"))

@@ -389,3 +389,47 @@ impl Metrics {
         s
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every metric deploy/grafana/anygate.json queries is one the node
+    /// exports (so the dashboard cannot silently go blank after a rename).
+    #[test]
+    fn the_grafana_dashboard_uses_only_exported_metrics() {
+        // Registered names (families without samples are not encoded yet).
+        let source = include_str!("metrics.rs");
+        let dash = include_str!("../../deploy/grafana/anygate.json");
+        let v: serde_json::Value = serde_json::from_str(dash).expect("dashboard is JSON");
+        assert!(v["panels"].as_array().is_some_and(|p| p.len() > 10));
+        let mut names = std::collections::BTreeSet::new();
+        let b = dash.as_bytes();
+        let mut i = 0;
+        while let Some(at) = dash[i..].find("anygate_") {
+            let start = i + at;
+            let mut end = start;
+            while end < b.len()
+                && (b[end].is_ascii_lowercase() || b[end].is_ascii_digit() || b[end] == b'_')
+            {
+                end += 1;
+            }
+            names.insert(&dash[start..end]);
+            i = end;
+        }
+        assert!(names.len() > 20, "{names:?}");
+        for n in names {
+            let base = ["_bucket", "_total", "_sum", "_count"]
+                .iter()
+                .find_map(|s| n.strip_suffix(s))
+                .unwrap_or(n);
+            let registered = base
+                .strip_prefix("anygate_")
+                .is_some_and(|b| source.contains(&format!("\"{b}\",")));
+            assert!(
+                registered,
+                "the dashboard queries {n}, which the node does not export"
+            );
+        }
+    }
+}

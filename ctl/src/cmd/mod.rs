@@ -1,7 +1,9 @@
 //! One file per subcommand group.
 
 pub mod audit;
+pub mod backup;
 pub mod cluster;
+pub mod config;
 pub mod node;
 pub mod peer;
 pub mod pki;

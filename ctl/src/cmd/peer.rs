@@ -44,6 +44,9 @@ pub enum PeerCmd {
         /// Print a wg-quick config template for the peer instead.
         #[arg(long)]
         config: bool,
+        /// With --config: sign it with this ed25519 key (`config keygen`).
+        #[arg(long, value_name = "FILE", requires = "config")]
+        sign_key: Option<std::path::PathBuf>,
         #[arg(long)]
         stale: bool,
     },
@@ -126,6 +129,10 @@ pub struct AddArgs {
     /// Also print the config as a terminal QR code (for mobile apps).
     #[arg(long)]
     qr: bool,
+    /// Sign the printed config with this ed25519 key (`config keygen`), so
+    /// its receiver can check it with `anygatectl config verify`.
+    #[arg(long, value_name = "FILE")]
+    sign_key: Option<std::path::PathBuf>,
 }
 
 fn parse_label(s: &str) -> std::result::Result<(String, String), String> {
@@ -174,7 +181,7 @@ fn host_routes(p: &Peer) -> Vec<String> {
         .collect()
 }
 
-fn to_spec(p: &Peer) -> PeerSpec {
+pub fn to_spec(p: &Peer) -> PeerSpec {
     // Allocated addresses are exported explicitly so an import into a fresh
     // cluster keeps them.
     let hosts = host_routes(p);
@@ -298,6 +305,12 @@ impl PeerCmd {
         };
         match self {
             PeerCmd::Add(a) => {
+                // A bad signing key is refused before anything is written.
+                let signer = a
+                    .sign_key
+                    .as_deref()
+                    .map(super::config::load_signing_key)
+                    .transpose()?;
                 let generated = a.public_key.is_none().then(keys::generate);
                 let public_key = a
                     .public_key
@@ -344,6 +357,10 @@ impl PeerCmd {
                     generated.as_ref().map(|k| k.private.as_str()),
                     psk.as_deref(),
                 );
+                let cfg = match &signer {
+                    Some(k) => super::config::sign(&cfg, k),
+                    None => cfg,
+                };
                 if ctx.json {
                     let mut v = peer_json(p);
                     v["client_config"] = cfg.into();
@@ -440,8 +457,13 @@ impl PeerCmd {
                 peer,
                 secrets,
                 config,
+                sign_key,
                 stale,
             } => {
+                let signer = sign_key
+                    .as_deref()
+                    .map(super::config::load_signing_key)
+                    .transpose()?;
                 let p = c
                     .call(|ch| {
                         let peer = peer.clone();
@@ -458,10 +480,11 @@ impl PeerCmd {
                     .await?;
                 if config {
                     let s = settings().await?;
-                    print!(
-                        "{}",
-                        client_config(&p, &s, None, p.preshared_key.as_deref())
-                    );
+                    let cfg = client_config(&p, &s, None, p.preshared_key.as_deref());
+                    match &signer {
+                        Some(k) => print!("{}", super::config::sign(&cfg, k)),
+                        None => print!("{cfg}"),
+                    }
                 } else if ctx.json {
                     let access = super::policy::for_group(ctx, &p.group, stale).await?;
                     let mut v = peer_json(&p);
@@ -655,8 +678,28 @@ fn read_specs(path: &std::path::Path) -> std::result::Result<Vec<PeerSpec>, Stat
 }
 
 async fn import(ctx: &Ctx, path: &std::path::Path, batch: usize) -> Result {
-    let c = &ctx.client;
     let specs = read_specs(path)?;
+    let started = std::time::Instant::now();
+    let added = add_in_batches(ctx, &specs, batch).await?;
+    let secs = started.elapsed().as_secs_f64();
+    if ctx.json {
+        println!(
+            "{}",
+            json(&serde_json::json!({ "added": added, "seconds": secs }))
+        );
+    } else {
+        println!(
+            "imported {added} peers in {secs:.2} s ({:.0} peers/s)",
+            added as f64 / secs.max(1e-9)
+        );
+    }
+    Ok(())
+}
+
+/// Adds `specs` in batches of `batch` (each all or nothing) with a
+/// progress bar; on a refusal says which batch and what was added before.
+pub async fn add_in_batches(ctx: &Ctx, specs: &[PeerSpec], batch: usize) -> Result<usize> {
+    let c = &ctx.client;
     let bar = if ctx.json {
         ProgressBar::hidden()
     } else {
@@ -666,9 +709,8 @@ async fn import(ctx: &Ctx, path: &std::path::Path, batch: usize) -> Result {
         ProgressStyle::with_template("{bar:40} {pos}/{len} peers  {per_sec}  eta {eta}")
             .expect("valid template"),
     );
-    let started = std::time::Instant::now();
     let mut added = 0usize;
-    for (n, chunk) in specs.chunks(batch).enumerate() {
+    for (n, chunk) in specs.chunks(batch.clamp(1, 5000)).enumerate() {
         let res = c
             .call(|ch| {
                 let peers = chunk.to_vec();
@@ -695,17 +737,5 @@ async fn import(ctx: &Ctx, path: &std::path::Path, batch: usize) -> Result {
         }
     }
     bar.finish_and_clear();
-    let secs = started.elapsed().as_secs_f64();
-    if ctx.json {
-        println!(
-            "{}",
-            json(&serde_json::json!({ "added": added, "seconds": secs }))
-        );
-    } else {
-        println!(
-            "imported {added} peers in {secs:.2} s ({:.0} peers/s)",
-            added as f64 / secs.max(1e-9)
-        );
-    }
-    Ok(())
+    Ok(added)
 }

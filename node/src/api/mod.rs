@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod authz;
+pub mod backup;
 pub mod cluster;
 pub mod convert;
 pub mod peers;

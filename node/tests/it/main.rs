@@ -16,3 +16,4 @@ mod t10_bgp_external;
 mod t11_bgp_ipv6;
 mod t12_react;
 mod t13_security;
+mod t14_operations;

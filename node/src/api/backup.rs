@@ -1,0 +1,34 @@
+//! BackupService: a consistent export of the inventory (admin only, by the
+//! authorization table). Restore is `anygatectl backup restore`, through
+//! the ordinary write API, so every restored item is validated and audited.
+
+use super::convert::{peer_to_pb, pool_to_pb, settings_to_pb};
+use super::policies::policy_to_pb;
+use super::{now_ms, Api};
+use anygate_proto::v1::backup_service_server::BackupService;
+use anygate_proto::v1::*;
+use tonic::{Request, Response as Reply, Status};
+
+pub const FORMAT: &str = "anygate-backup/1";
+
+pub struct BackupApi(pub Api);
+
+#[tonic::async_trait]
+impl BackupService for BackupApi {
+    async fn export(&self, req: Request<ExportRequest>) -> Result<Reply<Backup>, Status> {
+        self.0.read_barrier(&None).await?;
+        let caller = Api::caller(&req);
+        // One read of the state: everything at the same applied index.
+        let b = self.0.node.view.read(|inv| Backup {
+            format: FORMAT.into(),
+            taken_at_ms: now_ms(),
+            applied_index: self.0.node.view.applied(),
+            settings: Some(settings_to_pb(inv.settings())),
+            pools: inv.pools().iter().map(pool_to_pb).collect(),
+            policies: inv.policies().map(policy_to_pb).collect(),
+            peers: inv.peers().map(|p| peer_to_pb(p, true)).collect(),
+        });
+        tracing::info!(caller = %caller.name, peers = b.peers.len(), index = b.applied_index, "inventory exported (with preshared keys)");
+        Ok(Reply::new(b))
+    }
+}
