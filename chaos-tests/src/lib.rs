@@ -76,9 +76,17 @@ pub fn channel(addr: &str) -> tonic::transport::Channel {
 /// Form a cluster over the API: init on the first node (id 1), then add
 /// and promote the others in order (ids 2, 3, ...).
 pub async fn form_cluster(addrs: &[String]) -> anyhow::Result<()> {
+    form_cluster_with(addrs, &channel).await
+}
+
+/// `form_cluster` over channels made by `ch` (e.g. mutual TLS).
+pub async fn form_cluster_with(
+    addrs: &[String],
+    ch: &dyn Fn(&str) -> tonic::transport::Channel,
+) -> anyhow::Result<()> {
     use anygate_proto::v1::cluster_service_client::ClusterServiceClient;
     use anygate_proto::v1::{AddLearnerRequest, InitRequest, PromoteRequest};
-    let mut cluster = ClusterServiceClient::new(channel(&addrs[0]));
+    let mut cluster = ClusterServiceClient::new(ch(&addrs[0]));
     cluster.init(InitRequest {}).await?;
     for (i, addr) in addrs.iter().enumerate().skip(1) {
         let id = i as u64 + 1;

@@ -80,9 +80,10 @@ impl Client {
                 Err(e) => Status::unauthenticated(format!("{addr}: TLS refused: {e}")),
                 Ok(()) => s,
             },
-            None if transport
-                && (s.message().contains("h2 protocol error")
-                    || s.message().contains("transport error")) =>
+            // Plaintext to a TLS node fails in the HTTP/2 layer, with
+            // varying codes.
+            None if s.message().contains("h2 protocol error")
+                || s.message().contains("transport error") =>
             {
                 Status::unavailable(format!(
                     "{addr}: {} (the node probably requires TLS: give --ca, --cert and --key)",

@@ -392,8 +392,6 @@ impl Metrics {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     /// Every metric deploy/grafana/anygate.json queries is one the node
     /// exports (so the dashboard cannot silently go blank after a rename).
     #[test]

@@ -8,7 +8,7 @@
 
 use anygate_chaos::etcd::kv_client::KvClient;
 use anygate_chaos::etcd::{request_op, PutRequest, RequestOp, TxnRequest};
-use anygate_chaos::{channel, form_cluster, free_port, spawn, summary, wait_listening, Proc};
+use anygate_chaos::{channel, form_cluster_with, free_port, spawn, summary, wait_listening, Proc};
 use anygate_proto::v1::peer_service_client::PeerServiceClient;
 use anygate_proto::v1::pool_service_client::PoolServiceClient;
 use anygate_proto::v1::*;
@@ -42,6 +42,10 @@ struct Args {
     /// Skip etcd.
     #[arg(long)]
     no_etcd: bool,
+    /// Run anygate with mutual TLS on every connection (client and Raft),
+    /// as production does, instead of plaintext like the etcd beside it.
+    #[arg(long)]
+    tls: bool,
 }
 
 fn key(i: u64) -> String {
@@ -79,36 +83,81 @@ async fn bench_anygate(a: &Args, dir: &std::path::Path) -> anyhow::Result<(Resul
     let addrs: Vec<String> = (0..3)
         .map(|_| format!("127.0.0.1:{}", free_port()))
         .collect();
+    // With --tls: a CA, one node certificate for 127.0.0.1, an admin.
+    let tls = if a.tls {
+        use anygate_proto::pki;
+        use anygate_proto::tls::Role;
+        let pki_dir = dir.join("pki");
+        std::fs::create_dir_all(&pki_dir)?;
+        let ca = pki::new_ca("bench CA", Duration::from_secs(86_400))?;
+        std::fs::write(pki_dir.join("ca.pem"), &ca.cert)?;
+        let day = Duration::from_secs(86_400);
+        for (name, role, sans) in [
+            ("node", Role::Node, vec!["127.0.0.1".to_string()]),
+            ("admin", Role::Admin, vec![]),
+        ] {
+            let p = pki::issue(&ca, &pki::Request::new(name, role, sans, day))?;
+            std::fs::write(pki_dir.join(format!("{name}.pem")), p.cert)?;
+            let key = pki_dir.join(format!("{name}.key"));
+            std::fs::write(&key, p.key)?;
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
+        }
+        Some(pki_dir)
+    } else {
+        None
+    };
     let mut procs = vec![];
     for (i, addr) in addrs.iter().enumerate() {
         let id = (i + 1).to_string();
         let data = dir.join(format!("anygate{id}"));
+        let mut cmd = Command::new(&bin);
+        match &tls {
+            Some(p) => cmd
+                .arg("--tls-ca")
+                .arg(p.join("ca.pem"))
+                .arg("--tls-cert")
+                .arg(p.join("node.pem"))
+                .arg("--tls-key")
+                .arg(p.join("node.key")),
+            // Plaintext, as etcd is run here: the comparison is of the
+            // replicated write path.
+            None => cmd.arg("--insecure-dev"),
+        };
         procs.push(spawn(
-            Command::new(&bin)
-                .args([
-                    "--id",
-                    &id,
-                    "--listen",
-                    addr,
-                    "--log-level",
-                    "warn",
-                    "--dataplane-backend",
-                    "none",
-                    // Plaintext, as etcd is run here: the comparison is of
-                    // the replicated write path.
-                    "--insecure-dev",
-                    // The bench is one client pushing as hard as it can.
-                    "--write-rate",
-                    "1000000",
-                    "--data-dir",
-                ])
-                .arg(&data),
+            cmd.args([
+                "--id",
+                &id,
+                "--listen",
+                addr,
+                "--log-level",
+                "warn",
+                "--dataplane-backend",
+                "none",
+                // The bench is one client pushing as hard as it can.
+                "--write-rate",
+                "1000000",
+                "--data-dir",
+            ])
+            .arg(&data),
             &dir.join(format!("anygate{id}.log")),
         )?);
         wait_listening(addr, Duration::from_secs(20))?;
     }
-    let ch = channel;
-    form_cluster(&addrs).await?;
+    let client_tls = match &tls {
+        Some(p) => Some(anygate_proto::tls::Tls::load(anygate_proto::tls::Paths {
+            ca: p.join("ca.pem"),
+            cert: p.join("admin.pem"),
+            key: p.join("admin.key"),
+        })?),
+        None => None,
+    };
+    let ch = move |addr: &str| match &client_tls {
+        Some(t) => anygate_proto::tls::channel(addr, Some(t.clone()), Duration::from_secs(2))
+            .expect("host:port"),
+        None => channel(addr),
+    };
+    form_cluster_with(&addrs, &ch).await?;
     PoolServiceClient::new(ch(&addrs[0]))
         .add_pool(AddPoolRequest {
             pool: Some(Pool {
@@ -153,7 +202,11 @@ async fn bench_anygate(a: &Args, dir: &std::path::Path) -> anyhow::Result<(Resul
     let (p50, p99, max) = summary(&h);
     Ok((
         Result {
-            system: "anygate",
+            system: if a.tls {
+                "anygate (mutual TLS)"
+            } else {
+                "anygate"
+            },
             p50,
             p99,
             max,
