@@ -345,20 +345,16 @@ fn prepare_data_dir(p: &std::path::Path) -> Result<(), AppError> {
 
 /// A private key file must not be readable by group or others.
 fn check_private(p: &std::path::Path, key: &str) -> Result<(), AppError> {
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(p)
-        .map_err(|e| AppError::Permissions(format!("{key} {}: {e}", p.display())))?
-        .permissions()
-        .mode();
-    if mode & 0o077 != 0 {
-        return Err(AppError::Permissions(format!(
-            "refusing to start: {key} {} is mode {:o}; a private key must be 0600 or stricter: chmod 600 {}",
+    let loose = anygate_proto::pki::loose_mode(p)
+        .map_err(|e| AppError::Permissions(format!("{key} {}: {e}", p.display())))?;
+    match loose {
+        Some(mode) => Err(AppError::Permissions(format!(
+            "refusing to start: {key} {} is mode {mode:o}; a private key must be 0600 or stricter: chmod 600 {}",
             p.display(),
-            mode & 0o777,
             p.display()
-        )));
+        ))),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// Re-reads the TLS files when they change (checked every `every`) or at

@@ -1,7 +1,7 @@
 //! `anygate`: parse flags and config (bad config exits 64), set up logging,
 //! bind listeners, run the node until SIGTERM/SIGINT.
 
-use anygate_node::app::App;
+use anygate_node::app::{App, AppError};
 use anygate_node::config::{BackendKind, Cli, Config, LogFormat};
 use anygate_node::dataplane::identity;
 use clap::Parser;
@@ -91,6 +91,12 @@ fn main() -> ExitCode {
         .await
         {
             Ok(()) => ExitCode::SUCCESS,
+            // Unsafe permissions or unusable certificates: a configuration
+            // problem (systemd does not restart into it).
+            Err(e @ (AppError::Permissions(_) | AppError::Tls(_))) => {
+                eprintln!("anygate: {e}");
+                ExitCode::from(EX_CONFIG)
+            }
             Err(e) => {
                 eprintln!("anygate: {e}");
                 ExitCode::FAILURE

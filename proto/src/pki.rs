@@ -16,6 +16,15 @@ pub enum PkiError {
     Rcgen(#[from] rcgen::Error),
 }
 
+/// The permission bits of a private key file (TLS, WireGuard, signing
+/// key) when group or others may read or write it; None when it is 0600 or
+/// stricter. Every holder of a key refuses a loose one.
+pub fn loose_mode(p: &std::path::Path) -> std::io::Result<Option<u32>> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(p)?.permissions().mode() & 0o777;
+    Ok((mode & 0o077 != 0).then_some(mode))
+}
+
 /// A PEM certificate and its PEM private key.
 #[derive(Debug, Clone)]
 pub struct Pem {

@@ -64,16 +64,13 @@ fn key_bytes<const N: usize>(p: &Path, text: &str) -> std::result::Result<[u8; N
 }
 
 pub fn load_signing_key(p: &Path) -> std::result::Result<SigningKey, Status> {
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(p)
-        .map_err(|e| Status::failed_precondition(format!("{}: {e}", p.display())))?
-        .permissions()
-        .mode();
-    if mode & 0o077 != 0 {
+    let loose = anygate_proto::pki::loose_mode(p)
+        .map_err(|e| Status::failed_precondition(format!("{}: {e}", p.display())))?;
+    if let Some(mode) = loose {
         return Err(Status::failed_precondition(format!(
-            "{} is mode {:o}: a signing key must be 0600 or stricter",
+            "{} is mode {mode:o}: a signing key must be 0600 or stricter (chmod 600 {})",
             p.display(),
-            mode & 0o777
+            p.display()
         )));
     }
     Ok(SigningKey::from_bytes(&key_bytes(p, &read(p)?)?))

@@ -55,7 +55,8 @@ pub fn describe(p: &Policy) -> String {
     format!("{} {proto}", p.destinations.join(","))
 }
 
-/// The policies that apply to `group` (for `peer show`).
+/// The policies that apply to `group` (all with ""), for `peer show` and
+/// `policy list`.
 pub async fn for_group(ctx: &Ctx, group: &str, stale: bool) -> Result<Vec<Policy>> {
     let c = &ctx.client;
     let group = group.to_string();
@@ -118,25 +119,12 @@ impl PolicyCmd {
                 }
             }
             PolicyCmd::List { group, stale } => {
-                let r = c
-                    .call(|ch| {
-                        let group = group.clone().unwrap_or_default();
-                        async move {
-                            C::new(ch)
-                                .list_policies(c.req(ListPoliciesRequest {
-                                    read: read_opts(stale),
-                                    group,
-                                }))
-                                .await
-                        }
-                    })
-                    .await?;
+                let policies = for_group(ctx, group.as_deref().unwrap_or(""), stale).await?;
                 if ctx.json {
-                    println!("{}", json(&r.policies));
+                    println!("{}", json(&policies));
                     return Ok(());
                 }
-                let rows = r
-                    .policies
+                let rows = policies
                     .iter()
                     .map(|p| {
                         vec![
@@ -162,7 +150,7 @@ impl PolicyCmd {
                 );
                 println!(
                     "{} policies; anything else from clients is dropped",
-                    r.policies.len()
+                    policies.len()
                 );
             }
             PolicyCmd::Remove { name } => {

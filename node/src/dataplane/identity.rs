@@ -40,11 +40,9 @@ pub fn public_key_of(private_key: &[u8; 32]) -> WgKey {
 
 /// Read and check a key file as `wg genkey` writes it.
 pub fn load(path: &Path) -> Result<Identity, IdentityError> {
-    use std::os::unix::fs::PermissionsExt;
-    let meta =
-        std::fs::metadata(path).map_err(|e| IdentityError::Read(path.into(), e.to_string()))?;
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
+    let loose = anygate_proto::pki::loose_mode(path)
+        .map_err(|e| IdentityError::Read(path.into(), e.to_string()))?;
+    if let Some(mode) = loose {
         return Err(IdentityError::Permissions {
             path: path.into(),
             mode,

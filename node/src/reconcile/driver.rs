@@ -900,6 +900,18 @@ impl Reconciler {
         }
         self.endpoint_flush_at = Instant::now() + self.cfg.endpoint_batch_interval;
         let n = batch.len() as u64;
+        // Operators follow clients by these lines; a mass move (a failover
+        // of thousands) is summarised instead of flooding the log.
+        const LOGGED: usize = 20;
+        for (k, r) in batch.iter().take(LOGGED) {
+            info!(peer = %k, endpoint = %r.endpoint, handshake_ms = r.last_handshake_ms, "client endpoint changed (handshake here)");
+        }
+        if batch.len() > LOGGED {
+            info!(
+                more = batch.len() - LOGGED,
+                "more client endpoints changed in this batch"
+            );
+        }
         let node = self.node.clone();
         let metrics = self.metrics.clone();
         self.endpoint_write = Some(tokio::spawn(async move {

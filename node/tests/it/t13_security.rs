@@ -458,3 +458,47 @@ fn a_new_ca_is_rolled_out_with_the_cluster_up() {
         );
     }
 }
+
+#[test]
+fn unsafe_files_and_wrong_certificates_stop_the_node_before_it_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = pki();
+    let (nc, nk) = p.issue("files-node", Role::Node, vec!["127.0.0.1".into()], None);
+    let run = |data: &Path, cert: &Path, key: &Path| {
+        std::process::Command::new(node_bin())
+            .args(["--id", "1", "--dataplane-backend", "none", "--listen"])
+            .arg(format!("127.0.0.1:{}", free_port()))
+            .arg("--data-dir")
+            .arg(data)
+            .arg("--tls-ca")
+            .arg(p.ca_path())
+            .arg("--tls-cert")
+            .arg(cert)
+            .arg("--tls-key")
+            .arg(key)
+            .output()
+            .unwrap()
+    };
+    // Exit 64 (a configuration error: systemd does not restart into it),
+    // saying what to fix.
+    let refused = |out: std::process::Output, why: &str| {
+        assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
+        assert!(stderr(&out).contains(why), "{}", stderr(&out));
+    };
+    use std::os::unix::fs::PermissionsExt;
+    // A data dir others can read.
+    let open = dir.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
+    refused(run(&open, &nc, &nk), "chmod 700");
+    // A TLS key others can read.
+    let loose = dir.path().join("loose.key");
+    std::fs::copy(&nk, &loose).unwrap();
+    std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).unwrap();
+    refused(run(&dir.path().join("d1"), &nc, &loose), "chmod 600");
+    // An operator's certificate is not a node's.
+    let (oc, ok) = p.issue("files-operator", Role::Operator, vec![], None);
+    refused(run(&dir.path().join("d2"), &oc, &ok), "needs role node");
+    // A key that is not the certificate's.
+    refused(run(&dir.path().join("d3"), &nc, &ok), "does not match");
+}

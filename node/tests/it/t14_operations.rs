@@ -329,3 +329,106 @@ fn backup_restores_into_a_fresh_cluster() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not empty"));
 }
+
+#[test]
+fn signed_client_configs_verify_and_tampering_is_caught() {
+    let mut c = Cluster::start(1, &[]);
+    c.form();
+    let ep = c.addr(1);
+    ctl_ok(
+        &ep,
+        &[
+            "settings",
+            "set",
+            "--anycast-v4",
+            "192.0.2.45",
+            "--server-public-key",
+            &random_key(),
+        ],
+    );
+    ctl_ok(&ep, &["pool", "add", "corp", "--cidr", "10.64.0.0/24"]);
+    let d = c.dir().to_path_buf();
+    let key = d.join("signer");
+    let keys = key.to_str().unwrap();
+    let pubkey = format!("{keys}.pub");
+    ctl_ok(&ep, &["config", "keygen", "--out", keys]);
+    // anygatectl generates the client's key pair and signs the whole config.
+    let cfg = ctl_ok(
+        &ep,
+        &[
+            "peer",
+            "add",
+            "--user",
+            "sig",
+            "--device",
+            "laptop",
+            "--sign-key",
+            keys,
+        ],
+    );
+    assert!(
+        cfg.contains("[Interface]") && cfg.contains("# anygate-signature: ed25519 "),
+        "{cfg}"
+    );
+    let file = d.join("sig.conf");
+    std::fs::write(&file, &cfg).unwrap();
+    let f = file.to_str().unwrap();
+    let ok = ctl(&ep, &["config", "verify", f, "--key", &pubkey]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    // One changed endpoint.
+    std::fs::write(&file, cfg.replace("192.0.2.45", "203.0.113.9")).unwrap();
+    let out = ctl(&ep, &["config", "verify", f, "--key", &pubkey]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("changed after signing"));
+    // Another signer's key.
+    let other = d.join("other");
+    ctl_ok(&ep, &["config", "keygen", "--out", other.to_str().unwrap()]);
+    std::fs::write(&file, &cfg).unwrap();
+    let out = ctl(
+        &ep,
+        &[
+            "config",
+            "verify",
+            f,
+            "--key",
+            &format!("{}.pub", other.display()),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    // The existing peer's config, signed again, verifies too.
+    let shown = ctl_ok(
+        &ep,
+        &["peer", "show", "sig/laptop", "--config", "--sign-key", keys],
+    );
+    std::fs::write(&file, &shown).unwrap();
+    assert!(ctl(&ep, &["config", "verify", f, "--key", &pubkey])
+        .status
+        .success());
+    // A signing key others can read is refused before anything is added.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = ctl(
+        &ep,
+        &[
+            "peer",
+            "add",
+            "--user",
+            "sig2",
+            "--device",
+            "d",
+            "--sign-key",
+            keys,
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("0600"));
+    assert!(ctl_json(&ep, &["peer", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|p| p["user"] != "sig2"));
+}
