@@ -4,7 +4,7 @@
 use anygate_chaos::drill;
 use anygate_chaos::lab::{
     alive, create, ctl, in_ns, print_router, record_children, running, serving_gateway,
-    start_gateway, teardown, wait, Options, State, ANYCAST, SERVICE,
+    start_gateway, teardown, wait, Options, State, ANYCAST, GROUP, SERVICE, SERVICE_B,
 };
 use anygate_chaos::netns::run;
 use anygate_chaos::router::next_hops;
@@ -101,6 +101,26 @@ fn up(dir: &Path, prefix: &str, gateways: u32, clients: u32) -> anyhow::Result<(
             "{:<14} {} -> {SERVICE}: ok  {summary}",
             c.name, c.tunnel_address
         );
+    }
+    say(&format!(
+        "least privilege: group {GROUP} may reach {SERVICE} only (mutual TLS, CA in {}/pki)",
+        dir.display()
+    ));
+    println!("{}", ctl(&st, &["policy", "list"])?.trim_end());
+    let c = &st.clients[0];
+    let blocked = in_ns(&c.namespace, &["ping", "-c1", "-W1", SERVICE_B]).is_err();
+    println!(
+        "{:<14} {} -> {SERVICE_B}: {}",
+        c.name,
+        c.tunnel_address,
+        if blocked {
+            "dropped (no policy allows it)"
+        } else {
+            "REACHABLE (policy not enforced!)"
+        }
+    );
+    if !blocked {
+        anyhow::bail!("{SERVICE_B} is reachable without a policy");
     }
     say("failover: a serving gateway crashes");
     show_failover(&mut st)?;

@@ -149,8 +149,13 @@ impl PolicyCmd {
                     table(&["NAME", "GROUP", "DESTINATIONS", "PROTO", "PORTS"], rows)
                 );
                 println!(
-                    "{} policies; anything else from clients is dropped",
-                    policies.len()
+                    "{} {}; anything else from clients is dropped",
+                    policies.len(),
+                    if policies.len() == 1 {
+                        "policy"
+                    } else {
+                        "policies"
+                    }
                 );
             }
             PolicyCmd::Remove { name } => {

@@ -9,6 +9,17 @@ use anygate_proto::v1::{AddPoolRequest, Pool};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+/// A certificate from `ca`, valid for an hour.
+fn cert(
+    ca: &anygate_proto::pki::Pem,
+    name: &str,
+    role: Role,
+    sans: Vec<String>,
+) -> anygate_proto::pki::Pem {
+    let req = anygate_proto::pki::Request::new(name, role, sans, Duration::from_secs(3600));
+    anygate_proto::pki::issue(ca, &req).unwrap()
+}
+
 /// anygatectl presenting DIR/NAME.pem, trusting `ca`.
 fn ctl_as(ep: &str, ca: &Path, cert: &Path, key: &Path, args: &[&str]) -> std::process::Output {
     let mut a = vec![
@@ -82,16 +93,7 @@ fn only_certified_callers_with_the_right_role_get_in() {
     // A certificate from another CA.
     let other = tempfile::tempdir().unwrap();
     let ca2 = anygate_proto::pki::new_ca("other CA", Duration::from_secs(3600)).unwrap();
-    let adm2 = anygate_proto::pki::issue(
-        &ca2,
-        &anygate_proto::pki::Request::new(
-            "mallory",
-            Role::Admin,
-            vec![],
-            Duration::from_secs(3600),
-        ),
-    )
-    .unwrap();
+    let adm2 = cert(&ca2, "mallory", Role::Admin, vec![]);
     let (c2, k2) = (other.path().join("m.pem"), other.path().join("m.key"));
     std::fs::write(&c2, adm2.cert).unwrap();
     std::fs::write(&k2, adm2.key).unwrap();
@@ -334,16 +336,7 @@ fn a_new_ca_is_rolled_out_with_the_cluster_up() {
     // Phase 0: the test CA (CA1); one node certificate for 127.0.0.1 serves all three.
     let ca1 = p.ca.cert.clone();
     write_bundle(&d.join("ca.pem"), &[&ca1]);
-    let n1 = anygate_proto::pki::issue(
-        &p.ca,
-        &anygate_proto::pki::Request::new(
-            "node",
-            Role::Node,
-            vec!["127.0.0.1".into()],
-            Duration::from_secs(3600),
-        ),
-    )
-    .unwrap();
+    let n1 = cert(&p.ca, "node", Role::Node, vec!["127.0.0.1".into()]);
     let (nc, nk) = put(d, "node", &n1);
     let (ca, ncs, nks) = (
         d.join("ca.pem").display().to_string(),
@@ -359,11 +352,7 @@ fn a_new_ca_is_rolled_out_with_the_cluster_up() {
     let ca2 = anygate_proto::pki::new_ca("CA2", Duration::from_secs(3600)).unwrap();
     write_bundle(&d.join("ca.pem"), &[&ca1, &ca2.cert]);
     hup(&c);
-    let adm2 = anygate_proto::pki::issue(
-        &ca2,
-        &anygate_proto::pki::Request::new("admin2", Role::Admin, vec![], Duration::from_secs(3600)),
-    )
-    .unwrap();
+    let adm2 = cert(&ca2, "admin2", Role::Admin, vec![]);
     let (ac, ak) = put(d, "admin2", &adm2);
     let bundle = d.join("ca.pem");
     eventually(
@@ -379,16 +368,7 @@ fn a_new_ca_is_rolled_out_with_the_cluster_up() {
 
     // Phase 2: nodes switch to certificates of CA2; a restarted node rejoins
     // over new connections with them.
-    let n2 = anygate_proto::pki::issue(
-        &ca2,
-        &anygate_proto::pki::Request::new(
-            "node",
-            Role::Node,
-            vec!["127.0.0.1".into()],
-            Duration::from_secs(3600),
-        ),
-    )
-    .unwrap();
+    let n2 = cert(&ca2, "node", Role::Node, vec!["127.0.0.1".into()]);
     put(d, "node", &n2);
     hup(&c);
     c.node(3).kill();
