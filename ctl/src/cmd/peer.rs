@@ -68,6 +68,9 @@ pub enum PeerCmd {
         psk: bool,
         #[arg(long)]
         qr: bool,
+        /// Sign the printed config with this ed25519 key (`config keygen`).
+        #[arg(long, value_name = "FILE")]
+        sign_key: Option<std::path::PathBuf>,
     },
     /// Add peers from a file: JSON lines (or one JSON array) of objects with
     /// the fields of `peer export` (public_key, user, device, group, pool,
@@ -561,7 +564,12 @@ impl PeerCmd {
                 public_key,
                 psk,
                 qr: show_qr,
+                sign_key,
             } => {
+                let signer = sign_key
+                    .as_deref()
+                    .map(super::config::load_signing_key)
+                    .transpose()?;
                 let generated = public_key.is_none().then(keys::generate);
                 let new_public_key = public_key
                     .or(generated.as_ref().map(|k| k.public.clone()))
@@ -585,6 +593,10 @@ impl PeerCmd {
                     generated.as_ref().map(|k| k.private.as_str()),
                     new_psk.as_deref(),
                 );
+                let cfg = match &signer {
+                    Some(k) => super::config::sign(&cfg, k),
+                    None => cfg,
+                };
                 if ctx.json {
                     let mut v = peer_json(&p);
                     v["client_config"] = cfg.into();

@@ -408,6 +408,13 @@ fn signed_client_configs_verify_and_tampering_is_caught() {
     assert!(ctl(&ep, &["config", "verify", f, "--key", &pubkey])
         .status
         .success());
+    // A rotation hands out a new signed config (new key, same addresses).
+    let rotated = ctl_ok(&ep, &["peer", "rotate", "sig/laptop", "--sign-key", keys]);
+    std::fs::write(&file, &rotated).unwrap();
+    assert!(ctl(&ep, &["config", "verify", f, "--key", &pubkey])
+        .status
+        .success());
+    assert_ne!(rotated, cfg);
     // A signing key others can read is refused before anything is added.
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
