@@ -405,6 +405,13 @@ pub fn incoming(
     tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
+/// `host:port` of an address that may carry an http(s) scheme.
+fn without_scheme(addr: &str) -> &str {
+    addr.strip_prefix("http://")
+        .or_else(|| addr.strip_prefix("https://"))
+        .unwrap_or(addr)
+}
+
 /// A lazily connected gRPC channel to `addr` (host:port): mutual TLS with
 /// the material current at each (re)connect, or plaintext without `tls`.
 /// The server's certificate must name the host (IP or DNS) of `addr`.
@@ -413,10 +420,7 @@ pub fn channel(
     tls: Option<Arc<Tls>>,
     connect_timeout: Duration,
 ) -> Result<tonic::transport::Channel, String> {
-    let bare = addr
-        .strip_prefix("http://")
-        .or_else(|| addr.strip_prefix("https://"))
-        .unwrap_or(addr);
+    let bare = without_scheme(addr);
     let ep = tonic::transport::Endpoint::from_shared(format!("http://{bare}"))
         .map_err(|e| format!("endpoint {addr:?}: {e}"))?
         .connect_timeout(connect_timeout)
@@ -456,10 +460,7 @@ pub fn channel(
 /// the server's verdict on our certificate (TLS 1.3 sends it after the
 /// handshake): the reason a node refuses us, in words, for error messages.
 pub async fn probe(addr: &str, tls: &Tls) -> Result<(), String> {
-    let bare = addr
-        .strip_prefix("http://")
-        .or_else(|| addr.strip_prefix("https://"))
-        .unwrap_or(addr);
+    let bare = without_scheme(addr);
     let (host, _) = bare
         .rsplit_once(':')
         .ok_or_else(|| format!("{addr:?} is not host:port"))?;

@@ -76,6 +76,20 @@ pub fn load_signing_key(p: &Path) -> std::result::Result<SigningKey, Status> {
     Ok(SigningKey::from_bytes(&key_bytes(p, &read(p)?)?))
 }
 
+/// The key of a `--sign-key` flag, loaded (and checked) before anything is
+/// written to the cluster.
+pub fn signer(p: Option<&Path>) -> std::result::Result<Option<SigningKey>, Status> {
+    p.map(load_signing_key).transpose()
+}
+
+/// `config`, signed when there is a signer.
+pub fn maybe_sign(config: String, key: Option<&SigningKey>) -> String {
+    match key {
+        Some(k) => sign(&config, k),
+        None => config,
+    }
+}
+
 /// `config` with its signature line appended.
 pub fn sign(config: &str, key: &SigningKey) -> String {
     let body = if config.ends_with('\n') {

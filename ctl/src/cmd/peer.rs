@@ -309,11 +309,7 @@ impl PeerCmd {
         match self {
             PeerCmd::Add(a) => {
                 // A bad signing key is refused before anything is written.
-                let signer = a
-                    .sign_key
-                    .as_deref()
-                    .map(super::config::load_signing_key)
-                    .transpose()?;
+                let signer = super::config::signer(a.sign_key.as_deref())?;
                 let generated = a.public_key.is_none().then(keys::generate);
                 let public_key = a
                     .public_key
@@ -360,10 +356,7 @@ impl PeerCmd {
                     generated.as_ref().map(|k| k.private.as_str()),
                     psk.as_deref(),
                 );
-                let cfg = match &signer {
-                    Some(k) => super::config::sign(&cfg, k),
-                    None => cfg,
-                };
+                let cfg = super::config::maybe_sign(cfg, signer.as_ref());
                 if ctx.json {
                     let mut v = peer_json(p);
                     v["client_config"] = cfg.into();
@@ -463,10 +456,7 @@ impl PeerCmd {
                 sign_key,
                 stale,
             } => {
-                let signer = sign_key
-                    .as_deref()
-                    .map(super::config::load_signing_key)
-                    .transpose()?;
+                let signer = super::config::signer(sign_key.as_deref())?;
                 let p = c
                     .call(|ch| {
                         let peer = peer.clone();
@@ -484,10 +474,7 @@ impl PeerCmd {
                 if config {
                     let s = settings().await?;
                     let cfg = client_config(&p, &s, None, p.preshared_key.as_deref());
-                    match &signer {
-                        Some(k) => print!("{}", super::config::sign(&cfg, k)),
-                        None => print!("{cfg}"),
-                    }
+                    print!("{}", super::config::maybe_sign(cfg, signer.as_ref()));
                 } else if ctx.json {
                     let access = super::policy::for_group(ctx, &p.group, stale).await?;
                     let mut v = peer_json(&p);
@@ -566,10 +553,7 @@ impl PeerCmd {
                 qr: show_qr,
                 sign_key,
             } => {
-                let signer = sign_key
-                    .as_deref()
-                    .map(super::config::load_signing_key)
-                    .transpose()?;
+                let signer = super::config::signer(sign_key.as_deref())?;
                 let generated = public_key.is_none().then(keys::generate);
                 let new_public_key = public_key
                     .or(generated.as_ref().map(|k| k.public.clone()))
@@ -593,10 +577,7 @@ impl PeerCmd {
                     generated.as_ref().map(|k| k.private.as_str()),
                     new_psk.as_deref(),
                 );
-                let cfg = match &signer {
-                    Some(k) => super::config::sign(&cfg, k),
-                    None => cfg,
-                };
+                let cfg = super::config::maybe_sign(cfg, signer.as_ref());
                 if ctx.json {
                     let mut v = peer_json(&p);
                     v["client_config"] = cfg.into();

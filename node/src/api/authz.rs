@@ -41,6 +41,13 @@ pub fn required(path: &str) -> Role {
     }
 }
 
+/// The answer to a caller whose role is below `need` for `what`.
+pub fn denial(name: &str, role: Role, what: &str, need: Role) -> Status {
+    Status::permission_denied(format!(
+        "{name} (role {role}) may not {what}: it needs role {need} or higher"
+    ))
+}
+
 /// The caller of one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
@@ -86,10 +93,7 @@ impl Gate {
             role: id.role,
             method: method.clone(),
         });
-        Err(Status::permission_denied(format!(
-            "{} (role {}) may not call {method}: it needs role {need} or higher",
-            id.name, id.role
-        )))
+        Err(denial(&id.name, id.role, &format!("call {method}"), need))
     }
 }
 

@@ -102,10 +102,7 @@ impl Api {
         if c.role >= need {
             Ok(c)
         } else {
-            Err(Status::permission_denied(format!(
-                "{} (role {}) may not {what}: it needs role {need} or higher",
-                c.name, c.role
-            )))
+            Err(authz::denial(&c.name, c.role, what, need))
         }
     }
 
