@@ -5,10 +5,16 @@
 pub mod api;
 pub mod app;
 pub mod bgp;
+pub mod child;
 pub mod config;
 pub mod dataplane;
+pub mod endpoints;
+pub mod failover;
+pub mod health;
+pub mod host;
 pub mod metrics;
-pub mod model;
+pub use anygate_core::model;
 pub mod raft;
 pub mod reconcile;
 pub mod store;
+pub mod time;

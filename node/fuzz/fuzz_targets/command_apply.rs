@@ -4,7 +4,7 @@
 //! round trip.
 #![no_main]
 
-use anygate_fuzz::model::{Changes, Inventory, InventoryImage, Request, Response};
+use anygate_core::model::{Changes, Inventory, InventoryImage, Request, Response};
 use libfuzzer_sys::fuzz_target;
 
 /// The image with its unordered parts sorted (endpoints live in a HashMap).

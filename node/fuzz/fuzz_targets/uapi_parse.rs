@@ -3,8 +3,8 @@
 //! back into `set` lines that parse again to the same peers.
 #![no_main]
 
-use anygate_fuzz::dataplane::uapi_text::{encode_set, parse_get};
-use anygate_fuzz::dataplane::Action;
+use anygate_core::dataplane::uapi_text::{encode_set, parse_get};
+use anygate_core::dataplane::Action;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -19,5 +19,12 @@ fuzz_target!(|data: &[u8]| {
             .collect();
         let set = encode_set(&actions);
         assert!(set.ends_with('\n'));
+        // The set lines, read back as a device would answer them, hold
+        // exactly the peers we parsed.
+        let again = parse_get(&format!("{set}errno=0\n")).expect("our own set lines parse");
+        let configs = |o: &anygate_core::dataplane::Observed| {
+            o.peers.values().map(|p| p.config.clone()).collect::<Vec<_>>()
+        };
+        assert_eq!(configs(&again), configs(&obs));
     }
 });

@@ -5,13 +5,6 @@
 pub mod backend;
 pub mod identity;
 pub mod kernel;
-pub mod net;
-pub mod nflog;
-pub mod policy;
-pub mod react;
 pub mod uapi;
 
-mod types;
-pub mod uapi_text;
-
-pub use types::*;
+pub use anygate_core::dataplane::*;

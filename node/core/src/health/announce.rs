@@ -1,7 +1,7 @@
 //! The announcement decision: pure, so every rule is a table test.
 //!
 //! A node announces the anycast prefixes iff it can serve clients right now:
-//! not shutting down, not drained, its WireGuard device programmed and
+//! none of its long-lived tasks has stopped, not shutting down, not drained, its WireGuard device programmed and
 //! current with the identity the cluster expects, a Raft leader heard within
 //! the lease (a partitioned node's inventory may be stale: revoked peers
 //! would still get in), and a BGP session established.
@@ -12,6 +12,8 @@ use std::time::Duration;
 /// Everything the decision looks at, sampled at one instant.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Inputs {
+    /// A long-lived task that stopped or panicked (see controller.rs).
+    pub failed_task: Option<String>,
     pub shutting_down: bool,
     pub drained: bool,
     /// False when the node runs without a dataplane (backend = none).
@@ -38,6 +40,14 @@ pub struct Inputs {
 /// Why the node is not announcing.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Withdraw {
+    /// Before the first decision.
+    Starting,
+    /// No `[bgp]` section in the node config.
+    NotConfigured,
+    GobgpdUnavailable,
+    /// Announce would be right, but the settings name no anycast prefix.
+    NoAnycastAddress,
+    TaskFailed(String),
     ShuttingDown,
     Drained,
     NoDataplane,
@@ -51,6 +61,11 @@ impl Withdraw {
     /// A short, stable label for metrics.
     pub fn kind(&self) -> &'static str {
         match self {
+            Withdraw::Starting => "starting",
+            Withdraw::NotConfigured => "not-configured",
+            Withdraw::GobgpdUnavailable => "gobgpd-unavailable",
+            Withdraw::NoAnycastAddress => "no-anycast-address",
+            Withdraw::TaskFailed(_) => "task-failed",
             Withdraw::ShuttingDown => "shutting-down",
             Withdraw::Drained => "drained",
             Withdraw::NoDataplane => "no-dataplane",
@@ -65,6 +80,13 @@ impl Withdraw {
 impl fmt::Display for Withdraw {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Withdraw::Starting => write!(f, "starting"),
+            Withdraw::NotConfigured => write!(f, "no [bgp] section in the node config"),
+            Withdraw::GobgpdUnavailable => write!(f, "gobgpd unavailable"),
+            Withdraw::NoAnycastAddress => {
+                write!(f, "the cluster settings have no anycast address")
+            }
+            Withdraw::TaskFailed(t) => write!(f, "{t}"),
             Withdraw::ShuttingDown => write!(f, "shutting down"),
             Withdraw::Drained => write!(f, "drained by an operator"),
             Withdraw::NoDataplane => write!(f, "no dataplane (backend = none)"),
@@ -85,6 +107,9 @@ impl fmt::Display for Withdraw {
 /// `Ok(())` = announce; `Err(why)` = withdraw. The first failing rule wins,
 /// in the order an operator would want to read it.
 pub fn decide(i: &Inputs) -> Result<(), Withdraw> {
+    if let Some(t) = &i.failed_task {
+        return Err(Withdraw::TaskFailed(t.clone()));
+    }
     if i.shutting_down {
         return Err(Withdraw::ShuttingDown);
     }
@@ -124,6 +149,7 @@ mod tests {
 
     fn healthy() -> Inputs {
         Inputs {
+            failed_task: None,
             shutting_down: false,
             drained: false,
             dataplane_enabled: true,
@@ -203,7 +229,15 @@ mod tests {
                 Err(Withdraw::NoSession),
             ),
             (
-                "shutdown outranks everything",
+                "a stopped task outranks everything",
+                |i| {
+                    i.failed_task = Some("the dataplane task panicked".into());
+                    i.shutting_down = true;
+                },
+                Err(Withdraw::TaskFailed("the dataplane task panicked".into())),
+            ),
+            (
+                "shutdown outranks the rest",
                 |i| {
                     i.shutting_down = true;
                     i.drained = true;

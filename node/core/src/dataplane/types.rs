@@ -87,6 +87,28 @@ pub enum Action {
     RemovePeer(WgKey),
 }
 
+impl Action {
+    /// The peer the action is about (None for device settings).
+    pub fn peer(&self) -> Option<WgKey> {
+        match self {
+            Action::SetDevice(_) => None,
+            Action::AddPeer(c) => Some(c.public_key),
+            Action::UpdatePeer { public_key, .. } => Some(*public_key),
+            Action::RemovePeer(k) => Some(*k),
+        }
+    }
+
+    /// A short name, for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Action::SetDevice(_) => "device",
+            Action::AddPeer(_) => "add",
+            Action::UpdatePeer { .. } => "update",
+            Action::RemovePeer(_) => "remove",
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
     #[error("{path}: {source}")]

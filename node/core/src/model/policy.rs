@@ -1,6 +1,6 @@
 //! Access policies: which internal destinations the peers of a group may
 //! reach. The cluster default is deny; a policy allows. Validated here
-//! (pure), enforced by every node with nftables (dataplane/policy.rs).
+//! (pure), enforced by every node with nftables (the node's host/policy.rs).
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
