@@ -43,6 +43,7 @@ pub struct Metrics {
     pub react_kicks: Family<ReasonLabels, Counter>,
     pub loser_flushes: Counter,
     pub takeover_kicks: Counter,
+    pub react_read_seconds: Histogram,
     pub denied: Family<DeniedLabels, Counter>,
     pub policy_rules: Gauge,
     pub bgp_session_up: Family<NeighborLabels, Gauge>,
@@ -156,6 +157,7 @@ impl Metrics {
             react_kicks: Family::default(),
             loser_flushes: Counter::default(),
             takeover_kicks: Counter::default(),
+            react_read_seconds: pass_histogram(),
             denied: Family::default(),
             policy_rules: Gauge::default(),
             bgp_session_up: Family::default(),
@@ -250,6 +252,11 @@ impl Metrics {
             "loser_flushes",
             "Sessions dropped because the client's flow moved to another gateway (ends the old gateway's handshake retries)",
             m.loser_flushes.clone(),
+        );
+        r.register(
+            "react_read_seconds",
+            "Time to read the react sets (nftables netlink), per read",
+            m.react_read_seconds.clone(),
         );
         r.register(
             "takeover_kicks",

@@ -4,13 +4,13 @@
 //! with the node: PR_SET_PDEATHSIG through setpriv).
 
 use super::kernel::KernelWg;
-use super::net::NetManager;
 use super::uapi::UapiClient;
 use super::{Action, DataplaneError, Observed};
 use crate::config::{BackendKind, DataplaneConfig};
+use crate::host::net::NetManager;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use tracing::{info, warn};
+use tracing::info;
 
 pub enum Device {
     Kernel(KernelWg),
@@ -22,12 +22,8 @@ pub enum Device {
 }
 
 pub struct Supervised {
-    bin: PathBuf,
     ifname: String,
-    child: Option<tokio::process::Child>,
-    restarts: u64,
-    next_start: Instant,
-    backoff: Duration,
+    child: crate::child::Supervisor,
 }
 
 impl Device {
@@ -52,12 +48,8 @@ impl Device {
                     uapi: UapiClient::new(sock),
                     supervised: cfg.wireguard_go.clone().map(|bin| {
                         Box::new(Supervised {
-                            bin,
                             ifname: ifname.to_string(),
-                            child: None,
-                            restarts: 0,
-                            next_start: Instant::now(),
-                            backoff: Duration::from_millis(200),
+                            child: crate::child::Supervisor::new("wireguard-go", bin),
                         })
                     }),
                 })
@@ -65,6 +57,16 @@ impl Device {
             BackendKind::None | BackendKind::Auto => Err(DataplaneError::Protocol(
                 "no dataplane backend configured".into(),
             )),
+        }
+    }
+
+    /// The backend, and whether wireguard-go is this node's child.
+    pub fn backend(&self) -> (crate::health::Backend, bool) {
+        match self {
+            Device::Kernel(_) => (crate::health::Backend::Kernel, false),
+            Device::Userspace { supervised, .. } => {
+                (crate::health::Backend::Userspace, supervised.is_some())
+            }
         }
     }
 
@@ -159,9 +161,7 @@ impl Device {
             ..
         } = self
         {
-            if let Some(mut c) = s.child.take() {
-                let _ = c.kill().await;
-            }
+            s.child.stop().await;
         }
     }
 }
@@ -183,56 +183,41 @@ impl Reader {
 
 impl Supervised {
     async fn ensure(&mut self, uapi: &UapiClient) -> Result<bool, DataplaneError> {
-        if let Some(c) = &mut self.child {
-            match c.try_wait() {
-                Ok(None) => return Ok(false),
-                Ok(Some(st)) => {
-                    warn!(ifname = %self.ifname, status = %st, "wireguard-go exited; restarting");
-                    self.child = None;
-                }
-                Err(e) => warn!(error = %e, "wireguard-go: wait failed"),
-            }
+        if self.child.running() {
+            return Ok(false);
         }
-        if Instant::now() < self.next_start {
+        let wait = self.child.start_in();
+        if !wait.is_zero() {
             return Err(DataplaneError::Protocol(format!(
-                "wireguard-go for {} is down; restart in {:?}",
-                self.ifname,
-                self.next_start - Instant::now()
+                "wireguard-go for {} is down; restart in {wait:?}",
+                self.ifname
             )));
         }
         // A socket left by a dead wireguard-go would refuse the new one.
         let _ = std::fs::remove_file(uapi.path());
-        // setpriv (util-linux) sets PR_SET_PDEATHSIG and execs wireguard-go:
-        // it dies with this process, even on kill -9 of the node, so a dead
-        // node never leaves a live device behind.
-        let mut cmd = tokio::process::Command::new("setpriv");
-        cmd.args(["--pdeathsig", "KILL", "--"])
-            .arg(&self.bin)
-            .args(["-f", &self.ifname])
-            .env("LOG_LEVEL", "error")
-            // Without it, wireguard-go prints a banner (or refuses) when the
-            // kernel has WireGuard; choosing userspace there is deliberate.
-            .env("WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD", "1")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            // It prints a banner about the kernel module; its state is
-            // watched through the UAPI socket instead.
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true);
-        let child = cmd.spawn().map_err(|e| DataplaneError::Io {
-            path: self.bin.display().to_string(),
-            source: e,
-        })?;
-        info!(ifname = %self.ifname, pid = child.id(), restarts = self.restarts, "started wireguard-go");
-        self.child = Some(child);
-        self.restarts += 1;
-        self.next_start = Instant::now() + self.backoff;
-        self.backoff = (self.backoff * 2).min(Duration::from_secs(10));
+        let ifname = self.ifname.clone();
+        let program = self.child.program().display().to_string();
+        self.child
+            .start(|cmd| {
+                cmd.args(["-f", &ifname])
+                    .env("LOG_LEVEL", "error")
+                    // Without it, wireguard-go prints a banner (or refuses)
+                    // when the kernel has WireGuard; choosing userspace
+                    // there is deliberate.
+                    .env("WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD", "1")
+                    // Its state is watched through the UAPI socket.
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null());
+            })
+            .map_err(|e| DataplaneError::Io {
+                path: program,
+                source: e,
+            })?;
         // Wait for its UAPI socket (it appears within milliseconds).
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
             if uapi.get().await.is_ok() {
-                self.backoff = Duration::from_millis(200);
+                self.child.healthy();
                 return Ok(true);
             }
             tokio::time::sleep(Duration::from_millis(10)).await;

@@ -16,18 +16,16 @@ use netlink_sys::{constants::NETLINK_NETFILTER, Socket};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use tokio::sync::mpsc;
 
-/// The NFLOG group the table logs new sources to (one per network
-/// namespace; "AG").
-pub const GROUP: u16 = 0x4147;
+pub use anygate_core::failover::react::NFLOG_GROUP as GROUP;
 
 /// Bytes of each logged packet copied to us: IPv6 header + UDP ports.
 const COPY: u32 = 48;
 
 /// Bind the group; a thread then forwards every logged source. Errors
 /// (no nfnetlink_log in the kernel, the group taken) leave the poll alone.
-pub fn listen(tx: mpsc::Sender<SocketAddr>) -> Result<(), String> {
-    let mut sock = Socket::new(NETLINK_NETFILTER).map_err(|e| format!("netlink socket: {e}"))?;
-    sock.bind_auto().map_err(|e| format!("netlink bind: {e}"))?;
+pub fn listen(tx: mpsc::Sender<SocketAddr>) -> Result<(), NflogError> {
+    let mut sock = Socket::new(NETLINK_NETFILTER).map_err(|e| NflogError::Io("socket", e))?;
+    sock.bind_auto().map_err(|e| NflogError::Io("bind", e))?;
     let _ = sock.set_rx_buf_sz(1 << 20);
     request(
         &sock,
@@ -69,24 +67,33 @@ pub fn listen(tx: mpsc::Sender<SocketAddr>) -> Result<(), String> {
                 }
             }
         })
-        .map_err(|e| format!("thread: {e}"))?;
+        .map_err(|e| NflogError::Io("thread", e))?;
     Ok(())
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum NflogError {
+    #[error("netlink {0}: {1}")]
+    Io(&'static str, std::io::Error),
+    #[error("netlink ack: {0}")]
+    Decode(String),
+    #[error("nflog group {GROUP}: {0}")]
+    Refused(String),
+}
+
 /// Send a config request and check its ack.
-fn request(sock: &Socket, msg: NetlinkMessage<NetfilterMessage>) -> Result<(), String> {
+fn request(sock: &Socket, msg: NetlinkMessage<NetfilterMessage>) -> Result<(), NflogError> {
     let mut buf = vec![0u8; msg.header.length as usize];
     msg.serialize(&mut buf[..]);
-    sock.send(&buf, 0)
-        .map_err(|e| format!("netlink send: {e}"))?;
+    sock.send(&buf, 0).map_err(|e| NflogError::Io("send", e))?;
     let mut rx = vec![0u8; 4096];
     let n = sock
         .recv(&mut &mut rx[..], 0)
-        .map_err(|e| format!("netlink recv: {e}"))?;
+        .map_err(|e| NflogError::Io("recv", e))?;
     let m = <NetlinkMessage<NetfilterMessage>>::deserialize(&rx[..n])
-        .map_err(|e| format!("netlink ack: {e}"))?;
+        .map_err(|e| NflogError::Decode(e.to_string()))?;
     match m.payload {
-        NetlinkPayload::Error(e) if e.code.is_some() => Err(format!("nflog group {GROUP}: {e}")),
+        NetlinkPayload::Error(e) if e.code.is_some() => Err(NflogError::Refused(e.to_string())),
         _ => Ok(()),
     }
 }

@@ -144,7 +144,7 @@ pub fn net_desired(inv: &Inventory, ifname: &str) -> NetDesired {
 /// the first data packet of a source not seen for a while, logged to the
 /// NFLOG group the node listens on (see nflog.rs).
 fn react_nft(port: u16, ifname: &str) -> String {
-    use super::react::*;
+    use anygate_core::failover::react::*;
     let set = |name: &str, ty: &str| {
         format!(
             "  set {name} {{ type {ty}; flags dynamic, timeout; timeout {SET_TIMEOUT_MS}ms; size 65536; }}\n"
@@ -162,7 +162,7 @@ fn react_nft(port: u16, ifname: &str) -> String {
         s.push_str(&set(name, ty));
     }
     let data = format!("udp dport {port} @th,64,8 0x04");
-    let group = super::nflog::GROUP;
+    let group = anygate_core::failover::react::NFLOG_GROUP;
     s.push_str(&format!(
         "  chain react {{\n    type filter hook input priority -150; policy accept;\n\
     {data} ip saddr . udp sport != @{SET_DATA4} log group {group} snaplen 48\n\
@@ -184,8 +184,6 @@ pub enum NetError {
     Netlink(String),
     #[error("link {0} does not exist")]
     NoLink(String),
-    #[error("nft: {0}")]
-    Nft(String),
 }
 
 fn nl(e: impl std::fmt::Display) -> NetError {
@@ -462,61 +460,6 @@ impl NetManager {
     async fn del_route(&self, r: &IpNet) -> Result<(), NetError> {
         let msg = self.route_msg(None, r);
         self.handle.route().del(msg).execute().await.map_err(nl)
-    }
-}
-
-/// `nft [-a] list table inet NAME`; None when the table does not exist.
-pub async fn list_table(name: &str, handles: bool) -> Result<Option<String>, NetError> {
-    let mut cmd = tokio::process::Command::new("nft");
-    if handles {
-        cmd.arg("-a");
-    }
-    let out = cmd
-        .args(["list", "table", "inet", name])
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .output()
-        .await
-        .map_err(|e| NetError::Nft(format!("cannot run nft (is nftables installed?): {e}")))?;
-    if out.status.success() {
-        return Ok(Some(String::from_utf8_lossy(&out.stdout).into_owned()));
-    }
-    let err = String::from_utf8_lossy(&out.stderr);
-    if err.contains("No such file or directory") {
-        Ok(None)
-    } else {
-        Err(NetError::Nft(err.trim().to_string()))
-    }
-}
-
-/// Replace the `inet anygate` table atomically (`nft -f -` runs the script as
-/// one transaction).
-pub async fn apply_nft(script: &str) -> Result<(), NetError> {
-    use tokio::io::AsyncWriteExt;
-    let mut child = tokio::process::Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| NetError::Nft(format!("cannot run nft (is nftables installed?): {e}")))?;
-    let mut stdin = child.stdin.take().expect("piped");
-    stdin
-        .write_all(script.as_bytes())
-        .await
-        .map_err(|e| NetError::Nft(e.to_string()))?;
-    drop(stdin);
-    let out = child
-        .wait_with_output()
-        .await
-        .map_err(|e| NetError::Nft(e.to_string()))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(NetError::Nft(
-            String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        ))
     }
 }
 

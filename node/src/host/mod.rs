@@ -1,0 +1,166 @@
+//! The host around the WireGuard device: addresses and routes (rtnetlink,
+//! `net.rs`), the NAT and react table `inet anygate` (`net.rs` renders it),
+//! the access-policy table `inet anygate_policy` (`policy.rs`), and the one
+//! nftables client (`nft.rs`).
+//!
+//! [`Host`] keeps them at what the inventory asks for. Writes happen when
+//! the wanted state changes; the periodic check reads the ruleset
+//! generation over netlink and only lists and rewrites the tables when
+//! someone else changed the ruleset since our last write — so the steady
+//! state runs no process at all.
+
+pub mod net;
+pub mod nft;
+pub mod policy;
+
+use crate::metrics::Metrics;
+use net::{NetDesired, NetError, NetManager};
+use tracing::{debug, info, warn};
+
+pub struct Host {
+    net: NetManager,
+    metrics: Metrics,
+    /// The `inet anygate` script as last written.
+    nat_written: Option<String>,
+    /// The access-policy table as last read or written (None: read it).
+    policy: Option<policy::Present>,
+    /// The ruleset generation right after our last write or full read.
+    generation: Option<u32>,
+}
+
+impl Host {
+    pub fn new(metrics: Metrics) -> Result<Host, NetError> {
+        Ok(Host {
+            net: NetManager::new()?,
+            metrics,
+            nat_written: None,
+            policy: None,
+            generation: None,
+        })
+    }
+
+    pub fn net(&self) -> &NetManager {
+        &self.net
+    }
+
+    /// Someone else changed the ruleset since we last looked: the tables
+    /// must be read (or rewritten) in full. A failed read says yes.
+    fn ruleset_changed(&self) -> bool {
+        match nft::generation() {
+            Ok(g) => self.generation != Some(g),
+            Err(e) => {
+                debug!(error = %e, "cannot read the nftables generation");
+                true
+            }
+        }
+    }
+
+    fn remember_generation(&mut self) {
+        self.generation = nft::generation().ok();
+    }
+
+    /// Addresses, routes and the `inet anygate` table. `check` (resync):
+    /// also repair the table if the ruleset changed under us.
+    pub async fn reconcile(&mut self, want: &NetDesired, check: bool) {
+        match self.net.reconcile(want).await {
+            Ok(rep) if !rep.is_empty() => {
+                info!(ifname = %want.ifname, ?rep, "host network restored");
+                self.metrics.route_repairs.inc();
+            }
+            Ok(_) => {}
+            Err(e) => {
+                self.metrics.reconcile_errors.inc();
+                warn!(error = %e, "host network reconcile failed; will retry");
+            }
+        }
+        let stale = self.nat_written.as_deref() != Some(&want.nft);
+        if stale || (check && self.ruleset_changed()) {
+            match nft::apply_nft(&want.nft).await {
+                Ok(()) => {
+                    self.nat_written = Some(want.nft.clone());
+                    self.remember_generation();
+                }
+                Err(e) => {
+                    self.metrics.reconcile_errors.inc();
+                    warn!(error = %e, "nftables table anygate not applied; will retry");
+                }
+            }
+        }
+    }
+
+    /// Brings `table inet anygate_policy` to `want` with the smallest
+    /// change. `check` (resync) reads the kernel first when the ruleset
+    /// changed under us, so hand edits are repaired.
+    pub async fn sync_policy(&mut self, want: policy::Desired, check: bool) {
+        let had = self.policy.is_some();
+        let reread = !had || (check && self.ruleset_changed());
+        if reread {
+            match nft::list_table(policy::TABLE, true).await {
+                Ok(t) => {
+                    self.policy = t.map(|t| policy::parse(&t));
+                    if self.policy.is_some() {
+                        self.remember_generation();
+                    }
+                }
+                Err(e) => {
+                    self.metrics.reconcile_errors.inc();
+                    warn!(error = %e, "cannot read the access-policy table; will retry");
+                    self.policy = None;
+                    return;
+                }
+            }
+        }
+        if let (true, Some(h)) = (check, &mut self.policy) {
+            if let Some(n) = denied_packets() {
+                h.denied_packets = n;
+                self.metrics.policy_denied_packets.set(n as i64);
+            }
+        }
+        let Some(script) = policy::plan(self.policy.as_ref(), &want) else {
+            return;
+        };
+        match nft::apply_nft(&script).await {
+            Ok(()) => {
+                if reread && had {
+                    warn!(script = %script.trim(), "access-policy table differed from the policies (hand edit?); repaired");
+                    self.metrics.drift_repairs.inc();
+                } else {
+                    debug!(script = %script.trim(), "access-policy table updated");
+                }
+                self.metrics.policy_rules.set(want.rules.len() as i64);
+                // The kernel now holds `want`; new rules' handles (needed
+                // to delete them later) are read back over netlink.
+                self.policy = match nft::rules(policy::TABLE, "clients") {
+                    Ok(rules) => Some(policy::Present {
+                        skeleton_for: Some(want.ifname.clone()),
+                        rules: rules
+                            .into_iter()
+                            .filter_map(|r| Some((r.comment?, r.handle)))
+                            .collect(),
+                        denied_packets: self.policy.as_ref().map_or(0, |h| h.denied_packets),
+                        sets: want.sets,
+                    }),
+                    Err(e) => {
+                        warn!(error = %e, "cannot read the access-policy rules back; will list the table");
+                        None
+                    }
+                };
+                self.remember_generation();
+            }
+            Err(e) => {
+                self.metrics.reconcile_errors.inc();
+                warn!(error = %e, "access-policy table not updated; will retry");
+                self.policy = None;
+            }
+        }
+    }
+}
+
+/// Packets the default deny dropped (its counter), over netlink.
+fn denied_packets() -> Option<u64> {
+    nft::rules(policy::TABLE, "forward")
+        .ok()?
+        .into_iter()
+        .find(|r| r.comment.as_deref() == Some(policy::DEFAULT_COMMENT))?
+        .packets
+}
