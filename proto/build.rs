@@ -24,6 +24,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ".anygate.v1",
             "#[derive(serde::Serialize, serde::Deserialize)]",
         )
+        // Enums print by name in JSON ("announced", "drained"), not as numbers.
+        .field_attribute(
+            ".anygate.v1.BgpStatus.state",
+            "#[serde(with = \"crate::enum_names::bgp_state\")]",
+        )
+        .field_attribute(
+            ".anygate.v1.BgpStatus.withdraw_reason",
+            "#[serde(with = \"crate::enum_names::withdraw_reason\")]",
+        )
+        .field_attribute(
+            ".anygate.v1.DataplaneStatus.backend",
+            "#[serde(with = \"crate::enum_names::dataplane_backend\")]",
+        )
         .compile_fds(fds)?;
     Ok(())
 }

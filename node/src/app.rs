@@ -4,17 +4,19 @@
 
 use crate::api::authz::{AuthzLayer, Gate};
 use crate::api::{self, Api};
-use crate::bgp::speaker::{BgpStatus, Speaker};
+use crate::bgp::speaker::Speaker;
 use crate::config::{BackendKind, Config, TlsConfig};
 use crate::dataplane::backend::Device;
 use crate::dataplane::identity::Identity;
+use crate::health::controller::Controller;
+use crate::health::{BgpStatus, DataplaneStatus};
 use crate::metrics::Metrics;
 use crate::metrics::ResultLabels;
 use crate::model::{Command, Request};
 use crate::raft::network::{Channels, MAX_RAFT_MESSAGE};
 use crate::raft::service::RaftServiceImpl;
 use crate::raft::{raft_config, RaftNode};
-use crate::reconcile::driver::{disabled_status, DataplaneStatus, Reconciler};
+use crate::reconcile::Reconciler;
 use crate::store;
 use anygate_proto::raft::v1::raft_service_server::RaftServiceServer;
 use anygate_proto::tls::{Role, Tls};
@@ -87,11 +89,15 @@ impl App {
                 None
             }
         };
-        let (log, sm) = store::open(&cfg.data_dir)?;
+        let (log, mut sm) = store::open(&cfg.data_dir)?;
+        if let Some(d) = cfg.hold_back_apply {
+            warn!(delay = ?d, "test hook: every apply is held back");
+            sm.hold_back_apply(d);
+        }
         let view = sm.view();
         let channels = Channels::new(tls.clone());
         let rcfg = Arc::new(
-            raft_config(cfg.snapshot_logs)
+            raft_config(cfg.snapshot_logs, cfg.raft)
                 .validate()
                 .map_err(|e| AppError::Raft(e.to_string()))?,
         );
@@ -107,51 +113,50 @@ impl App {
             contact: Default::default(),
         };
         // The dataplane: a reconciler owning the device, or a fixed "off" status.
-        let (dp_status, dp_rx) = match (&self.identity, cfg.dataplane.backend) {
+        let device = match (&self.identity, cfg.dataplane.backend) {
             (Some(_), b) if b != BackendKind::None => {
-                tokio::sync::watch::channel(DataplaneStatus {
-                    backend: format!("{:?}", Device::resolve(b)).to_lowercase(),
-                    reason: "starting".into(),
-                    ..Default::default()
-                })
-            }
-            _ => disabled_status(),
-        };
-        let reconciler = match self.identity {
-            Some(id) if cfg.dataplane.backend != BackendKind::None => {
                 let ifname = cfg
                     .dataplane
                     .interface
                     .clone()
                     .unwrap_or_else(|| node.view.read(|i| i.settings().interface.clone()));
-                let device = Device::open(&cfg.dataplane, &ifname)
-                    .map_err(|e| AppError::Dataplane(e.to_string()))?;
-                Some(Reconciler::new(
-                    cfg.dataplane.clone(),
-                    node.clone(),
-                    metrics.clone(),
-                    id,
-                    device,
-                    dp_status,
-                ))
+                Some(
+                    Device::open(&cfg.dataplane, &ifname)
+                        .map_err(|e| AppError::Dataplane(e.to_string()))?,
+                )
             }
             _ => None,
         };
-        let (bgp_status, bgp_rx) = match &cfg.bgp {
-            Some(_) => tokio::sync::watch::channel(BgpStatus {
-                enabled: true,
-                state: "withdrawn".into(),
-                reason: "starting".into(),
-                ..Default::default()
-            }),
-            None => crate::bgp::speaker::disabled(),
+        let (dp_status, dp_rx) = tokio::sync::watch::channel(match &device {
+            Some(d) => {
+                let (backend, supervised) = d.backend();
+                DataplaneStatus::starting(backend, supervised)
+            }
+            None => DataplaneStatus::disabled(),
+        });
+        let reconciler = match (self.identity, device) {
+            (Some(id), Some(device)) => Some(Reconciler::new(
+                cfg.dataplane.clone(),
+                node.clone(),
+                metrics.clone(),
+                id,
+                device,
+                dp_status,
+            )),
+            _ => None,
         };
+        let (bgp_status, bgp_rx) = tokio::sync::watch::channel(match &cfg.bgp {
+            Some(_) => BgpStatus::starting(),
+            None => BgpStatus::disabled(),
+        });
+        let controller = Controller::new(shutdown.clone());
         let held = reconciler.as_ref().map(|r| r.sessions());
         let speaker = cfg.bgp.clone().map(|b| {
             Speaker::new(
                 b,
                 node.clone(),
                 dp_rx.clone(),
+                controller.failed(),
                 held,
                 metrics.clone(),
                 bgp_status,
@@ -221,51 +226,77 @@ impl App {
                 m.tls_refused.inc();
             });
             let stop = stop_api.clone();
-            let trip = shutdown.clone();
             tasks.spawn(
-                async move {
-                    let r = router
-                        .serve_with_incoming_shutdown(incoming, stop.cancelled())
-                        .await;
-                    if let Err(e) = &r {
-                        warn!(error = %e, "gRPC server failed");
+                controller.guard(
+                    "gRPC server",
+                    stop_api.clone(),
+                    async move {
+                        let r = router
+                            .serve_with_incoming_shutdown(incoming, stop.cancelled())
+                            .await;
+                        if let Err(e) = &r {
+                            warn!(error = %e, "gRPC server failed");
+                        }
                     }
-                    trip.cancel();
-                }
-                .instrument(tracing::info_span!("grpc")),
+                    .instrument(tracing::info_span!("grpc")),
+                ),
             )
         };
 
         if let Some(l) = self.admin {
             let (m, n, stop) = (metrics.clone(), node.clone(), stop_api.clone());
-            tasks.spawn(admin_http(l, m, n, stop).instrument(tracing::info_span!("admin")));
+            tasks.spawn(controller.guard(
+                "admin HTTP",
+                stop_api.clone(),
+                admin_http(l, m, n, stop).instrument(tracing::info_span!("admin")),
+            ));
         }
         tasks.spawn(
-            metrics_loop(node.clone(), metrics.clone(), shutdown.clone())
-                .instrument(tracing::info_span!("metrics")),
+            controller.guard(
+                "metrics",
+                shutdown.clone(),
+                metrics_loop(node.clone(), metrics.clone(), shutdown.clone())
+                    .instrument(tracing::info_span!("metrics")),
+            ),
         );
         let stop_dp = CancellationToken::new();
         let dataplane = reconciler.map(|r| {
             tasks.spawn(
-                r.run(stop_dp.clone())
-                    .instrument(tracing::info_span!("dataplane")),
+                controller.guard(
+                    "dataplane",
+                    stop_dp.clone(),
+                    r.run(stop_dp.clone())
+                        .instrument(tracing::info_span!("dataplane")),
+                ),
             )
         });
         // BGP sees the shutdown first: it withdraws, waits its grace, and only
         // then does the rest of the node stop serving.
         let bgp = speaker.map(|s| {
             tasks.spawn(
-                s.run(shutdown.clone())
-                    .instrument(tracing::info_span!("bgp")),
+                controller.guard(
+                    "BGP speaker",
+                    shutdown.clone(),
+                    s.run(shutdown.clone())
+                        .instrument(tracing::info_span!("bgp")),
+                ),
             )
         });
         tasks.spawn(
-            expiry_sweeper(node.clone(), shutdown.clone())
-                .instrument(tracing::info_span!("expiry")),
+            controller.guard(
+                "expiry sweeper",
+                shutdown.clone(),
+                expiry_sweeper(node.clone(), shutdown.clone())
+                    .instrument(tracing::info_span!("expiry")),
+            ),
         );
         tasks.spawn(
-            audit_denied(node.clone(), denied_rx, shutdown.clone())
-                .instrument(tracing::info_span!("authz")),
+            controller.guard(
+                "refusal audit",
+                shutdown.clone(),
+                audit_denied(node.clone(), denied_rx, shutdown.clone())
+                    .instrument(tracing::info_span!("authz")),
+            ),
         );
         if let (
             Some(t),
@@ -275,13 +306,17 @@ impl App {
         ) = (&tls, &cfg.tls)
         {
             tasks.spawn(
-                tls_reloader(
-                    t.clone(),
-                    *reload_interval,
-                    metrics.clone(),
+                controller.guard(
+                    "TLS reloader",
                     shutdown.clone(),
-                )
-                .instrument(tracing::info_span!("tls")),
+                    tls_reloader(
+                        t.clone(),
+                        *reload_interval,
+                        metrics.clone(),
+                        shutdown.clone(),
+                    )
+                    .instrument(tracing::info_span!("tls")),
+                ),
             );
         }
         tasks.close();
@@ -434,7 +469,7 @@ async fn audit_denied(
         }
         let req = Request {
             actor: d.caller,
-            at_ms: api::now_ms(),
+            at_ms: crate::time::now_ms(),
             request_id: None,
             cmd: Command::Denied {
                 method: d.method,
@@ -557,7 +592,7 @@ async fn expiry_sweeper(node: RaftNode, shutdown: CancellationToken) {
         if node.raft.metrics().borrow().state != ServerState::Leader {
             continue;
         }
-        let now = api::now_ms();
+        let now = crate::time::now_ms();
         if node
             .view
             .read(|inv| inv.next_expiry())

@@ -26,5 +26,6 @@ pub mod gobgp {
     }
 }
 
+pub mod enum_names;
 pub mod pki;
 pub mod tls;

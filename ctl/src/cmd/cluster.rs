@@ -140,7 +140,7 @@ impl ClusterCmd {
                     if let Some(d) = n
                         .dataplane
                         .as_ref()
-                        .filter(|d| !d.healthy && d.backend != "none")
+                        .filter(|d| !d.healthy && d.backend() != DataplaneBackend::None)
                     {
                         println!("warning: node {} dataplane unhealthy: {}", n.id, d.reason);
                     }
@@ -149,7 +149,7 @@ impl ClusterCmd {
                     if let Some(b) = n
                         .bgp
                         .as_ref()
-                        .filter(|b| b.enabled && b.state != "announced")
+                        .filter(|b| !matches!(b.state(), BgpState::Disabled | BgpState::Announced))
                     {
                         println!("note: node {} not announcing: {}", n.id, b.reason);
                     }
@@ -202,9 +202,16 @@ fn bgp_cell(n: &NodeStatus) -> String {
     match n.bgp.as_ref() {
         None if n.drained => "DRAINED".into(),
         None => "-".into(),
-        Some(b) if !b.enabled => if n.drained { "off, DRAINED" } else { "off" }.into(),
+        Some(b) if b.state() == BgpState::Disabled => {
+            if n.drained { "off, DRAINED" } else { "off" }.into()
+        }
         Some(b) => {
-            let s = format!("{} {}/{}", b.state, b.sessions_established, b.sessions);
+            let s = format!(
+                "{} {}/{}",
+                state_name(b.state()),
+                b.sessions_established,
+                b.sessions
+            );
             if n.drained {
                 format!("{s} DRAINED")
             } else {
@@ -218,8 +225,13 @@ fn bgp_cell(n: &NodeStatus) -> String {
 fn dataplane_cell(d: Option<&anygate_proto::v1::DataplaneStatus>) -> String {
     match d {
         None => "-".into(),
-        Some(d) if d.backend == "none" => "off".into(),
+        Some(d) if d.backend() == DataplaneBackend::None => "off".into(),
         Some(d) if d.healthy => format!("ok {} peers @{}", d.device_peers, d.applied_index),
         Some(_) => "UNHEALTHY".into(),
     }
+}
+
+/// "announced", "graceful-shutdown", …: the name JSON uses too.
+pub fn state_name(s: BgpState) -> String {
+    anygate_proto::enum_names::short_name(s.as_str_name(), "BGP_STATE_")
 }

@@ -65,13 +65,16 @@ impl NodeCmd {
                 .await?;
             let n = s.nodes.into_iter().find(|n| n.id == id);
             let bgp = n.as_ref().and_then(|n| n.bgp.clone()).unwrap_or_default();
-            let done = !bgp.enabled
-                || if drained {
-                    bgp.state == "withdrawn"
-                } else {
-                    bgp.state == "announced"
-                        || !bgp.reason.is_empty() && bgp.reason != "drained by an operator"
-                };
+            let done = match bgp.state() {
+                BgpState::Disabled | BgpState::Unspecified => true,
+                s if drained => s == BgpState::Withdrawn,
+                // Undrained: announced, or held back by something else.
+                BgpState::Announced => true,
+                _ => !matches!(
+                    bgp.withdraw_reason(),
+                    WithdrawReason::Drained | WithdrawReason::None
+                ),
+            };
             if done || Instant::now() > deadline {
                 break (done, bgp);
             }
@@ -87,12 +90,13 @@ impl NodeCmd {
                 serde_json::json!({"id": id, "drained": drained, "index": r.index, "bgp": bgp})
             );
         } else {
-            let ann = if !bgp.enabled {
+            let state = super::cluster::state_name(bgp.state());
+            let ann = if matches!(bgp.state(), BgpState::Disabled | BgpState::Unspecified) {
                 "BGP not enabled on that node".to_string()
             } else if bgp.reason.is_empty() {
-                bgp.state.clone()
+                state
             } else {
-                format!("{} ({})", bgp.state, bgp.reason)
+                format!("{state} ({})", bgp.reason)
             };
             println!("node {id} {verb} (index {}); announcement: {ann}", r.index);
         }

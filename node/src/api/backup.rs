@@ -4,7 +4,8 @@
 
 use super::convert::{peer_to_pb, pool_to_pb, settings_to_pb};
 use super::policies::policy_to_pb;
-use super::{now_ms, Api};
+use super::Api;
+use crate::time::now_ms;
 use anygate_proto::v1::backup_service_server::BackupService;
 use anygate_proto::v1::*;
 use tonic::{Request, Response as Reply, Status};

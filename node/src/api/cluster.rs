@@ -2,10 +2,12 @@
 //! cluster status table. Membership changes run on the leader; elsewhere
 //! they answer `Unavailable` with the leader's address.
 
-use super::{now_ms, Api};
+use super::Api;
 use crate::raft::{write_error, NodeError};
+use crate::time::now_ms;
 use anygate_proto::v1::cluster_service_client::ClusterServiceClient;
 use anygate_proto::v1::cluster_service_server::ClusterService;
+use anygate_proto::v1::WithdrawReason;
 use anygate_proto::v1::*;
 use openraft::{BasicNode, ChangeMembers, ServerState};
 use std::collections::{BTreeMap, BTreeSet};
@@ -67,7 +69,8 @@ impl ClusterApi {
             dataplane: Some({
                 let d = self.0.dataplane.borrow();
                 anygate_proto::v1::DataplaneStatus {
-                    backend: d.backend.clone(),
+                    backend: proto_backend(d.backend) as i32,
+                    supervised: d.supervised,
                     interface: d.interface.clone(),
                     public_key: d.public_key.map(|k| k.to_string()).unwrap_or_default(),
                     identity_ok: d.identity_ok,
@@ -80,9 +83,13 @@ impl ClusterApi {
             bgp: Some({
                 let b = self.0.bgp.borrow();
                 anygate_proto::v1::BgpStatus {
-                    enabled: b.enabled,
-                    state: b.state.clone(),
-                    reason: b.reason.clone(),
+                    state: proto_bgp_state(b.state) as i32,
+                    withdraw_reason: b
+                        .reason
+                        .as_ref()
+                        .map_or(WithdrawReason::None, proto_withdraw)
+                        as i32,
+                    reason: b.reason.as_ref().map(|r| r.to_string()).unwrap_or_default(),
                     sessions_established: b.sessions_established,
                     sessions: b.sessions,
                     routes: b.routes.clone(),
@@ -337,5 +344,44 @@ impl ClusterService for ClusterApi {
                 "snapshot did not complete within 30 s".into(),
             ))),
         }
+    }
+}
+
+fn proto_backend(b: crate::health::Backend) -> anygate_proto::v1::DataplaneBackend {
+    use crate::health::Backend;
+    use anygate_proto::v1::DataplaneBackend as P;
+    match b {
+        Backend::None => P::None,
+        Backend::Kernel => P::Kernel,
+        Backend::Userspace => P::Userspace,
+    }
+}
+
+fn proto_bgp_state(s: crate::health::BgpState) -> anygate_proto::v1::BgpState {
+    use crate::health::BgpState;
+    use anygate_proto::v1::BgpState as P;
+    match s {
+        BgpState::Disabled => P::Disabled,
+        BgpState::Withdrawn => P::Withdrawn,
+        BgpState::GracefulShutdown => P::GracefulShutdown,
+        BgpState::Announced => P::Announced,
+    }
+}
+
+fn proto_withdraw(w: &crate::health::Withdraw) -> WithdrawReason {
+    use crate::health::Withdraw;
+    match w {
+        Withdraw::Starting => WithdrawReason::Starting,
+        Withdraw::NotConfigured => WithdrawReason::NotConfigured,
+        Withdraw::GobgpdUnavailable => WithdrawReason::GobgpdUnavailable,
+        Withdraw::NoAnycastAddress => WithdrawReason::NoAnycastAddress,
+        Withdraw::TaskFailed(_) => WithdrawReason::TaskFailed,
+        Withdraw::ShuttingDown => WithdrawReason::ShuttingDown,
+        Withdraw::Drained => WithdrawReason::Drained,
+        Withdraw::NoDataplane => WithdrawReason::NoDataplane,
+        Withdraw::Dataplane(_) => WithdrawReason::Dataplane,
+        Withdraw::LeaderLease(_) => WithdrawReason::LeaderLease,
+        Withdraw::CatchingUp(..) => WithdrawReason::CatchingUp,
+        Withdraw::NoSession => WithdrawReason::NoSession,
     }
 }

@@ -20,7 +20,6 @@ use anygate_proto::tls::{ConnInfo, Role};
 use anygate_proto::v1::ReadOptions;
 pub use authz::Caller;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 use tonic::Status;
 
 /// Operator requests may carry at most this many bytes.
@@ -32,12 +31,7 @@ pub const ACTOR_HEADER: &str = "x-anygate-actor";
 /// Clients that retry send the same id with every attempt of one write.
 pub const REQUEST_ID_HEADER: &str = "x-anygate-request-id";
 
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+use crate::time::now_ms;
 
 /// Writes per second per caller, keyed by the caller's name.
 pub type WriteLimiter = governor::DefaultKeyedRateLimiter<String>;
@@ -54,8 +48,8 @@ pub fn write_limiter(l: crate::config::ApiLimits) -> Arc<WriteLimiter> {
 pub struct Api {
     pub node: RaftNode,
     pub metrics: Metrics,
-    pub dataplane: crate::reconcile::driver::StatusRx,
-    pub bgp: crate::bgp::speaker::BgpRx,
+    pub dataplane: crate::health::DataplaneRx,
+    pub bgp: crate::health::BgpRx,
     pub limiter: Arc<WriteLimiter>,
     pub limits: crate::config::ApiLimits,
 }

@@ -1,7 +1,6 @@
-//! Anycast over BGP: our GoBGP API client, the pure announcement decision,
-//! and the speaker task that supervises gobgpd and keeps its RIB equal to
-//! the decision.
+//! Anycast over BGP: our GoBGP API client, and the speaker task that
+//! supervises gobgpd and keeps its RIB equal to the health decision
+//! (`crate::health::announce`).
 
 pub mod client;
-pub mod health;
 pub mod speaker;

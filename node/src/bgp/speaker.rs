@@ -15,57 +15,53 @@
 //! `shutdown-grace`, and only then lets the rest of the node stop.
 
 use super::client::{Gobgp, Route, Session, GRACEFUL_SHUTDOWN};
-use super::health::{decide, lease_deadline, Inputs, Withdraw};
 use crate::config::{BgpConfig, BgpMode};
+use crate::health::announce::{decide, lease_deadline, Inputs};
+use crate::health::lease::leader_age;
+use crate::health::{Backend, BgpState, BgpStatus, DataplaneRx, SessionsRx, Withdraw};
 use crate::metrics::{Metrics, TransitionLabels};
 use crate::model::{PeerState, ReturnMode};
 use crate::raft::RaftNode;
-use crate::reconcile::driver::{SessionsRx, StatusRx};
 use futures::StreamExt;
-use openraft::ServerState;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-/// This node's announcement, for `cluster status` and metrics.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct BgpStatus {
-    pub enabled: bool,
-    /// "announced", "graceful-shutdown", "withdrawn" or "disabled".
-    pub state: String,
-    /// Why not announced; empty when announced.
-    pub reason: String,
-    pub sessions_established: u32,
-    pub sessions: u32,
-    /// Anycast prefixes in gobgpd's RIB from this node.
-    pub routes: Vec<String>,
-    /// Routed mode: client host routes announced (sessions held here).
-    pub client_routes: u32,
-    pub gobgpd_restarts: u64,
-}
-
-pub type BgpRx = watch::Receiver<BgpStatus>;
-
-pub fn disabled() -> (watch::Sender<BgpStatus>, BgpRx) {
-    watch::channel(BgpStatus {
-        state: "disabled".into(),
-        reason: "no [bgp] section in the node config".into(),
-        ..Default::default()
-    })
+/// Why a connection to gobgpd ended (the speaker withdraws and retries).
+#[derive(Debug, thiserror::Error)]
+pub enum SpeakerError {
+    #[error(transparent)]
+    Api(#[from] super::client::BgpError),
+    #[error("gobgpd's event stream ended")]
+    StreamEnded,
+    #[error("gobgpd exited ({0})")]
+    Exited(String),
+    #[error("gobgpd exited at start; is {0} already in use?")]
+    ExitedAtStart(std::net::SocketAddr),
+    #[error("cannot start {0}: {1}")]
+    Spawn(String, std::io::Error),
+    #[error("a gobgpd not started by this node answers at {0} (AS {1}); stop it or use bgp.mode = \"external\"")]
+    Foreign(std::net::SocketAddr, u32),
+    #[error("the gobgpd at {0} runs AS {1}, config says bgp.asn = {2}")]
+    WrongAs(std::net::SocketAddr, u32, u32),
+    #[error("gobgpd lists a path with a bad prefix {0}")]
+    BadPrefix(String),
 }
 
 pub struct Speaker {
     cfg: BgpConfig,
     node: RaftNode,
-    dp: StatusRx,
+    dp: DataplaneRx,
+    /// A long-lived task of the node that failed (health controller).
+    failed: watch::Receiver<Option<String>>,
     /// Sessions this node's device holds (None without a dataplane).
     held: Option<SessionsRx>,
     metrics: Metrics,
     status: watch::Sender<BgpStatus>,
-    child: Option<tokio::process::Child>,
-    restarts: u64,
+    /// gobgpd, when supervised.
+    child: crate::child::Supervisor,
     backoff: Duration,
     /// Routes we put in gobgpd's RIB, by prefix.
     installed: BTreeMap<String, Route>,
@@ -83,20 +79,22 @@ impl Speaker {
     pub fn new(
         cfg: BgpConfig,
         node: RaftNode,
-        dp: StatusRx,
+        dp: DataplaneRx,
+        failed: watch::Receiver<Option<String>>,
         held: Option<SessionsRx>,
         metrics: Metrics,
         status: watch::Sender<BgpStatus>,
     ) -> Speaker {
+        let gobgpd = cfg.gobgpd.clone();
         Speaker {
             cfg,
             node,
             dp,
+            failed,
             held,
             metrics,
             status,
-            child: None,
-            restarts: 0,
+            child: crate::child::Supervisor::new("gobgpd", gobgpd),
             backoff: Duration::from_millis(200),
             installed: BTreeMap::new(),
             sessions: BTreeMap::new(),
@@ -120,18 +118,20 @@ impl Speaker {
             }
             self.installed.clear();
             self.sessions.clear();
-            self.publish("withdrawn", "gobgpd unavailable".into());
+            self.publish(BgpState::Withdrawn, Some(Withdraw::GobgpdUnavailable));
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep(self.backoff) => {}
             }
             self.backoff = (self.backoff * 2).min(Duration::from_secs(10));
         }
-        self.publish("withdrawn", Withdraw::ShuttingDown.to_string());
+        let why = self.failed.borrow().clone().map(Withdraw::TaskFailed);
+        self.publish(
+            BgpState::Withdrawn,
+            Some(why.unwrap_or(Withdraw::ShuttingDown)),
+        );
         tokio::time::sleep(self.cfg.shutdown_grace).await;
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill().await;
-        }
+        self.child.stop().await;
         info!("BGP speaker stopped");
     }
 
@@ -141,10 +141,10 @@ impl Speaker {
         &mut self,
         shutdown: &CancellationToken,
         shutting: &mut bool,
-    ) -> Result<(), String> {
+    ) -> Result<(), SpeakerError> {
         let api = self.attach().await?;
-        let mut watch = Box::pin(api.watch_sessions().await.map_err(|e| e.to_string())?);
-        for s in api.sessions().await.map_err(|e| e.to_string())? {
+        let mut watch = Box::pin(api.watch_sessions().await?);
+        for s in api.sessions().await? {
             self.sessions.insert(s.address.clone(), s);
         }
         // Our prefixes already in the RIB (external mode, or a reconnect).
@@ -156,7 +156,7 @@ impl Speaker {
             .map(|r| r.cidr())
             .collect();
         for v6 in [false, true] {
-            for l in api.list_paths(v6).await.map_err(|e| e.to_string())? {
+            for l in api.list_paths(v6).await? {
                 if l.local && ours.contains(&l.cidr) {
                     self.installed.insert(
                         l.cidr.clone(),
@@ -167,7 +167,7 @@ impl Speaker {
                                 .next()
                                 .unwrap_or_default()
                                 .parse()
-                                .map_err(|_| format!("bad prefix {}", l.cidr))?,
+                                .map_err(|_| SpeakerError::BadPrefix(l.cidr.clone()))?,
                             prefix_len: l
                                 .cidr
                                 .rsplit('/')
@@ -184,6 +184,7 @@ impl Speaker {
         }
         let mut raft = self.node.raft.metrics();
         let mut dp = self.dp.clone();
+        let mut failed = self.failed.clone();
         let mut held = self.held.clone();
         let mut verify = tokio::time::interval(VERIFY_EVERY);
         verify.reset();
@@ -192,12 +193,7 @@ impl Speaker {
             if *shutting && self.installed.is_empty() {
                 return Ok(());
             }
-            let child_exit = async {
-                match self.child.as_mut() {
-                    Some(c) => c.wait().await.ok(),
-                    None => std::future::pending().await,
-                }
-            };
+            let child_exit = self.child.exited();
             tokio::select! {
                 ev = watch.next() => match ev {
                     Some(s) => {
@@ -207,13 +203,14 @@ impl Speaker {
                         }
                         self.sessions.insert(s.address.clone(), s);
                     }
-                    None => return Err("gobgpd's event stream ended".into()),
+                    None => return Err(SpeakerError::StreamEnded),
                 },
                 st = child_exit => {
-                    self.child = None;
-                    return Err(format!("gobgpd exited ({})", st.map(|s| s.to_string()).unwrap_or_default()));
+                    return Err(SpeakerError::Exited(st.map(|s| s.to_string()).unwrap_or_default()));
                 }
+                // A closed channel is a dead reconciler: `inputs` sees it.
                 r = dp.changed() => if r.is_err() { dp = self.dp.clone(); },
+                r = failed.changed() => if r.is_err() { failed = self.failed.clone(); },
                 r = async {
                     match held.as_mut() {
                         Some(h) => h.changed().await,
@@ -232,63 +229,42 @@ impl Speaker {
     }
 
     /// Start gobgpd if we supervise it, connect, start BGP, add neighbors.
-    async fn attach(&mut self) -> Result<Gobgp, String> {
-        if self.cfg.mode == BgpMode::Supervised {
-            if let Some(c) = &mut self.child {
-                if let Ok(Some(_)) = c.try_wait() {
-                    self.child = None;
-                }
-            }
-            if self.child.is_none() {
-                self.spawn()?;
-            }
+    async fn attach(&mut self) -> Result<Gobgp, SpeakerError> {
+        if self.cfg.mode == BgpMode::Supervised && !self.child.running() {
+            self.spawn()?;
         }
         let deadline = Instant::now() + Duration::from_secs(5);
         let api = loop {
             match Gobgp::connect(self.cfg.api).await {
                 Ok(a) => match a.get_asn().await {
                     Ok(_) => break a,
-                    Err(e) if Instant::now() > deadline => return Err(e.to_string()),
+                    Err(e) if Instant::now() > deadline => return Err(e.into()),
                     Err(_) => {}
                 },
-                Err(e) if Instant::now() > deadline => return Err(e.to_string()),
+                Err(e) if Instant::now() > deadline => return Err(e.into()),
                 Err(_) => {}
             }
-            if let Some(c) = &mut self.child {
-                if let Ok(Some(st)) = c.try_wait() {
-                    self.child = None;
-                    return Err(format!(
-                        "gobgpd exited at start ({st}); is {} already in use?",
-                        self.cfg.api
-                    ));
-                }
+            if self.cfg.mode == BgpMode::Supervised && !self.child.running() {
+                return Err(SpeakerError::ExitedAtStart(self.cfg.api));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
-        let asn = api.get_asn().await.map_err(|e| e.to_string())?;
+        let asn = api.get_asn().await?;
         if asn == 0 {
             api.start(
                 self.cfg.asn,
                 &self.cfg.router_id.to_string(),
                 self.cfg.listen_port,
             )
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         } else if self.cfg.mode == BgpMode::Supervised {
-            return Err(format!(
-                "a gobgpd not started by this node answers at {} (AS {asn}); stop it or use bgp.mode = \"external\"",
-                self.cfg.api
-            ));
+            return Err(SpeakerError::Foreign(self.cfg.api, asn));
         } else if asn != self.cfg.asn {
-            return Err(format!(
-                "the gobgpd at {} runs AS {asn}, config says bgp.asn = {}",
-                self.cfg.api, self.cfg.asn
-            ));
+            return Err(SpeakerError::WrongAs(self.cfg.api, asn, self.cfg.asn));
         }
         let have: Vec<String> = api
             .sessions()
-            .await
-            .map_err(|e| e.to_string())?
+            .await?
             .into_iter()
             .map(|s| s.address)
             .collect();
@@ -300,29 +276,24 @@ impl Speaker {
                     self.cfg.keepalive,
                     self.cfg.connect_retry,
                 )
-                .await
-                .map_err(|e| e.to_string())?;
+                .await?;
             }
         }
         info!(api = %self.cfg.api, asn = self.cfg.asn, router_id = %self.cfg.router_id, neighbors = self.cfg.neighbors.len(), "gobgpd configured");
         Ok(api)
     }
 
-    fn spawn(&mut self) -> Result<(), String> {
-        // setpriv (util-linux) sets PR_SET_PDEATHSIG and execs gobgpd: it
-        // dies with this process, even on kill -9 of the node.
-        let mut cmd = tokio::process::Command::new("setpriv");
-        cmd.args(["--pdeathsig", "KILL", "--"])
-            .arg(&self.cfg.gobgpd)
-            .arg(format!("--api-hosts={}", self.cfg.api))
-            .args(["--log-plain", "--log-level=info", "--pprof-disable"])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true);
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", self.cfg.gobgpd.display()))?;
+    fn spawn(&mut self) -> Result<(), SpeakerError> {
+        let api = self.cfg.api;
+        let child = self
+            .child
+            .start(|cmd| {
+                cmd.arg(format!("--api-hosts={api}"))
+                    .args(["--log-plain", "--log-level=info", "--pprof-disable"])
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped());
+            })
+            .map_err(|e| SpeakerError::Spawn(self.cfg.gobgpd.display().to_string(), e))?;
         for out in [
             child
                 .stdout
@@ -344,12 +315,9 @@ impl Speaker {
                 }
             });
         }
-        info!(pid = child.id(), restarts = self.restarts, api = %self.cfg.api, "started gobgpd");
-        if self.restarts > 0 {
+        if self.child.restarts() > 0 {
             self.metrics.bgp_gobgpd_restarts.inc();
         }
-        self.restarts += 1;
-        self.child = Some(child);
         Ok(())
     }
 
@@ -410,30 +378,28 @@ impl Speaker {
 
     fn inputs(&self, shutting: bool) -> Inputs {
         let dp = self.dp.borrow().clone();
-        let m = self.node.raft.metrics().borrow().clone();
-        let voters = m.membership_config.membership().voter_ids().count();
-        let leader_age = if m.state == ServerState::Leader {
-            if voters <= 1 {
-                Some(Duration::ZERO)
-            } else {
-                m.millis_since_quorum_ack.map(Duration::from_millis)
-            }
-        } else {
-            self.node.contact.age()
-        };
+        // The reconciler is gone (its sender dropped): its last status is
+        // no longer news, whatever it said.
+        let dp_gone = self.dp.has_changed().is_err();
+        let facts = self.node.leader_facts();
         Inputs {
+            failed_task: self.failed.borrow().clone(),
             shutting_down: shutting,
             drained: self
                 .node
                 .view
                 .read(|i| i.node_flags(self.node.id).map(|f| f.drained))
                 .unwrap_or(false),
-            dataplane_enabled: dp.backend != "none",
-            dataplane_healthy: dp.healthy,
-            dataplane_reason: dp.reason,
-            leader_age,
+            dataplane_enabled: dp.backend != Backend::None,
+            dataplane_healthy: dp.healthy && !dp_gone,
+            dataplane_reason: if dp_gone {
+                "the dataplane task stopped".into()
+            } else {
+                dp.reason
+            },
+            leader_age: leader_age(&facts),
             leader_lease: self.cfg.leader_lease,
-            voters,
+            voters: facts.voters,
             // Not before the device holds what the cluster had committed
             // when this node first heard a leader (a joining or restarted
             // gateway); reached once, it stays reached.
@@ -449,7 +415,7 @@ impl Speaker {
 
     /// Decide, bring gobgpd's RIB to the decision, publish. Returns how long
     /// until time alone could change the decision.
-    async fn step(&mut self, api: &Gobgp, shutting: bool) -> Result<Duration, String> {
+    async fn step(&mut self, api: &Gobgp, shutting: bool) -> Result<Duration, SpeakerError> {
         let inputs = self.inputs(shutting);
         let decision = decide(&inputs);
         let now = Instant::now();
@@ -492,13 +458,13 @@ impl Speaker {
             .map(|(_, r)| r.clone())
             .collect();
         for r in stale {
-            api.delete_path(&r).await.map_err(|e| e.to_string())?;
+            api.delete_path(&r).await?;
             info!(prefix = %r.cidr(), "withdrawn");
             self.installed.remove(&r.cidr());
         }
         for (k, r) in &desired {
             if self.installed.get(k) != Some(r) {
-                api.add_path(r).await.map_err(|e| e.to_string())?;
+                api.add_path(r).await?;
                 info!(prefix = %k, graceful_shutdown = gshut.is_some(), "announced");
                 self.installed.insert(k.clone(), r.clone());
             }
@@ -523,13 +489,10 @@ impl Speaker {
         }
         self.backoff = Duration::from_millis(200);
         let (state, reason) = match (&decision, gshut) {
-            (Err(w), Some(_)) => ("graceful-shutdown", w.to_string()),
-            (Err(w), None) => ("withdrawn", w.to_string()),
-            (Ok(()), _) if anycast == 0 => (
-                "withdrawn",
-                "the cluster settings have no anycast address".to_string(),
-            ),
-            (Ok(()), _) => ("announced", String::new()),
+            (Err(w), Some(_)) => (BgpState::GracefulShutdown, Some(w.clone())),
+            (Err(w), None) => (BgpState::Withdrawn, Some(w.clone())),
+            (Ok(()), _) if anycast == 0 => (BgpState::Withdrawn, Some(Withdraw::NoAnycastAddress)),
+            (Ok(()), _) => (BgpState::Announced, None),
         };
         self.client_count = (desired.len() - anycast) as u32;
         self.publish(state, reason);
@@ -548,10 +511,10 @@ impl Speaker {
 
     /// gobgpd's RIB still holds what we installed (a restarted external
     /// gobgpd, or a path deleted by hand, is repaired here).
-    async fn verify(&mut self, api: &Gobgp) -> Result<(), String> {
+    async fn verify(&mut self, api: &Gobgp) -> Result<(), SpeakerError> {
         let mut present = Vec::new();
         for v6 in [false, true] {
-            for l in api.list_paths(v6).await.map_err(|e| e.to_string())? {
+            for l in api.list_paths(v6).await? {
                 if l.local {
                     present.push(l.cidr);
                 }
@@ -571,9 +534,8 @@ impl Speaker {
         Ok(())
     }
 
-    fn publish(&mut self, state: &str, reason: String) {
-        let announced = state == "announced" || state == "graceful-shutdown";
-        self.metrics.bgp_announced.set(announced as i64);
+    fn publish(&mut self, state: BgpState, reason: Option<Withdraw>) {
+        self.metrics.bgp_announced.set(state.announced() as i64);
         let est = self.sessions.values().filter(|s| s.established).count();
         self.metrics.bgp_sessions_established.set(est as i64);
         for (n, s) in &self.sessions {
@@ -584,10 +546,15 @@ impl Speaker {
                 })
                 .set(s.established as i64);
         }
-        for st in ["announced", "graceful-shutdown", "withdrawn"] {
+        for st in BgpState::ALL {
+            if st == BgpState::Disabled {
+                continue;
+            }
             self.metrics
                 .bgp_state
-                .get_or_create(&crate::metrics::StateLabels { state: st.into() })
+                .get_or_create(&crate::metrics::StateLabels {
+                    state: st.as_str().into(),
+                })
                 .set((st == state) as i64);
         }
         let anycast: std::collections::BTreeSet<String> =
@@ -596,8 +563,7 @@ impl Speaker {
             self.client_count = 0;
         }
         let st = BgpStatus {
-            enabled: true,
-            state: state.into(),
+            state,
             reason,
             sessions_established: est as u32,
             sessions: self.sessions.len() as u32,
@@ -608,7 +574,7 @@ impl Speaker {
                 .cloned()
                 .collect(),
             client_routes: self.client_count,
-            gobgpd_restarts: self.restarts.saturating_sub(1),
+            gobgpd_restarts: self.child.restarts(),
         };
         self.status.send_if_modified(|s| {
             let changed = *s != st;
