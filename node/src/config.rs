@@ -120,6 +120,10 @@ pub struct Cli {
     /// (burst: twice that) [default: 100].
     #[arg(long)]
     pub write_rate: Option<u32>,
+    /// Tests only: wait this long before applying each batch of committed
+    /// entries (a follower that lags), e.g. "1500ms".
+    #[arg(long, hide = true)]
+    pub test_hold_back_apply: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -301,7 +305,10 @@ struct FileNeighbor {
     peer_as: u32,
     local_address: Option<String>,
     multihop_ttl: Option<u8>,
+    /// Refused with a pointer to `password-file` (a secret does not belong
+    /// in a config file others may read).
     password: Option<String>,
+    password_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -383,7 +390,16 @@ impl BgpConfig {
                     .map(|s| ip("bgp.neighbors.local-address", s))
                     .transpose()?,
                 multihop_ttl: n.multihop_ttl,
-                password: n.password,
+                password: match (n.password, n.password_file) {
+                    (Some(_), _) => {
+                        return Err(bad(
+                            "bgp.neighbors.password",
+                            "inline passwords are refused: put the TCP-MD5 secret in a file of mode 0600 and name it with password-file",
+                        ))
+                    }
+                    (None, Some(p)) => Some(secret_file("bgp.neighbors.password-file", &p)?),
+                    (None, None) => None,
+                },
             });
         }
         for s in &cli.bgp_neighbors {
@@ -522,6 +538,47 @@ struct FileConfig {
     tls: FileTls,
     #[serde(default)]
     api: FileApi,
+    #[serde(default)]
+    raft: FileRaft,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileRaft {
+    heartbeat_interval: Option<String>,
+    election_timeout: Option<String>,
+}
+
+/// Validated `[raft]` section: the timers of a LAN cluster of gateways by
+/// default; longer ones where the machines are slow (a cluster inside
+/// one emulated VM) or far apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RaftTimings {
+    /// How often the leader sends heartbeats [default: 100ms].
+    pub heartbeat: std::time::Duration,
+    /// A follower that heard no leader for a random time between this and
+    /// twice this starts an election [default: 400ms].
+    pub election_timeout: std::time::Duration,
+}
+
+impl RaftTimings {
+    fn load(f: FileRaft) -> Result<RaftTimings, ConfigError> {
+        let heartbeat = duration("raft.heartbeat-interval", f.heartbeat_interval, "100ms")?;
+        let election_timeout = duration("raft.election-timeout", f.election_timeout, "400ms")?;
+        if election_timeout < heartbeat * 3 {
+            return Err(bad(
+                "raft.election-timeout",
+                format!(
+                    "{election_timeout:?} must be at least three heartbeat intervals ({:?}), or followers call elections while the leader is fine",
+                    heartbeat * 3
+                ),
+            ));
+        }
+        Ok(RaftTimings {
+            heartbeat,
+            election_timeout,
+        })
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -612,6 +669,9 @@ pub struct Config {
     pub bgp: Option<BgpConfig>,
     pub tls: TlsConfig,
     pub api: ApiLimits,
+    pub raft: RaftTimings,
+    /// Tests only (hidden flag `--test-hold-back-apply`).
+    pub hold_back_apply: Option<std::time::Duration>,
 }
 
 impl Config {
@@ -706,7 +766,14 @@ impl Config {
             return Err(bad("api.write-rate", "must be at least 1"));
         }
         let write_burst = file.api.write_burst.unwrap_or(write_rate * 2).max(1);
+        let raft = RaftTimings::load(file.raft)?;
+        let hold_back_apply = match &cli.test_hold_back_apply {
+            Some(s) => Some(duration("test-hold-back-apply", Some(s.clone()), "0s")?),
+            None => None,
+        };
         Ok(Config {
+            hold_back_apply,
+            raft,
             dataplane,
             bgp,
             tls,
@@ -727,6 +794,32 @@ impl Config {
             snapshot_logs,
         })
     }
+}
+
+/// A secret from a file that only its owner may read (mode 0600 or
+/// stricter), trimmed.
+fn secret_file(key: &'static str, p: &Path) -> Result<String, ConfigError> {
+    match anygate_proto::pki::loose_mode(p) {
+        Ok(None) => {}
+        Ok(Some(mode)) => {
+            return Err(bad(
+                key,
+                format!(
+                    "{} is mode {mode:o}; a secret must be 0600 or stricter: chmod 600 {}",
+                    p.display(),
+                    p.display()
+                ),
+            ))
+        }
+        Err(e) => return Err(bad(key, format!("{}: {e}", p.display()))),
+    }
+    let s = std::fs::read_to_string(p)
+        .map_err(|e| bad(key, format!("cannot read {}: {e}", p.display())))?;
+    let s = s.trim().to_string();
+    if s.is_empty() {
+        return Err(bad(key, format!("{} is empty", p.display())));
+    }
+    Ok(s)
 }
 
 fn read_file(p: &Path) -> Result<FileConfig, ConfigError> {
@@ -916,6 +1009,56 @@ mod tests {
         assert_eq!(b.communities, [(65010 << 16) | 100]);
         assert_eq!(b.neighbors[0].peer_as, 65000);
         assert_eq!(b.leader_lease, std::time::Duration::from_secs(10));
+    }
+
+    #[test]
+    fn the_bgp_password_comes_from_a_private_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (p, secret) = (dir.path().join("n.toml"), dir.path().join("md5.secret"));
+        std::fs::write(&secret, "s3cret\n").unwrap();
+        let conf = |neighbor_key: &str| {
+            format!("id = 1\ndata-dir = \"/tmp/y\"\n[dataplane]\nbackend = \"none\"\n[bgp]\nasn = 65010\nrouter-id = \"1.1.1.1\"\n[[bgp.neighbors]]\naddress = \"10.0.0.1\"\npeer-as = 1\n{neighbor_key}\n")
+        };
+        let load = |text: String| {
+            std::fs::write(&p, text).unwrap();
+            Config::load(&cli(&["--config", p.to_str().unwrap()]))
+        };
+        let file_key = format!("password-file = {:?}", secret.to_str().unwrap());
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = load(conf(&file_key)).unwrap_err();
+        assert_eq!(e.key, "bgp.neighbors.password-file", "{e}");
+        assert!(e.msg.contains("chmod 600"), "{e}");
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let c = load(conf(&file_key)).unwrap();
+        assert_eq!(
+            c.bgp.unwrap().neighbors[0].password.as_deref(),
+            Some("s3cret")
+        );
+        let e = load(conf("password = \"inline\"")).unwrap_err();
+        assert_eq!(e.key, "bgp.neighbors.password", "{e}");
+    }
+
+    #[test]
+    fn raft_timers_are_configurable_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("n.toml");
+        let load = |raft: &str| {
+            let base = "id = 1\ndata-dir = \"/tmp/y\"\n[dataplane]\nbackend = \"none\"\n";
+            std::fs::write(&p, format!("{base}{raft}")).unwrap();
+            Config::load(&cli(&["--config", p.to_str().unwrap()]))
+        };
+        let d = load("").unwrap().raft;
+        assert_eq!(d.heartbeat, std::time::Duration::from_millis(100));
+        assert_eq!(d.election_timeout, std::time::Duration::from_millis(400));
+        let vm =
+            load("[raft]\nheartbeat-interval = \"500ms\"\nelection-timeout = \"3s\"\n").unwrap();
+        assert_eq!(vm.raft.election_timeout, std::time::Duration::from_secs(3));
+        let e =
+            load("[raft]\nheartbeat-interval = \"1s\"\nelection-timeout = \"2s\"\n").unwrap_err();
+        assert_eq!(e.key, "raft.election-timeout", "{e}");
+        let e = load("[raft]\nheartbeat = \"1s\"\n").unwrap_err();
+        assert_eq!(e.key, "config", "unknown keys are refused: {e}");
     }
 
     #[test]

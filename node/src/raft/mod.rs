@@ -5,7 +5,7 @@
 
 pub mod network;
 pub mod service;
-pub mod types;
+pub use crate::store::types;
 
 use crate::model::{ApplyError, NodeId, Request, Response};
 use crate::store::StateView;
@@ -209,24 +209,21 @@ impl RaftNode {
         }
     }
 
-    /// In a two-voter cluster, the other voter when it has not been heard
-    /// from for longer than `after` (the leader: no quorum ack; a follower:
-    /// no AppendEntries). None in any other cluster shape: with three or
-    /// more gateways no single survivor can know it is the router's choice.
-    pub fn sole_survivor_of(&self, after: Duration) -> Option<NodeId> {
+    /// What the leader-lease rule (health::lease) looks at, now.
+    pub fn leader_facts(&self) -> crate::health::lease::LeaderFacts {
         let m = self.raft.metrics().borrow().clone();
-        let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
-        if voters.len() != 2 || !voters.contains(&self.id) {
-            return None;
+        crate::health::lease::LeaderFacts {
+            is_leader: m.state == openraft::ServerState::Leader,
+            voters: m.membership_config.membership().voter_ids().count(),
+            since_quorum_ack: m.millis_since_quorum_ack.map(Duration::from_millis),
+            since_contact: self.contact.age(),
         }
-        let other = *voters.iter().find(|v| **v != self.id)?;
-        let age = if m.state == openraft::ServerState::Leader {
-            m.millis_since_quorum_ack.map(Duration::from_millis)
-        } else {
-            self.contact.age()
-        };
-        // Never heard at all (just started): no basis to call anyone lost.
-        (age? > after).then_some(other)
+    }
+
+    /// The voters, from the current membership.
+    pub fn voters(&self) -> Vec<NodeId> {
+        let m = self.raft.metrics().borrow().clone();
+        m.membership_config.membership().voter_ids().collect()
     }
 
     /// The leader's id and address, if known.
@@ -238,13 +235,15 @@ impl RaftNode {
     }
 }
 
-/// openraft settings: short timers for a LAN cluster of gateways.
-pub fn raft_config(snapshot_logs: u64) -> openraft::Config {
+/// openraft settings: the configured timers (short ones for a LAN
+/// cluster of gateways by default).
+pub fn raft_config(snapshot_logs: u64, t: crate::config::RaftTimings) -> openraft::Config {
+    let ms = |d: Duration| d.as_millis() as u64;
     openraft::Config {
         cluster_name: "anygate".into(),
-        heartbeat_interval: 100,
-        election_timeout_min: 400,
-        election_timeout_max: 800,
+        heartbeat_interval: ms(t.heartbeat),
+        election_timeout_min: ms(t.election_timeout),
+        election_timeout_max: ms(t.election_timeout) * 2,
         install_snapshot_timeout: 2_000,
         max_payload_entries: 1_000,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_logs),

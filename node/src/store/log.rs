@@ -1,7 +1,7 @@
 //! The Raft log and vote in RocksDB (column families `log` and `raft`).
 
 use super::*;
-use crate::raft::types::{Entry, LogId, TypeConfig, Vote};
+use crate::store::types::{Entry, LogId, TypeConfig, Vote};
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{LogState, RaftLogId, RaftLogReader};
 use rocksdb::{Direction, IteratorMode, WriteBatch};

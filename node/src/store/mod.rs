@@ -16,11 +16,12 @@
 
 mod log;
 mod sm;
+pub mod types;
 
 pub use log::LogStore;
-pub use sm::{AuditFilter, StateMachine, StateView};
+pub use sm::{AuditFilter, ChangeSet, StateMachine, StateView};
 
-use crate::raft::types::StorageError;
+use crate::store::types::StorageError;
 use openraft::{AnyError, StorageIOError};
 use rocksdb::{ColumnFamilyDescriptor, Options, DB};
 use std::path::Path;

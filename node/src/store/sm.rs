@@ -5,7 +5,7 @@
 
 use super::*;
 use crate::model::{AuditEntry, Changes, Inventory, InventoryImage, NodeId, Response, WgKey};
-use crate::raft::types::{Entry, LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
+use crate::store::types::{Entry, LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, RaftLogId, RaftSnapshotBuilder};
 use rocksdb::{IteratorMode, WriteBatch};
@@ -160,6 +160,9 @@ pub struct StateMachine {
     db: Arc<DB>,
     last_applied: Option<LogId>,
     membership: StoredMembership,
+    /// Tests only (`--test-hold-back-apply`): wait this long before
+    /// applying, so a test can show a read is linearizable.
+    apply_delay: Option<std::time::Duration>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -178,6 +181,11 @@ fn wr<T: Serialize>(v: &T) -> R<Vec<u8>> {
 }
 
 impl StateMachine {
+    /// Hold every apply back by `d` (tests: a follower that lags).
+    pub fn hold_back_apply(&mut self, d: std::time::Duration) {
+        self.apply_delay = Some(d);
+    }
+
     pub(super) fn load(db: Arc<DB>) -> R<StateMachine> {
         let get = |cfn: &str, k: &[u8]| {
             db.get_cf(cf(&db, cfn), k)
@@ -235,6 +243,7 @@ impl StateMachine {
             }),
         };
         Ok(StateMachine {
+            apply_delay: None,
             view,
             db,
             last_applied,
@@ -380,6 +389,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
+        if let Some(d) = self.apply_delay {
+            tokio::time::sleep(d).await;
+        }
         let mut out = Vec::new();
         let mut ch = Changes::default();
         let view = self.view.clone();

@@ -1,7 +1,7 @@
 //! openraft's own storage conformance suite against the RocksDB store.
 #![allow(clippy::result_large_err)]
 
-use crate::raft::types::{StorageError, TypeConfig};
+use crate::store::types::{StorageError, TypeConfig};
 use crate::store::{open, LogStore, StateMachine};
 use openraft::testing::{StoreBuilder, Suite};
 

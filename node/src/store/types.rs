@@ -1,4 +1,5 @@
-//! openraft type configuration for anygate.
+//! openraft type configuration for anygate: what the log carries and the
+//! storage implements (the `raft` module builds the node on it).
 
 use crate::model::{NodeId, Request, Response};
 use std::io::Cursor;
