@@ -15,7 +15,7 @@ use crate::netns::run;
 use crate::router::{monitor, next_hops};
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -72,20 +72,25 @@ pub struct Assists {
 }
 
 impl Assists {
-    /// Count the node's log lines (see the reconciler's messages). Pure.
-    pub fn count(log: &str) -> Assists {
+    /// The node's own counters, from its /metrics text (OpenMetrics):
+    /// `anygate_react_handshakes_total{reason=…}`,
+    /// `anygate_takeover_kicks_total`, `anygate_loser_flushes_total`. Pure.
+    pub fn from_metrics(text: &str) -> Assists {
         let mut a = Assists::default();
-        for l in log.lines() {
-            if l.contains("handshake started to take the client over") {
-                if l.contains("no_session") {
-                    a.react_no_session += 1;
-                } else if l.contains("stalled") {
-                    a.react_stalled += 1;
-                } else if l.contains("takeover") {
-                    a.kick += 1;
-                }
-            } else if l.contains("session moved to another gateway") {
-                a.flush_loser += 1;
+        for l in text.lines().filter(|l| !l.starts_with('#')) {
+            let Some((name, value)) = l.rsplit_once(' ') else {
+                continue;
+            };
+            let Ok(n) = value.trim().parse::<f64>() else {
+                continue;
+            };
+            let n = n as usize;
+            match name {
+                "anygate_react_handshakes_total{reason=\"no_session\"}" => a.react_no_session += n,
+                "anygate_react_handshakes_total{reason=\"stalled\"}" => a.react_stalled += n,
+                "anygate_takeover_kicks_total" => a.kick += n,
+                "anygate_loser_flushes_total" => a.flush_loser += n,
+                _ => {}
             }
         }
         a
@@ -117,7 +122,7 @@ pub struct Report {
     pub devices_match: bool,
     /// An isolated node withdrew once its lease ran out (when it applies).
     pub lease_respected: Option<bool>,
-    /// What the gateways did, from their logs: handshakes started by react
+    /// What the gateways did, from their metrics: handshakes started by react
     /// (no session / stalled session), by the kick, sessions flushed.
     pub assists_fired: Assists,
     pub bounds: Vec<Bound>,
@@ -300,10 +305,41 @@ fn base64_key(b: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(b)
 }
 
-fn kill(pid: Option<u32>, sig: &str) {
-    if let Some(p) = pid {
-        let _ = run(&["kill", sig, &p.to_string()]);
+/// Signal a recorded process. With -KILL the fault must have happened:
+/// the process is gone within 5 s, or the drill fails.
+fn kill(pid: Option<u32>, sig: &str) -> anyhow::Result<()> {
+    let Some(p) = pid else {
+        anyhow::bail!("fault not injected: no such process recorded");
+    };
+    run(&["kill", sig, &p.to_string()])?;
+    if sig == "-KILL" {
+        wait(&format!("process {p} gone"), Duration::from_secs(5), || {
+            !crate::lab::alive(p)
+        })?;
     }
+    Ok(())
+}
+
+/// Add gateway k's failover counters (its /metrics) to the report's; a
+/// metrics endpoint that does not answer fails the drill.
+fn bank(st: &State, k: u32, report: &mut Report) -> anyhow::Result<()> {
+    let text = in_ns(
+        &format!("{}-g{k}", st.prefix),
+        &[
+            "curl",
+            "-sf",
+            "--max-time",
+            "2",
+            "http://127.0.0.1:9400/metrics",
+        ],
+    )
+    .map_err(|e| anyhow::anyhow!("gateway {k} metrics: {e:#}"))?;
+    anyhow::ensure!(
+        text.contains("anygate_loser_flushes_total"),
+        "gateway {k} metrics carry no failover counters"
+    );
+    report.assists_fired.add(&Assists::from_metrics(&text));
+    Ok(())
 }
 
 fn leader(st: &State) -> anyhow::Result<u32> {
@@ -327,20 +363,21 @@ fn gw_addr(k: u32) -> String {
 }
 
 /// Does gateway k's own gobgpd hold the anycast path?
-fn announces(st: &State, k: u32) -> bool {
-    in_ns(
+/// Whether gateway k's gobgpd holds the anycast route; a query that fails
+/// is an error, not "withdrawn".
+fn announces(st: &State, k: u32) -> anyhow::Result<bool> {
+    Ok(in_ns(
         &format!("{}-g{k}", st.prefix),
         &["gobgp", "global", "rib", "-a", "ipv4"],
-    )
-    .map(|o| o.contains(ANYCAST))
-    .unwrap_or(false)
+    )?
+    .contains(ANYCAST))
 }
 
 /// Wait until gateway k is back in the router (after a restart).
 fn wait_announced(st: &State, k: u32, timeout: Duration) -> anyhow::Result<()> {
     let router = st.router();
     wait(&format!("gateway {k} announced"), timeout, || {
-        next_hops(&router, ANYCAST).contains(&gw_addr(k))
+        next_hops(&router, ANYCAST).is_ok_and(|h| h.contains(&gw_addr(k)))
     })
 }
 
@@ -377,10 +414,6 @@ pub fn run_drill(
         report.error = Some(format!("{e:#}"));
     }
     if let Some(st) = &state {
-        for g in &st.gateways {
-            let log = std::fs::read_to_string(&g.log).unwrap_or_default();
-            report.assists_fired.add(&Assists::count(&log));
-        }
         if report.error.is_some() {
             // Keep the logs of a failed drill next to its report.
             let _ = std::fs::write(
@@ -456,7 +489,7 @@ fn drill(
         steady.elapsed() > Duration::from_secs(2) && pingers.iter().all(|p| p.flowing(0.3))
     })?;
     let router = st.router();
-    let full: BTreeSet<String> = next_hops(&router, ANYCAST);
+    let full: BTreeSet<String> = next_hops(&router, ANYCAST)?;
     let probe = rng.gen_range(0..st.clients.len());
     let target = match name {
         "leader-crash" => leader(&st)?,
@@ -482,12 +515,13 @@ fn drill(
     let mut isolated = false;
     match name {
         "crash" | "leader-crash" => {
+            bank(&st, target, report)?;
             for p in ["anygate", "gobgpd", "wireguard-go"] {
-                kill(st.pid(target, p), "-KILL");
+                kill(st.pid(target, p), "-KILL")?;
             }
         }
-        "gobgpd" => kill(st.pid(target, "gobgpd"), "-KILL"),
-        "wireguard-go" => kill(st.pid(target, "wireguard-go"), "-KILL"),
+        "gobgpd" => kill(st.pid(target, "gobgpd"), "-KILL")?,
+        "wireguard-go" => kill(st.pid(target, "wireguard-go"), "-KILL")?,
         "silent" => {
             in_ns(
                 &tns,
@@ -496,10 +530,20 @@ fn drill(
                     "add table inet drill; add chain inet drill inbound { type filter hook input priority -400; policy accept; }; add rule inet drill inbound iifname up0 drop; add chain inet drill outbound { type filter hook output priority -400; policy accept; }; add rule inet drill outbound oifname up0 drop; add chain inet drill forwarded { type filter hook forward priority -400; policy accept; }; add rule inet drill forwarded iifname up0 drop; add rule inet drill forwarded oifname up0 drop",
                 ],
             )?;
+            let t = in_ns(&tns, &["nft", "list", "table", "inet", "drill"])?;
+            anyhow::ensure!(
+                t.matches("drop").count() == 4,
+                "fault not injected: the drill's drop rules are not in place:\n{t}"
+            );
             isolated = true;
         }
         "uplink" => {
             in_ns(&tns, &["ip", "link", "set", "up0", "down"])?;
+            let l = in_ns(&tns, &["ip", "-o", "link", "show", "up0"])?;
+            anyhow::ensure!(
+                !l.contains(",UP") && !l.contains("<UP"),
+                "fault not injected: up0 is still up: {l}"
+            );
             isolated = true;
         }
         "drain" => {
@@ -508,7 +552,8 @@ fn drill(
         "rolling-restart" => {
             for k in 1..=gateways {
                 let pid = st.pid(k, "anygate");
-                kill(pid, "-TERM");
+                bank(&st, k, report)?;
+                kill(pid, "-TERM")?;
                 if let Some(p) = pid {
                     wait(
                         &format!("gateway {k} stops"),
@@ -545,9 +590,29 @@ fn drill(
         }
         _ => unreachable!("checked above"),
     }
-    // The router's first reaction.
-    if let Ok(t) = mon.rx.recv_timeout(Duration::from_secs(10)) {
-        report.router_ms = Some(t.saturating_duration_since(t_fault).as_secs_f64() * 1000.0);
+    // The router's first reaction: every fault here changes the routes
+    // (a hop leaves, or joins); none within the hold time and more means
+    // the fault never reached the router.
+    let seen = Duration::from_millis(HOLD_MS as u64) + Duration::from_secs(10);
+    match mon.rx.recv_timeout(seen) {
+        Ok(t) => {
+            report.router_ms = Some(t.saturating_duration_since(t_fault).as_secs_f64() * 1000.0)
+        }
+        Err(_) => anyhow::bail!(
+            "the router's routes to {ANYCAST} did not change within {seen:?} of the fault"
+        ),
+    }
+    // A gateway taken out must leave the router's set (drain, crash,
+    // isolation, a dead gobgpd); the others come back by themselves.
+    if matches!(
+        name,
+        "crash" | "leader-crash" | "gobgpd" | "silent" | "uplink" | "drain"
+    ) {
+        let gone = gw_addr(target);
+        wait(&format!("the router drops gateway {target}"), seen, || {
+            next_hops(&router, ANYCAST).is_ok_and(|h| !h.contains(&gone))
+        })
+        .map_err(|e| anyhow::anyhow!("fault not seen by the router: {e:#}"))?;
     }
     // Clients recover: every one replying again, a settle time after the
     // fault (a silent node is only noticed after the hold time).
@@ -567,7 +632,7 @@ fn drill(
         wait("lease expiry", LEASE + Duration::from_secs(5), || {
             Instant::now() >= until
         })?;
-        report.lease_respected = Some(!announces(&st, target));
+        report.lease_respected = Some(!announces(&st, target)?);
     }
     let t_heal_wall = now();
     let t_heal = Instant::now();
@@ -604,7 +669,7 @@ fn drill(
         wait(
             "the router holds every gateway again",
             Duration::from_secs(90),
-            || next_hops(&router, ANYCAST) == full,
+            || next_hops(&router, ANYCAST).is_ok_and(|h| h == full),
         )?;
         report.router_restore_ms = Some(t_heal.elapsed().as_secs_f64() * 1000.0);
         let back = Instant::now();
@@ -641,6 +706,13 @@ fn drill(
         });
     }
     recovered?;
+    // What the gateways did: the counters of every gateway still running
+    // (those stopped during the drill were banked before they stopped).
+    for k in 1..=gateways {
+        if st.pid(k, "anygate").is_some_and(crate::lab::alive) {
+            bank(&st, k, report)?;
+        }
+    }
     Ok(())
 }
 
@@ -650,22 +722,39 @@ fn writes_lost(st: &State, acked: &[String]) -> anyhow::Result<usize> {
     Ok(acked.iter().filter(|k| !out.contains(k.as_str())).count())
 }
 
-/// Every running gateway's device holds exactly the inventory's peers.
+/// A device's (or the inventory's) peers: key -> allowed IPs.
+type PeerIps = BTreeMap<String, BTreeSet<String>>;
+
+/// Every running gateway's device holds exactly the inventory's active
+/// peers, each with exactly its allowed IPs.
 fn devices_match(st: &State) -> anyhow::Result<bool> {
     let v: serde_json::Value = serde_json::from_str(&ctl(st, &["--json", "peer", "list"])?)?;
-    let mut want = BTreeSet::new();
-    collect_keys(&v, &mut want);
+    let mut want = PeerIps::new();
+    collect_peers(&v, &mut want);
     for g in &st.gateways {
-        let out = in_ns(&g.namespace, &["wg", "show", &g.wg_interface, "peers"])?;
-        let have: BTreeSet<String> = out.split_whitespace().map(String::from).collect();
-        if have != want {
+        let out = in_ns(
+            &g.namespace,
+            &["wg", "show", &g.wg_interface, "allowed-ips"],
+        )?;
+        if device_peers(&out) != want {
             return Ok(false);
         }
     }
     Ok(true)
 }
 
-fn collect_keys(v: &serde_json::Value, out: &mut BTreeSet<String>) {
+/// `wg show IF allowed-ips`: "KEY\tNET NET" per peer, "(none)" for none. Pure.
+fn device_peers(out: &str) -> PeerIps {
+    out.lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            let k = w.next()?.to_string();
+            Some((k, w.filter(|n| *n != "(none)").map(String::from).collect()))
+        })
+        .collect()
+}
+
+fn collect_peers(v: &serde_json::Value, out: &mut PeerIps) {
     match v {
         serde_json::Value::Object(m) => {
             if let Some(k) = m.get("public_key").and_then(|k| k.as_str()) {
@@ -674,12 +763,19 @@ fn collect_keys(v: &serde_json::Value, out: &mut BTreeSet<String>) {
                     .and_then(|s| s.as_str())
                     .is_none_or(|s| s.eq_ignore_ascii_case("active"));
                 if active {
-                    out.insert(k.to_string());
+                    let ips = m
+                        .get("allowed_ips")
+                        .and_then(|a| a.as_array())
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|x| x.as_str().map(String::from))
+                        .collect();
+                    out.insert(k.to_string(), ips);
                 }
             }
-            m.values().for_each(|x| collect_keys(x, out));
+            m.values().for_each(|x| collect_peers(x, out));
         }
-        serde_json::Value::Array(a) => a.iter().for_each(|x| collect_keys(x, out)),
+        serde_json::Value::Array(a) => a.iter().for_each(|x| collect_peers(x, out)),
         _ => {}
     }
 }
@@ -748,8 +844,16 @@ pub fn bounds(r: &Report) -> Vec<Bound> {
         // moved client's first packet reaches a gateway without its
         // session (sessions are per node). The bound is the crash bound.
         "drain" => add("drain p99 outage ms", 300.0, p99(&outages)),
-        "add-gateway" => add("rehash p99 outage ms", 1000.0, p99(&outages)),
-        _ => {}
+        "crash" | "leader-crash" | "gobgpd" | "uplink" => {
+            add("failover p99 outage ms", 300.0, p99(&outages))
+        }
+        // The device loses every session with the process: restart,
+        // reprogramming and a handshake; a rolling restart and a new
+        // gateway rehash live flows.
+        "wireguard-go" | "rolling-restart" | "add-gateway" => {
+            add("rehash p99 outage ms", 1000.0, p99(&outages))
+        }
+        other => add(&format!("{other}: no outage bound defined"), 0.0, 1.0),
     }
     if !failbacks.is_empty() {
         add("failback p99 outage ms", 1000.0, p99(&failbacks));
@@ -878,23 +982,35 @@ mod tests {
     }
 
     #[test]
-    fn counts_what_the_gateways_did() {
-        let log = "\
-2026-11-26T01:00:00Z  INFO anygate::reconcile::driver: handshake started to take the client over peer=abc endpoint=10.80.1.2:1 reason=\"no_session\"
-2026-11-26T01:00:01Z  INFO anygate::reconcile::driver: handshake started to take the client over peer=abc endpoint=10.80.1.2:1 reason=\"stalled\"
-2026-11-26T01:00:02Z  INFO anygate::reconcile::driver: handshake started to take the client over peer=abc endpoint=10.80.1.2:1 reason=\"takeover\"
-2026-11-26T01:00:03Z  INFO anygate::reconcile::driver: session moved to another gateway; dropped here peer=abc
-2026-11-26T01:00:04Z  INFO anygate::reconcile::driver: device programmed
+    fn counts_what_the_gateways_did_from_their_metrics() {
+        let metrics = "\
+# HELP anygate_react_handshakes Handshakes started to clients ...
+# TYPE anygate_react_handshakes counter
+anygate_react_handshakes_total{reason=\"no_session\"} 3
+anygate_react_handshakes_total{reason=\"stalled\"} 1
+# TYPE anygate_loser_flushes counter
+anygate_loser_flushes_total 2
+anygate_takeover_kicks_total 1
+anygate_reconcile_errors_total 9
+# EOF
 ";
         assert_eq!(
-            Assists::count(log),
+            Assists::from_metrics(metrics),
             Assists {
-                react_no_session: 1,
+                react_no_session: 3,
                 react_stalled: 1,
                 kick: 1,
-                flush_loser: 1
+                flush_loser: 2
             }
         );
+    }
+
+    #[test]
+    fn device_peers_with_their_allowed_ips() {
+        let out = "AAA=\t10.100.0.2/32 fd00::2/128\nBBB=\t(none)\n";
+        let p = device_peers(out);
+        assert_eq!(p["AAA="].len(), 2);
+        assert!(p["BBB="].is_empty());
     }
 
     #[test]

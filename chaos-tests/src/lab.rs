@@ -601,7 +601,7 @@ pub fn create(
     wait(
         "router holds every gateway",
         Duration::from_secs(60),
-        || next_hops(&router, ANYCAST).len() == start as usize,
+        || next_hops(&router, ANYCAST).is_ok_and(|h| h.len() == start as usize),
     )?;
     record_children(&mut st)?;
     for c in &st.clients {
@@ -719,6 +719,7 @@ pub fn print_router(router: &str) {
     println!(
         "router: {ANYCAST} via {}",
         next_hops(router, ANYCAST)
+            .unwrap_or_default()
             .into_iter()
             .collect::<Vec<_>>()
             .join(", ")

@@ -119,8 +119,9 @@ impl Bird {
         })
     }
 
-    /// Next hops of the kernel route to `addr`/32 (empty: no route).
-    pub fn next_hops(&self, addr: &str) -> BTreeSet<String> {
+    /// Next hops of the kernel route to `addr`/32 (empty: no route; a
+    /// failed query is an error, never "no route").
+    pub fn next_hops(&self, addr: &str) -> anyhow::Result<BTreeSet<String>> {
         next_hops(&self.ns, addr)
     }
 
@@ -135,7 +136,7 @@ impl Bird {
         let t0 = Instant::now();
         loop {
             let have = self.next_hops(addr);
-            if &have == want {
+            if have.as_ref().ok() == Some(want) {
                 return Ok(t0.elapsed());
             }
             if t0.elapsed() > timeout {
@@ -174,7 +175,7 @@ impl Bird {
 }
 
 /// Next hops of the kernel route to `addr`/32 (or /128) in namespace `ns`.
-pub fn next_hops(ns: &str, addr: &str) -> BTreeSet<String> {
+pub fn next_hops(ns: &str, addr: &str) -> anyhow::Result<BTreeSet<String>> {
     let (fam, len) = if addr.contains(':') {
         ("-6", 128)
     } else {
@@ -188,14 +189,13 @@ pub fn next_hops(ns: &str, addr: &str) -> BTreeSet<String> {
         "route",
         "show",
         &format!("{addr}/{len}"),
-    ])
-    .unwrap_or_default();
+    ])?;
     let words: Vec<&str> = text.split_whitespace().collect();
-    words
+    Ok(words
         .windows(2)
         .filter(|w| w[0] == "via")
         .map(|w| w[1].to_string())
-        .collect()
+        .collect())
 }
 
 /// Kernel route changes in `ns` as they happen (`ip monitor route`): each

@@ -9,8 +9,8 @@
 //! host without it fails loudly instead of passing.
 
 use anygate_node::dataplane::kernel::KernelWg;
-use anygate_node::dataplane::net::{NetDesired, NetManager};
 use anygate_node::dataplane::{clamp_private_key, Action, DeviceSettings, PeerConfig};
+use anygate_node::host::net::{NetDesired, NetManager};
 use anygate_node::model::WgKey;
 use ipnet::IpNet;
 use std::collections::BTreeSet;
@@ -163,7 +163,20 @@ fn ten_thousand_peers_split_across_messages() {
             fwmark: 0,
         })];
         actions.extend((0..n).map(|i| Action::AddPeer(peer(i))));
-        let messages = anygate_node::dataplane::kernel::encode_set("agk1", &actions).len();
+        // Split as `wg setconf` does: every message within the budget, and
+        // packed (not one peer per message).
+        let sizes: Vec<usize> = anygate_node::dataplane::kernel::encode_set("agk1", &actions)
+            .iter()
+            .map(|m| netlink_packet_core::Emitable::buffer_len(&m.as_slice()))
+            .collect();
+        let messages = sizes.len();
+        let budget = anygate_node::dataplane::kernel::MESSAGE_BUDGET;
+        assert!(sizes.iter().all(|s| *s <= budget), "{sizes:?}");
+        let floor = sizes.iter().sum::<usize>().div_ceil(budget);
+        assert!(
+            messages > 1 && messages <= floor + floor / 10 + 1,
+            "{n} peers in {messages} messages; {floor} would do"
+        );
         let t = Instant::now();
         wg.set(&actions).await.unwrap();
         let set = t.elapsed();

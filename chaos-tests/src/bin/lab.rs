@@ -144,18 +144,18 @@ fn show_failover(st: &mut State) -> anyhow::Result<()> {
         anyhow::bail!("no anygate recorded for gateway {k}")
     };
     let router = st.router();
-    let before = next_hops(&router, ANYCAST).len();
+    let before = next_hops(&router, ANYCAST)?.len();
     println!("{} is served by gateway {k}; kill -9 of its anygate (its gobgpd and wireguard-go die with it)", c.name);
     let t0 = std::time::Instant::now();
     run(&["kill", "-KILL", &pid.to_string()])?;
     wait("router drops the gateway", Duration::from_secs(10), || {
-        next_hops(&router, ANYCAST).len() == before - 1
+        next_hops(&router, ANYCAST).is_ok_and(|h| h.len() == before - 1)
     })?;
     let routed = t0.elapsed();
     println!(
         "router: gateway {k} withdrawn after {} ms; {ANYCAST} via {}",
         routed.as_millis(),
-        next_hops(&router, ANYCAST)
+        next_hops(&router, ANYCAST)?
             .into_iter()
             .collect::<Vec<_>>()
             .join(", ")
@@ -178,7 +178,7 @@ fn show_failover(st: &mut State) -> anyhow::Result<()> {
     wait(
         "router holds every gateway again",
         Duration::from_secs(60),
-        || next_hops(&router, ANYCAST).len() == before,
+        || next_hops(&router, ANYCAST).is_ok_and(|h| h.len() == before),
     )?;
     print_router(&router);
     record_children(st)
@@ -226,7 +226,7 @@ fn run_cmd(a: Args) -> anyhow::Result<()> {
                 }
                 println!(
                     "\nrouter: {ANYCAST} via {:?}",
-                    next_hops(&st.router(), ANYCAST)
+                    next_hops(&st.router(), ANYCAST)?
                 );
                 println!(
                     "{}",
@@ -267,7 +267,7 @@ fn run_cmd(a: Args) -> anyhow::Result<()> {
             wait(
                 "the gateway to announce again",
                 Duration::from_secs(60),
-                || next_hops(&router, ANYCAST).contains(&want),
+                || next_hops(&router, ANYCAST).is_ok_and(|h| h.contains(&want)),
             )?;
             record_children(&mut st)?;
             print_router(&router);

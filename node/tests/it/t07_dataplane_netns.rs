@@ -203,7 +203,7 @@ fn three_nodes_keep_their_wireguard_go_devices_equal_to_the_inventory() {
 
     // Identity: unhealthy until the cluster names this key.
     let d = eventually("dataplane reports", Duration::from_secs(10), || {
-        dataplane_of(&ep, 2).filter(|d| d["backend"] != "")
+        dataplane_of(&ep, 2).filter(|d| d["backend"] == "userspace" && d["reason"] != "starting")
     });
     assert_eq!(d["healthy"], false);
     assert!(

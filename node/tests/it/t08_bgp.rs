@@ -47,7 +47,7 @@ impl Lab {
         format!("agb{}-{k}", std::process::id() % 100_000)
     }
     fn next_hops(&self) -> BTreeSet<String> {
-        self.bird.next_hops(ANYCAST)
+        self.bird.next_hops(ANYCAST).expect("router route query")
     }
     fn hops_of(&self, ks: &[u32]) -> BTreeSet<String> {
         hops(&self.topo, ks)
@@ -141,7 +141,8 @@ fn anycast_follows_health_drain_and_failures() {
 
     // Nothing is announced while the dataplane cannot serve (no identity yet).
     let b = eventually("BGP status reported", Duration::from_secs(10), || {
-        bgp_status(&ep, 1).filter(|b| b["enabled"] == true && b["reason"] != "starting")
+        bgp_status(&ep, 1)
+            .filter(|b| b["state"] != "disabled" && b["withdraw_reason"] != "starting")
     });
     assert_eq!(b["state"], "withdrawn", "{b}");
     assert!(lab.next_hops().is_empty());
@@ -188,6 +189,7 @@ fn anycast_follows_health_drain_and_failures() {
     let b = bgp_status(&ep, 2).unwrap();
     assert_eq!(b["state"], "withdrawn");
     assert_eq!(b["reason"], "drained by an operator");
+    assert_eq!(b["withdraw_reason"], "drained");
     let s = ctl_json(&ep, &["cluster", "status"]);
     assert!(s["nodes"]
         .as_array()

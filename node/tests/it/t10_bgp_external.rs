@@ -116,7 +116,8 @@ fn external_gobgpd_is_configured_repaired_and_reattached() {
         || {
             let s = status(&ep)?;
             let b = s["nodes"][0]["bgp"].clone();
-            (b["state"] == "withdrawn" && b["reason"] == "gobgpd unavailable").then_some(())
+            (b["state"] == "withdrawn" && b["withdraw_reason"] == "gobgpd-unavailable")
+                .then_some(())
         },
     );
     daemon = Gobgpd::start(&ns);
