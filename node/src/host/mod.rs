@@ -26,6 +26,10 @@ pub struct Host {
     policy: Option<policy::Present>,
     /// The ruleset generation right after our last write or full read.
     generation: Option<u32>,
+    /// The last check found the generation changed by someone else: each
+    /// table is read (or rewritten) in full once.
+    nat_suspect: bool,
+    policy_suspect: bool,
 }
 
 impl Host {
@@ -36,6 +40,8 @@ impl Host {
             nat_written: None,
             policy: None,
             generation: None,
+            nat_suspect: true,
+            policy_suspect: true,
         })
     }
 
@@ -43,15 +49,20 @@ impl Host {
         &self.net
     }
 
-    /// Someone else changed the ruleset since we last looked: the tables
-    /// must be read (or rewritten) in full. A failed read says yes.
-    fn ruleset_changed(&self) -> bool {
-        match nft::generation() {
+    /// The periodic check: if someone else changed the ruleset since we
+    /// last wrote or read it, both tables are read (or rewritten) in full.
+    /// A failed read counts as a change.
+    fn check_generation(&mut self) {
+        let changed = match nft::generation() {
             Ok(g) => self.generation != Some(g),
             Err(e) => {
                 debug!(error = %e, "cannot read the nftables generation");
                 true
             }
+        };
+        if changed {
+            self.nat_suspect = true;
+            self.policy_suspect = true;
         }
     }
 
@@ -60,8 +71,12 @@ impl Host {
     }
 
     /// Addresses, routes and the `inet anygate` table. `check` (resync):
-    /// also repair the table if the ruleset changed under us.
+    /// also look for changes someone else made to the ruleset, and repair
+    /// both tables (this one here, the policy table in `sync_policy`).
     pub async fn reconcile(&mut self, want: &NetDesired, check: bool) {
+        if check {
+            self.check_generation();
+        }
         match self.net.reconcile(want).await {
             Ok(rep) if !rep.is_empty() => {
                 info!(ifname = %want.ifname, ?rep, "host network restored");
@@ -74,10 +89,11 @@ impl Host {
             }
         }
         let stale = self.nat_written.as_deref() != Some(&want.nft);
-        if stale || (check && self.ruleset_changed()) {
+        if stale || self.nat_suspect {
             match nft::apply_nft(&want.nft).await {
                 Ok(()) => {
                     self.nat_written = Some(want.nft.clone());
+                    self.nat_suspect = false;
                     self.remember_generation();
                 }
                 Err(e) => {
@@ -89,15 +105,17 @@ impl Host {
     }
 
     /// Brings `table inet anygate_policy` to `want` with the smallest
-    /// change. `check` (resync) reads the kernel first when the ruleset
-    /// changed under us, so hand edits are repaired.
+    /// change. It reads the kernel first when the last check found the
+    /// ruleset changed under us, so hand edits are repaired; `check`
+    /// (resync) also refreshes the default-deny counter.
     pub async fn sync_policy(&mut self, want: policy::Desired, check: bool) {
         let had = self.policy.is_some();
-        let reread = !had || (check && self.ruleset_changed());
+        let reread = !had || self.policy_suspect;
         if reread {
             match nft::list_table(policy::TABLE, true).await {
                 Ok(t) => {
                     self.policy = t.map(|t| policy::parse(&t));
+                    self.policy_suspect = false;
                     if self.policy.is_some() {
                         self.remember_generation();
                     }
