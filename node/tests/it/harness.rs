@@ -551,6 +551,8 @@ pub struct Gateway<'a> {
     pub ns: String,
     /// Extra `[bgp]` keys (TOML lines).
     pub bgp_keys: &'a str,
+    /// `[dataplane]` keys (TOML lines).
+    pub dataplane_keys: &'a str,
     /// Extra `[[bgp.neighbors]]` tables.
     pub more_neighbors: &'a str,
     pub ifname: String,
@@ -569,8 +571,8 @@ impl Cluster {
             self.dir(),
             &format!("n{k}.toml"),
             &format!(
-                "[bgp]\nasn = 65010\nrouter-id = \"10.78.{k}.2\"\n{}\n[[bgp.neighbors]]\naddress = \"10.78.{k}.1\"\npeer-as = 65000\n{}",
-                g.bgp_keys, g.more_neighbors
+                "[dataplane]\n{}\n[bgp]\nasn = 65010\nrouter-id = \"10.78.{k}.2\"\n{}\n[[bgp.neighbors]]\naddress = \"10.78.{k}.1\"\npeer-as = 65000\n{}",
+                g.dataplane_keys, g.bgp_keys, g.more_neighbors
             ),
         );
         let mut args: Vec<String> = [

@@ -129,6 +129,7 @@ fn anycast_follows_health_drain_and_failures() {
             k,
             ns: lab.gw(k),
             bgp_keys: &keys,
+            dataplane_keys: "",
             more_neighbors: "",
             ifname: lab.ifname(k),
             key: &keyfile,

@@ -31,6 +31,7 @@ fn client_host_routes_follow_the_session() {
             k,
             ns: topo.ns(k),
             bgp_keys: "graceful-shutdown-grace = \"500ms\"",
+            dataplane_keys: "",
             more_neighbors: "",
             ifname: format!("agr{tag}-{k}"),
             key: &keyfile,

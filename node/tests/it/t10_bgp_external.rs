@@ -71,6 +71,7 @@ fn external_gobgpd_is_configured_repaired_and_reattached() {
         k: 1,
         ns: ns.clone(),
         bgp_keys: &keys,
+        dataplane_keys: "",
         more_neighbors: "",
         ifname: format!("age{}", std::process::id() % 100_000),
         key: &keyfile,

@@ -61,6 +61,7 @@ fn anycast_v6_announced_over_ipv6_sessions() {
             k,
             ns: topo.ns(k),
             bgp_keys: "graceful-shutdown-grace = \"200ms\"",
+            dataplane_keys: "",
             more_neighbors: &v6,
             ifname: format!("ag6{tag}-{k}"),
             key: &keyfile,
