@@ -30,6 +30,10 @@ pub struct Host {
     /// table is read (or rewritten) in full once.
     nat_suspect: bool,
     policy_suspect: bool,
+    /// The policy table could not be read or written: retried at the next
+    /// resync, not on every commit (a host without nftables would spawn
+    /// `nft` twice per commit: 150 ms each in the emulated VM).
+    policy_failing: bool,
 }
 
 impl Host {
@@ -42,6 +46,7 @@ impl Host {
             generation: None,
             nat_suspect: true,
             policy_suspect: true,
+            policy_failing: false,
         })
     }
 
@@ -109,6 +114,9 @@ impl Host {
     /// ruleset changed under us, so hand edits are repaired; `check`
     /// (resync) also refreshes the default-deny counter.
     pub async fn sync_policy(&mut self, want: policy::Desired, check: bool) {
+        if self.policy_failing && !check {
+            return;
+        }
         let had = self.policy.is_some();
         let reread = !had || self.policy_suspect;
         if reread {
@@ -122,8 +130,9 @@ impl Host {
                 }
                 Err(e) => {
                     self.metrics.reconcile_errors.inc();
-                    warn!(error = %e, "cannot read the access-policy table; will retry");
+                    warn!(error = %e, "cannot read the access-policy table; will retry at the next resync");
                     self.policy = None;
+                    self.policy_failing = true;
                     return;
                 }
             }
@@ -134,6 +143,7 @@ impl Host {
                 self.metrics.policy_denied_packets.set(n as i64);
             }
         }
+        self.policy_failing = false;
         let Some(script) = policy::plan(self.policy.as_ref(), &want) else {
             return;
         };
@@ -167,8 +177,9 @@ impl Host {
             }
             Err(e) => {
                 self.metrics.reconcile_errors.inc();
-                warn!(error = %e, "access-policy table not updated; will retry");
+                warn!(error = %e, "access-policy table not updated; will retry at the next resync");
                 self.policy = None;
+                self.policy_failing = true;
             }
         }
     }
