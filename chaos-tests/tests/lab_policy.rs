@@ -197,11 +197,19 @@ fn group_policy_is_enforced_on_every_gateway_without_a_reconnect() {
         metric(&m, "anygate_policy_rules").first().map(|x| x.1),
         Some(1.0)
     );
-    let denied = metric(&m, "anygate_policy_denied_packets");
-    assert!(
-        denied.first().is_some_and(|x| x.1 >= 1.0),
-        "pings to B were dropped: {denied:?}"
-    );
+    // The counter is read back with every device read (1 s).
+    lab::wait(
+        "the dropped pings to B counted",
+        Duration::from_secs(5),
+        || {
+            let m = lab::in_ns(g, &["curl", "-sf", "http://127.0.0.1:9400/metrics"])
+                .unwrap_or_default();
+            metric(&m, "anygate_policy_denied_packets")
+                .first()
+                .is_some_and(|x| x.1 >= 1.0)
+        },
+    )
+    .unwrap();
     assert_eq!(
         metric(&m, "anygate_bgp_announced").first().map(|x| x.1),
         Some(1.0)

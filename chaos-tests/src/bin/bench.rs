@@ -168,7 +168,23 @@ async fn bench_anygate(a: &Args, dir: &std::path::Path) -> anyhow::Result<(Resul
             }),
         })
         .await?;
-    let mut peers = PeerServiceClient::new(ch(&addrs[0])).max_decoding_message_size(usize::MAX);
+    // Writes go to the leader, as they go to etcd's (no forwarding hop).
+    let status =
+        anygate_proto::v1::cluster_service_client::ClusterServiceClient::new(ch(&addrs[0]))
+            .status(StatusRequest {})
+            .await?
+            .into_inner();
+    let leader = status
+        .nodes
+        .iter()
+        .find(|n| n.id == status.leader_id)
+        .map(|n| n.addr.clone())
+        .ok_or_else(|| anyhow::anyhow!("no anygate leader after forming the cluster"))?;
+    eprintln!(
+        "anygate: writing to the leader, node {} at {leader}",
+        status.leader_id
+    );
+    let mut peers = PeerServiceClient::new(ch(&leader)).max_decoding_message_size(usize::MAX);
     let mut n = 0u64;
     for _ in 0..100 {
         peers
@@ -216,6 +232,36 @@ async fn bench_anygate(a: &Args, dir: &std::path::Path) -> anyhow::Result<(Resul
     ))
 }
 
+/// The client URL of etcd's leader (`etcdctl endpoint status`).
+fn etcd_leader(urls: &[String]) -> anyhow::Result<String> {
+    let out = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args([
+            "endpoint",
+            "status",
+            "-w",
+            "json",
+            "--endpoints",
+            &urls.join(","),
+        ])
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "etcdctl endpoint status: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| {
+            let s = &e["Status"];
+            s["leader"].as_u64().is_some() && s["leader"] == s["header"]["member_id"]
+        })
+        .and_then(|e| e["Endpoint"].as_str().map(String::from))
+        .ok_or_else(|| anyhow::anyhow!("no etcd member says it leads: {v}"))
+}
+
 async fn bench_etcd(a: &Args, dir: &std::path::Path) -> anyhow::Result<(Result, Vec<Proc>)> {
     let client: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let peer: Vec<u16> = (0..3).map(|_| free_port()).collect();
@@ -257,7 +303,11 @@ async fn bench_etcd(a: &Args, dir: &std::path::Path) -> anyhow::Result<(Result, 
     for c in &client {
         wait_listening(&format!("127.0.0.1:{c}"), Duration::from_secs(20))?;
     }
-    let ep = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{}", client[0]))?
+    let urls: Vec<String> = client
+        .iter()
+        .map(|c| format!("http://127.0.0.1:{c}"))
+        .collect();
+    let ep = tonic::transport::Endpoint::from_shared(urls[0].clone())?
         .connect()
         .await?;
     let mut kv = KvClient::new(ep).max_encoding_message_size(usize::MAX);
@@ -279,6 +329,15 @@ async fn bench_etcd(a: &Args, dir: &std::path::Path) -> anyhow::Result<(Result, 
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Writes go to the leader (a follower would forward each one).
+    let leader = etcd_leader(&urls)?;
+    eprintln!("etcd: writing to the leader at {leader}");
+    let mut kv = KvClient::new(
+        tonic::transport::Endpoint::from_shared(leader)?
+            .connect()
+            .await?,
+    )
+    .max_encoding_message_size(usize::MAX);
     let mut n = 0u64;
     for _ in 0..100 {
         kv.put(put(n)).await?;

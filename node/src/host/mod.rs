@@ -109,10 +109,29 @@ impl Host {
         }
     }
 
+    /// Packets the default deny dropped, read over netlink (every device
+    /// read: one small dump, no process).
+    pub fn refresh_counters(&mut self) {
+        if let Some(h) = &mut self.policy {
+            if let Some(n) = denied_packets() {
+                h.denied_packets = n;
+                self.metrics.policy_denied_packets.set(n as i64);
+            }
+        }
+    }
+
+    /// The policy table is known to hold no sets and no rules (nothing to
+    /// do while the inventory has no policies either).
+    pub fn policy_is_empty(&self) -> bool {
+        self.policy
+            .as_ref()
+            .is_some_and(|h| h.sets.is_empty() && h.rules.is_empty())
+            && !self.policy_suspect
+    }
+
     /// Brings `table inet anygate_policy` to `want` with the smallest
     /// change. It reads the kernel first when the last check found the
-    /// ruleset changed under us, so hand edits are repaired; `check`
-    /// (resync) also refreshes the default-deny counter.
+    /// ruleset changed under us, so hand edits are repaired.
     pub async fn sync_policy(&mut self, want: policy::Desired, check: bool) {
         if self.policy_failing && !check {
             return;
@@ -135,12 +154,6 @@ impl Host {
                     self.policy_failing = true;
                     return;
                 }
-            }
-        }
-        if let (true, Some(h)) = (check, &mut self.policy) {
-            if let Some(n) = denied_packets() {
-                h.denied_packets = n;
-                self.metrics.policy_denied_packets.set(n as i64);
             }
         }
         self.policy_failing = false;
