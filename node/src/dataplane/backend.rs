@@ -70,17 +70,6 @@ impl Device {
         }
     }
 
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Device::Kernel(_) => "kernel",
-            Device::Userspace {
-                supervised: Some(_),
-                ..
-            } => "userspace (supervised wireguard-go)",
-            Device::Userspace { .. } => "userspace",
-        }
-    }
-
     /// Make sure the device exists: create the kernel link, or (re)start a
     /// supervised wireguard-go. Returns true when the device is new (empty),
     /// so the caller knows a full program is due.

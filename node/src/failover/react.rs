@@ -5,39 +5,32 @@
 pub use anygate_core::failover::react::*;
 
 /// Read the six sets over nftables netlink (each element's age in ms from
-/// its expiry; no process, ~1 ms per 1,000 sources).
+/// its expiry; no process: ~14 ms for 10,000 sources, BENCHMARKS.md).
 pub async fn read(table: &'static str) -> Result<Seen, ReadError> {
     tokio::task::spawn_blocking(move || {
-        let mut seen = Seen::default();
-        let read = |set| {
-            crate::host::nft::set_elements(table, set, SET_TIMEOUT_MS)
-                .map_err(|e| ReadError::Set(set, e))
-        };
-        for set in [SET_DATA4, SET_DATA6] {
-            seen.data.extend(
-                read(set)?
-                    .iter()
-                    .filter_map(|e| Some((sock_key(&e.key)?, e.age_ms))),
-            );
-        }
-        for set in [SET_LOAD4, SET_LOAD6] {
-            seen.load.extend(
-                read(set)?
-                    .iter()
-                    .filter_map(|e| Some((sock_key(&e.key)?, e.age_ms))),
-            );
-        }
-        for set in [SET_IN4, SET_IN6] {
-            seen.inner.extend(
-                read(set)?
-                    .iter()
-                    .filter_map(|e| Some((addr_key(&e.key)?, e.age_ms))),
-            );
-        }
-        Ok(seen)
+        Ok(Seen {
+            data: ages(table, [SET_DATA4, SET_DATA6], sock_key)?,
+            load: ages(table, [SET_LOAD4, SET_LOAD6], sock_key)?,
+            inner: ages(table, [SET_IN4, SET_IN6], addr_key)?,
+        })
     })
     .await
     .map_err(ReadError::Task)?
+}
+
+/// Key -> age of the elements of a v4 and a v6 set.
+fn ages<K: std::hash::Hash + Eq>(
+    table: &str,
+    sets: [&'static str; 2],
+    key: fn(&[u8]) -> Option<K>,
+) -> Result<std::collections::HashMap<K, u64>, ReadError> {
+    let mut out = std::collections::HashMap::new();
+    for set in sets {
+        let elems = crate::host::nft::set_elements(table, set, SET_TIMEOUT_MS)
+            .map_err(|e| ReadError::Set(set, e))?;
+        out.extend(elems.iter().filter_map(|e| Some((key(&e.key)?, e.age_ms))));
+    }
+    Ok(out)
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -156,7 +156,8 @@ impl Reconciler {
     }
 
     pub async fn run(mut self, shutdown: CancellationToken) {
-        info!(backend = self.device.kind(), ifname = %self.ifname, public_key = %self.identity.public_key, "dataplane starting");
+        let (backend, supervised) = self.device.backend();
+        info!(backend = backend.as_str(), supervised, ifname = %self.ifname, public_key = %self.identity.public_key, "dataplane starting");
         let mut applied = self.node.view.subscribe();
         let mut observe = tokio::time::interval(self.cfg.observe_interval);
         observe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
