@@ -2,7 +2,7 @@
 //! HTTP endpoints, runs the background tasks. The only place tasks are
 //! spawned; the shutdown order lives here.
 
-use crate::api::authz::{AuthzLayer, Gate};
+use crate::api::authz::{AuthzLayer, Gate, Stopping};
 use crate::api::{self, Api};
 use crate::bgp::speaker::Speaker;
 use crate::config::{BackendKind, Config, TlsConfig};
@@ -15,7 +15,7 @@ use crate::metrics::ResultLabels;
 use crate::model::{Command, Request};
 use crate::raft::network::{Channels, MAX_RAFT_MESSAGE};
 use crate::raft::service::RaftServiceImpl;
-use crate::raft::{raft_config, RaftNode};
+use crate::raft::{raft_config, HandOff, RaftNode};
 use crate::reconcile::Reconciler;
 use crate::store;
 use anygate_proto::raft::v1::raft_service_server::RaftServiceServer;
@@ -34,6 +34,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn, Instrument};
+
+/// How long a stopping leader waits for a voter to catch up and take over.
+const HAND_OFF_WITHIN: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -111,6 +114,8 @@ impl App {
             view,
             channels,
             contact: Default::default(),
+            leading: Default::default(),
+            vote_lease: crate::raft::vote_lease(cfg.raft),
         };
         // The dataplane: a reconciler owning the device, or a fixed "off" status.
         let device = match (&self.identity, cfg.dataplane.backend) {
@@ -174,6 +179,8 @@ impl App {
         let gate = Arc::new(Gate {
             metrics: metrics.clone(),
             denied: denied_tx,
+            stopping: Default::default(),
+            node_id: cfg.id,
         });
         info!(id = cfg.id, listen = %cfg.listen, advertise = %cfg.advertise, data_dir = %cfg.data_dir.display(), "node starting");
 
@@ -184,7 +191,7 @@ impl App {
         let grpc = {
             let limit = api::MAX_API_MESSAGE;
             let router = tonic::transport::Server::builder()
-                .layer(AuthzLayer(gate))
+                .layer(AuthzLayer(gate.clone()))
                 .add_service(
                     RaftServiceServer::new(RaftServiceImpl::new(node.clone()))
                         .max_decoding_message_size(MAX_RAFT_MESSAGE)
@@ -331,13 +338,26 @@ impl App {
                 .unwrap_or_default();
             let _ = tokio::time::timeout(grace + Duration::from_secs(5), b).await;
         }
-        // Order: (BGP withdrawn above), stop serving, hand leadership over by stepping down, stop Raft, close RocksDB (drop).
-        stop_api.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(5), grpc).await;
+        // Order: (BGP withdrawn above), refuse operator calls (Raft is still
+        // served), stop the dataplane and its endpoint writes, hand
+        // leadership to a caught-up voter, stop serving, stop Raft, close
+        // RocksDB (drop).
+        gate.stop(Stopping::Api);
         stop_dp.cancel();
         if let Some(d) = dataplane {
             let _ = tokio::time::timeout(Duration::from_secs(5), d).await;
         }
+        node.await_vote_lease().await;
+        gate.stop(Stopping::Forwarding);
+        match node.hand_off(HAND_OFF_WITHIN).await {
+            HandOff::Done { to } => info!(to, "leadership handed over"),
+            HandOff::Failed(why) => {
+                warn!(%why, "leadership hand-off failed; the followers elect a leader after their election timeout")
+            }
+            HandOff::NotLeader | HandOff::Alone => {}
+        }
+        stop_api.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(5), grpc).await;
         if let Err(e) = raft.shutdown().await {
             warn!(error = %e, "raft shutdown");
         }
@@ -537,6 +557,7 @@ async fn metrics_loop(node: RaftNode, metrics: Metrics, shutdown: CancellationTo
     loop {
         {
             let m = rx.borrow_and_update().clone();
+            node.leading.observe(&m);
             metrics.term.set(m.current_term as i64);
             metrics
                 .is_leader

@@ -66,13 +66,65 @@ pub struct Denied {
     pub method: String,
 }
 
-#[derive(Clone)]
 pub struct Gate {
     pub metrics: Metrics,
     pub denied: tokio::sync::mpsc::Sender<Denied>,
+    /// How far the node has got in stopping (a [`Stopping`] as u8).
+    pub stopping: std::sync::atomic::AtomicU8,
+    pub node_id: u64,
+}
+
+/// The stages of a stopping node, in order: operator calls are refused
+/// first (clients go to another gateway), then forwarded writes too, so
+/// the log stops growing and a voter can catch up for the hand-off;
+/// Raft's own messages are served to the end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum Stopping {
+    No = 0,
+    Api = 1,
+    Forwarding = 2,
+}
+
+/// Whether `path` is still served at stage `s`.
+pub fn served(path: &str, s: Stopping) -> bool {
+    let method = path.trim_start_matches('/');
+    match s {
+        Stopping::No => true,
+        Stopping::Api => method.starts_with("anygate.raft.v1."),
+        Stopping::Forwarding => {
+            method.starts_with("anygate.raft.v1.")
+                && method != "anygate.raft.v1.RaftService/Forward"
+        }
+    }
 }
 
 impl Gate {
+    /// Move to stage `s` (never back).
+    pub fn stop(&self, s: Stopping) {
+        self.stopping
+            .fetch_max(s as u8, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn stage(&self) -> Stopping {
+        match self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+            0 => Stopping::No,
+            1 => Stopping::Api,
+            _ => Stopping::Forwarding,
+        }
+    }
+
+    /// Unavailable once the node stops serving `path`, then the role check.
+    pub fn admit(&self, path: &str, info: Option<&ConnInfo>) -> Result<(), Status> {
+        if !served(path, self.stage()) {
+            return Err(Status::unavailable(format!(
+                "node {} is stopping: send this call to another gateway",
+                self.node_id
+            )));
+        }
+        self.check(path, info)
+    }
+
     /// Ok, or the PermissionDenied answer (counted, and queued for audit).
     pub fn check(&self, path: &str, info: Option<&ConnInfo>) -> Result<(), Status> {
         let Some(id) = info.and_then(|i| i.identity.as_ref()) else {
@@ -139,7 +191,7 @@ where
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         match self
             .gate
-            .check(req.uri().path(), req.extensions().get::<ConnInfo>())
+            .admit(req.uri().path(), req.extensions().get::<ConnInfo>())
         {
             Ok(()) => {
                 // The clone that was polled ready serves this call.
@@ -176,6 +228,19 @@ mod tests {
         for (path, need) in cases {
             assert_eq!(required(path), need, "{path}");
         }
+        let fwd = "/anygate.raft.v1.RaftService/Forward";
+        let add = "/anygate.v1.PeerService/AddPeers";
+        assert!(served(add, Stopping::No));
+        assert!(!served(add, Stopping::Api) && served(fwd, Stopping::Api));
+        assert!(!served(fwd, Stopping::Forwarding));
+        assert!(served(
+            "/anygate.raft.v1.RaftService/Vote",
+            Stopping::Forwarding
+        ));
+        assert!(served(
+            "/anygate.raft.v1.RaftService/TimeoutNow",
+            Stopping::Forwarding
+        ));
         // An admin is not a node: it cannot speak Raft.
         assert!(Admin < Node && Operator < Admin && Viewer < Operator);
     }

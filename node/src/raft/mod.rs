@@ -9,7 +9,7 @@ pub use crate::store::types;
 
 use crate::model::{ApplyError, NodeId, Request, Response};
 use crate::store::StateView;
-use anygate_proto::raft::v1::ReadIndexRequest;
+use anygate_proto::raft::v1::{ReadIndexRequest, TimeoutNowRequest};
 use network::{decode, encode, Channels};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
 use openraft::BasicNode;
@@ -53,6 +53,37 @@ pub struct RaftNode {
     pub channels: Channels,
     /// When a Raft leader last reached this node (AppendEntries accepted).
     pub contact: LeaderContact,
+    /// When this node's current leadership began (kept by `observe`).
+    pub leading: Leading,
+    /// How long a voter refuses to vote after its vote last changed
+    /// (openraft's leader lease: the longest election timeout).
+    pub vote_lease: Duration,
+}
+
+/// The term and instant this node last became leader.
+#[derive(Clone, Default)]
+pub struct Leading(std::sync::Arc<std::sync::Mutex<Option<(u64, std::time::Instant)>>>);
+
+impl Leading {
+    /// Note a metrics update; the first one that shows this node leading
+    /// in a new term starts the clock.
+    pub fn observe(&self, m: &openraft::RaftMetrics<NodeId, BasicNode>) {
+        let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if m.state == openraft::ServerState::Leader
+            && g.is_none_or(|(term, _)| term != m.current_term)
+        {
+            *g = Some((m.current_term, std::time::Instant::now()));
+        }
+    }
+
+    /// How long this node has led in `term`, if it was seen leading in it.
+    pub fn for_how_long(&self, term: u64) -> Option<Duration> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .filter(|(t, _)| *t == term)
+            .map(|(_, at)| at.elapsed())
+    }
 }
 
 /// The last time a leader's AppendEntries (entries or heartbeat) was accepted
@@ -235,6 +266,200 @@ impl RaftNode {
     }
 }
 
+/// How a stopping leader's hand-off ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HandOff {
+    /// This node was not the leader: nothing to hand over.
+    NotLeader,
+    /// The only voter: nobody to hand over to.
+    Alone,
+    /// `to` leads now and has reached this node.
+    Done { to: NodeId },
+    /// No hand-off within the time allowed; the followers elect a leader
+    /// after their election timeout, as after a crash.
+    Failed(String),
+}
+
+impl HandOff {
+    /// The metric label.
+    pub fn result(&self) -> &'static str {
+        match self {
+            HandOff::NotLeader => "not-leader",
+            HandOff::Alone => "alone",
+            HandOff::Done { .. } => "ok",
+            HandOff::Failed(_) => "failed",
+        }
+    }
+}
+
+impl RaftNode {
+    /// Leadership hand-off for a stopping leader (Raft's TimeoutNow, §3.10
+    /// of the Raft thesis): wait until the most up-to-date voter holds
+    /// every entry of this node's log, ask it to elect itself at once, and
+    /// wait until it leads. This node still runs and grants the vote (its
+    /// leader lease dates from its own election), so the new leader is in
+    /// place one round trip later; without it the followers would wait
+    /// out the lease plus an election timeout (1.2–1.6 s by default) with
+    /// no leader. The caller must have stopped proposing (see
+    /// [`RaftNode::await_vote_lease`]): an entry appended after the target
+    /// caught up makes the target's log shorter and its election fail.
+    pub async fn hand_off(&self, within: Duration) -> HandOff {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut rx = self.raft.metrics();
+        let (target, term, last) = loop {
+            let m = rx.borrow_and_update().clone();
+            if m.state != openraft::ServerState::Leader {
+                return HandOff::NotLeader;
+            }
+            let voters: Vec<NodeId> = m
+                .membership_config
+                .membership()
+                .voter_ids()
+                .filter(|v| *v != self.id)
+                .collect();
+            if voters.is_empty() {
+                return HandOff::Alone;
+            }
+            let last = m.last_log_index.unwrap_or(0);
+            let best = m.replication.as_ref().and_then(|rep| {
+                voters
+                    .iter()
+                    .map(|v| {
+                        let matched = rep.get(v).copied().flatten().map(|l| l.index);
+                        (matched, *v)
+                    })
+                    .max()
+            });
+            if let Some((Some(matched), v)) = best {
+                if matched >= last {
+                    break (v, m.current_term, last);
+                }
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return HandOff::Failed("raft stopped".into()),
+                Err(_) => {
+                    return HandOff::Failed(format!(
+                        "no voter caught up to index {last} within {within:?}"
+                    ))
+                }
+            }
+        };
+        let Some(addr) = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&target)
+            .map(|n| n.addr.clone())
+        else {
+            return HandOff::Failed(format!("node {target} has no address"));
+        };
+        let mut client = match self.channels.raft_client(&addr) {
+            Ok(c) => c,
+            Err(e) => return HandOff::Failed(format!("node {target} at {addr}: {e}")),
+        };
+        let mut r = tonic::Request::new(TimeoutNowRequest {
+            leader_id: self.id,
+            term,
+            last_log_index: last,
+        });
+        r.set_timeout(deadline.saturating_duration_since(tokio::time::Instant::now()));
+        if let Err(s) = client.timeout_now(r).await {
+            return HandOff::Failed(format!(
+                "node {target} at {addr} refused to take over: {}",
+                s.message()
+            ));
+        }
+        loop {
+            let m = rx.borrow_and_update().clone();
+            if let Some(l) = m.current_leader.filter(|l| *l != self.id) {
+                return if l == target {
+                    HandOff::Done { to: l }
+                } else {
+                    HandOff::Failed(format!("node {l} won the election, not node {target}"))
+                };
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return HandOff::Failed("raft stopped".into()),
+                Err(_) => {
+                    return HandOff::Failed(format!(
+                        "node {target} did not take over within {within:?}"
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Before a hand-off: a leader younger than the vote lease would refuse
+    /// the target's vote (its own vote is as fresh as its election) and the
+    /// target would stand as a candidate nobody elects, so a young leader
+    /// first waits until its lease has run, leading (and taking forwarded
+    /// writes) all the while. At most the lease; at once for a leader of
+    /// longer standing or a follower.
+    pub async fn await_vote_lease(&self) {
+        let m = self.raft.metrics().borrow().clone();
+        if m.state != openraft::ServerState::Leader {
+            return;
+        }
+        let led = self
+            .leading
+            .for_how_long(m.current_term)
+            .unwrap_or_default();
+        let want = self.vote_lease + Duration::from_millis(50);
+        if led < want {
+            tracing::info!(led = ?led, wait = ?(want - led), "young leader: waiting out its vote lease before the hand-off");
+            tokio::time::sleep(want - led).await;
+        }
+    }
+
+    /// The receiving side of [`RaftNode::hand_off`]: elect this node now,
+    /// if the request comes from the leader of the current term and this
+    /// node's log holds everything the leader had. Anything else is
+    /// refused with the reason (a stale or misdirected request must not
+    /// start an election that would only disturb the cluster).
+    pub async fn timeout_now(&self, req: TimeoutNowRequest) -> Result<(), NodeError> {
+        let m = self.raft.metrics().borrow().clone();
+        if m.current_term != req.term || m.current_leader != Some(req.leader_id) {
+            return Err(NodeError::FailedPrecondition(format!(
+                "hand-off from node {} in term {} is stale: this node is in term {} with leader {:?}",
+                req.leader_id, req.term, m.current_term, m.current_leader
+            )));
+        }
+        if !m
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == self.id)
+        {
+            return Err(NodeError::FailedPrecondition(format!(
+                "node {} is not a voter",
+                self.id
+            )));
+        }
+        let have = m.last_log_index.unwrap_or(0);
+        if have < req.last_log_index {
+            return Err(NodeError::FailedPrecondition(format!(
+                "this node's log ends at {have}, the leader's at {}",
+                req.last_log_index
+            )));
+        }
+        self.raft
+            .trigger()
+            .elect()
+            .await
+            .map_err(|e| NodeError::Fatal(e.to_string()))
+    }
+}
+
+/// openraft 0.9's leader lease: a voter refuses other candidates for this
+/// long after its vote last changed (the longest election timeout).
+pub fn vote_lease(t: crate::config::RaftTimings) -> Duration {
+    t.election_timeout * 2
+}
+
 /// openraft settings: the configured timers (short ones for a LAN
 /// cluster of gateways by default).
 pub fn raft_config(snapshot_logs: u64, t: crate::config::RaftTimings) -> openraft::Config {
@@ -243,7 +468,7 @@ pub fn raft_config(snapshot_logs: u64, t: crate::config::RaftTimings) -> openraf
         cluster_name: "anygate".into(),
         heartbeat_interval: ms(t.heartbeat),
         election_timeout_min: ms(t.election_timeout),
-        election_timeout_max: ms(t.election_timeout) * 2,
+        election_timeout_max: ms(vote_lease(t)),
         install_snapshot_timeout: 2_000,
         max_payload_entries: 1_000,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_logs),

@@ -4,7 +4,9 @@
 use super::network::{decode, encode};
 use super::{NodeError, RaftNode};
 use anygate_proto::raft::v1::raft_service_server::RaftService;
-use anygate_proto::raft::v1::{RaftPayload, ReadIndexRequest, ReadIndexResponse};
+use anygate_proto::raft::v1::{
+    RaftPayload, ReadIndexRequest, ReadIndexResponse, TimeoutNowRequest, TimeoutNowResponse,
+};
 use openraft::error::{CheckIsLeaderError, RaftError};
 use openraft::raft::AppendEntriesResponse;
 use tonic::{Request, Response, Status};
@@ -79,6 +81,23 @@ impl RaftService for RaftServiceImpl {
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
                 Err(Status::failed_precondition("not the leader"))
             }
+            Err(e) => Err(Status::unavailable(e.to_string())),
+        }
+    }
+
+    async fn timeout_now(
+        &self,
+        req: Request<TimeoutNowRequest>,
+    ) -> Result<Response<TimeoutNowResponse>, Status> {
+        let req = req.into_inner();
+        tracing::info!(
+            from = req.leader_id,
+            term = req.term,
+            "the stopping leader hands leadership to this node"
+        );
+        match self.node.timeout_now(req).await {
+            Ok(()) => Ok(Response::new(TimeoutNowResponse {})),
+            Err(NodeError::FailedPrecondition(m)) => Err(Status::failed_precondition(m)),
             Err(e) => Err(Status::unavailable(e.to_string())),
         }
     }

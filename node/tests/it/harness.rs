@@ -210,6 +210,18 @@ impl Node {
         }
     }
 
+    /// SIGTERM, then wait for the process to exit; asserts a clean exit.
+    pub fn terminate(&mut self) {
+        let mut child = self.child.take().expect("node is running");
+        sh(&["kill", "-TERM", &child.id().to_string()]);
+        let st = child.wait().unwrap();
+        assert!(
+            st.success(),
+            "node {} exited cleanly after SIGTERM: {st}",
+            self.id
+        );
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.with_extension(format!("log{}", self.id)))
             .unwrap_or_default()
