@@ -621,13 +621,17 @@ pub fn start_gateway(st: &mut State, k: u32) -> anyhow::Result<()> {
     let prefix = st.prefix.clone();
     let ns = format!("{prefix}-g{k}");
     let cfg = dir.join(format!("g{k}.toml"));
-    std::fs::write(
-        &cfg,
-        format!(
-            "[dataplane]\nreact = {a}\nflush-loser = {a}\nkick = {a}\n[bgp]\nasn = 65010\nleader-lease = \"3s\"\nrouter-id = \"10.78.{k}.2\"\n[[bgp.neighbors]]\naddress = \"10.78.{k}.1\"\npeer-as = 65000\n",
-            a = st.assists
-        ),
-    )?;
+    let mut file = crate::netns::gateway_config(k);
+    let a = Some(st.assists);
+    (
+        file.dataplane.react,
+        file.dataplane.flush_loser,
+        file.dataplane.kick,
+    ) = (a, a, a);
+    if let Some(b) = &mut file.bgp {
+        b.leader_lease = Some(Duration::from_secs(3));
+    }
+    std::fs::write(&cfg, toml::to_string(&file)?)?;
     let ifname = format!("{prefix}g{k}");
     let log = dir.join(format!("g{k}.log"));
     let pki = dir.join("pki");

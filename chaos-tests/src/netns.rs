@@ -119,3 +119,23 @@ impl Drop for Topology {
         let _ = run(&["ip", "netns", "del", &self.hub()]);
     }
 }
+
+/// Gateway K's config file in these topologies (the lab's too): AS 65010 at
+/// 10.78.K.2, peering with the router at 10.78.K.1 in AS 65000. Callers
+/// set what else their run needs and serialise it with `toml`.
+pub fn gateway_config(k: u32) -> anygate_core::config::File {
+    use anygate_core::config as file;
+    file::File {
+        bgp: Some(file::Bgp {
+            asn: Some(65010),
+            router_id: Some(format!("10.78.{k}.2")),
+            neighbors: vec![file::Neighbor {
+                address: format!("10.78.{k}.1"),
+                peer_as: 65000,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}

@@ -168,10 +168,7 @@ impl Ctx {
         let cfg = self.dir.join(format!("n{k}.toml"));
         std::fs::write(
             &cfg,
-            format!(
-                "[bgp]\nasn = 65010\nrouter-id = \"{a}\"\n[[bgp.neighbors]]\naddress = \"10.78.{k}.1\"\npeer-as = 65000\n",
-                a = Ctx::addr(k)
-            ),
+            toml::to_string(&anygate_chaos::netns::gateway_config(k))?,
         )?;
         let mut cmd = std::process::Command::new("ip");
         let anygate = std::env::current_exe()?.with_file_name("anygate");

@@ -8,10 +8,12 @@
 //! - [`failover`]: react's orphan rule, lost sessions, takeover, hold-off.
 //! - [`endpoints`]: which device observations are news for the endpoint map.
 //! - [`health`]: the announce/withdraw decision and the leader lease.
+//! - [`config`]: the node's config file as written (one struct per section).
 //!
 //! Time comes in as an argument (`now_ms`, `Instant`); nothing here reads a
 //! clock, a socket or a file.
 
+pub mod config;
 pub mod dataplane;
 pub mod endpoints;
 pub mod failover;

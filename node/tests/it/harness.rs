@@ -1,6 +1,7 @@
 //! Test harness: spawn nodes as processes, run anygatectl, wait on
 //! conditions with deadlines (never bare sleeps), clean up on drop.
 
+use anygate_core::config as file;
 use serde_json::Value;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -561,12 +562,11 @@ pub fn pids_in_ns(ns: &str, comm: &str) -> Vec<u32> {
 pub struct Gateway<'a> {
     pub k: u32,
     pub ns: String,
-    /// Extra `[bgp]` keys (TOML lines).
-    pub bgp_keys: &'a str,
-    /// `[dataplane]` keys (TOML lines).
-    pub dataplane_keys: &'a str,
-    /// Extra `[[bgp.neighbors]]` tables.
-    pub more_neighbors: &'a str,
+    /// `[bgp]` keys; AS 65010, the router id 10.78.K.2 and the first
+    /// neighbor (10.78.K.1, AS 65000) are filled in; `neighbors` adds to it.
+    pub bgp: file::Bgp,
+    /// `[dataplane]` keys.
+    pub dataplane: file::Dataplane,
     pub ifname: String,
     pub key: &'a Path,
     /// The node starts and supervises its wireguard-go.
@@ -579,13 +579,19 @@ impl Cluster {
     /// section written to the cluster dir.
     pub fn add_gateway(&mut self, g: Gateway) -> &mut Node {
         let k = g.k;
+        // The topology's standard [bgp] section, under the test's keys.
+        let mut cfg = anygate_chaos::netns::gateway_config(k);
+        let std = cfg.bgp.take().expect("a [bgp] section");
+        let mut bgp = g.bgp;
+        bgp.asn = bgp.asn.or(std.asn);
+        bgp.router_id = bgp.router_id.or(std.router_id);
+        bgp.neighbors.splice(0..0, std.neighbors);
+        cfg.bgp = Some(bgp);
+        cfg.dataplane = g.dataplane;
         let cfg = write_file(
             self.dir(),
             &format!("n{k}.toml"),
-            &format!(
-                "[dataplane]\n{}\n[bgp]\nasn = 65010\nrouter-id = \"10.78.{k}.2\"\n{}\n[[bgp.neighbors]]\naddress = \"10.78.{k}.1\"\npeer-as = 65000\n{}",
-                g.dataplane_keys, g.bgp_keys, g.more_neighbors
-            ),
+            &toml::to_string(&cfg).expect("config serialises"),
         );
         let mut args: Vec<String> = [
             "--config",

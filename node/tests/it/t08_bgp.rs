@@ -14,6 +14,7 @@
 use crate::harness::*;
 use anygate_chaos::netns::Topology;
 use anygate_chaos::router::{hops, Bird};
+use anygate_core::config as file;
 use std::collections::BTreeSet;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -122,15 +123,16 @@ fn anycast_follows_health_drain_and_failures() {
     set_ctl_netns(Some(&lab.gw(1)));
     let (keyfile, public, _) = wg_keyfile(c.dir());
     for k in 1..=3u32 {
-        let keys = format!(
-            "leader-lease = \"{LEASE_S}s\"\ngraceful-shutdown-grace = \"2s\"\nshutdown-grace = \"500ms\""
-        );
         c.add_gateway(Gateway {
             k,
             ns: lab.gw(k),
-            bgp_keys: &keys,
-            dataplane_keys: "",
-            more_neighbors: "",
+            bgp: file::Bgp {
+                leader_lease: Some(Duration::from_secs(LEASE_S)),
+                graceful_shutdown_grace: Some(Duration::from_secs(2)),
+                shutdown_grace: Some(Duration::from_millis(500)),
+                ..Default::default()
+            },
+            dataplane: Default::default(),
             ifname: lab.ifname(k),
             key: &keyfile,
             supervise: k != 3,

@@ -7,6 +7,7 @@
 use crate::harness::*;
 use anygate_chaos::netns::Topology;
 use anygate_chaos::router::{next_hops, Bird};
+use anygate_core::config as file;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -30,9 +31,11 @@ fn client_host_routes_follow_the_session() {
         c.add_gateway(Gateway {
             k,
             ns: topo.ns(k),
-            bgp_keys: "graceful-shutdown-grace = \"500ms\"",
-            dataplane_keys: "",
-            more_neighbors: "",
+            bgp: file::Bgp {
+                graceful_shutdown_grace: Some(Duration::from_millis(500)),
+                ..Default::default()
+            },
+            dataplane: Default::default(),
             ifname: format!("agr{tag}-{k}"),
             key: &keyfile,
             supervise: true,

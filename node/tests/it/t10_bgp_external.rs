@@ -6,6 +6,7 @@
 use crate::harness::*;
 use anygate_chaos::netns::Topology;
 use anygate_chaos::router::{hops, Bird};
+use anygate_core::config as file;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -66,13 +67,15 @@ fn external_gobgpd_is_configured_repaired_and_reattached() {
     set_ctl_netns(Some(&ns));
     let mut daemon = Gobgpd::start(&ns);
     let (keyfile, public, _) = wg_keyfile(c.dir());
-    let keys = format!("mode = \"external\"\napi = \"{API}\"");
     c.add_gateway(Gateway {
         k: 1,
         ns: ns.clone(),
-        bgp_keys: &keys,
-        dataplane_keys: "",
-        more_neighbors: "",
+        bgp: file::Bgp {
+            mode: Some(file::BgpMode::External),
+            api: Some(API.to_string()),
+            ..Default::default()
+        },
+        dataplane: Default::default(),
         ifname: format!("age{}", std::process::id() % 100_000),
         key: &keyfile,
         supervise: true,

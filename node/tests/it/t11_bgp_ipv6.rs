@@ -5,6 +5,7 @@
 use crate::harness::*;
 use anygate_chaos::netns::Topology;
 use anygate_chaos::router::{next_hops, Bird};
+use anygate_core::config as file;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -56,13 +57,19 @@ fn anycast_v6_announced_over_ipv6_sessions() {
     let (keyfile, public, _) = wg_keyfile(c.dir());
     let tag = std::process::id() % 100_000;
     for k in 1..=2u32 {
-        let v6 = format!("[[bgp.neighbors]]\naddress = \"fd78:{k}::1\"\npeer-as = 65000\n");
         c.add_gateway(Gateway {
             k,
             ns: topo.ns(k),
-            bgp_keys: "graceful-shutdown-grace = \"200ms\"",
-            dataplane_keys: "",
-            more_neighbors: &v6,
+            bgp: file::Bgp {
+                graceful_shutdown_grace: Some(Duration::from_millis(200)),
+                neighbors: vec![file::Neighbor {
+                    address: format!("fd78:{k}::1"),
+                    peer_as: 65000,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+            dataplane: Default::default(),
             ifname: format!("ag6{tag}-{k}"),
             key: &keyfile,
             supervise: true,

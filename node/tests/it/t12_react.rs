@@ -6,6 +6,7 @@
 use crate::harness::*;
 use anygate_chaos::netns::Topology;
 use anygate_chaos::router::Bird;
+use anygate_core::config as file;
 use std::time::{Duration, Instant};
 
 const ANYCAST: &str = "198.51.100.1";
@@ -86,7 +87,7 @@ impl Drop for ClientNs {
 
 #[test]
 fn survivor_starts_the_handshake_after_a_crash() {
-    let (outage, log) = crash_the_serving_gateway("");
+    let (outage, log) = crash_the_serving_gateway(file::Dataplane::default());
     assert!(
         outage < Duration::from_secs(3),
         "outage {outage:?}: react should make it well under WireGuard's 15 s"
@@ -102,8 +103,12 @@ fn survivor_starts_the_handshake_after_a_crash() {
 /// first test's sub-second recovery is react's doing.
 #[test]
 fn without_react_the_client_waits_for_its_own_timers() {
-    let (outage, log) =
-        crash_the_serving_gateway("react = false\nkick = false\nflush-loser = false");
+    let (outage, log) = crash_the_serving_gateway(file::Dataplane {
+        react: Some(false),
+        kick: Some(false),
+        flush_loser: Some(false),
+        ..Default::default()
+    });
     assert!(
         outage > Duration::from_secs(5),
         "outage {outage:?}: with the assists off the client should wait for WireGuard's timers"
@@ -117,7 +122,7 @@ fn without_react_the_client_waits_for_its_own_timers() {
 /// Two gateways, one wireguard-go client; kill -9 the gateway serving it
 /// and time until its pings flow through the survivor. The outage and the
 /// survivor's log.
-fn crash_the_serving_gateway(dataplane_keys: &str) -> (Duration, String) {
+fn crash_the_serving_gateway(dataplane: file::Dataplane) -> (Duration, String) {
     // Both tests may run at once: their namespaces and interfaces differ.
     static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -132,9 +137,8 @@ fn crash_the_serving_gateway(dataplane_keys: &str) -> (Duration, String) {
         c.add_gateway(Gateway {
             k,
             ns: topo.ns(k),
-            bgp_keys: "",
-            dataplane_keys,
-            more_neighbors: "",
+            bgp: Default::default(),
+            dataplane: dataplane.clone(),
             ifname: ifname(k),
             key: &keyfile,
             supervise: true,

@@ -3,10 +3,15 @@
 //! before any port is bound or any file written. Bad config exits 64 and names
 //! the key.
 
-use clap::Parser;
-use serde::Deserialize;
+mod cli;
+
+pub use anygate_core::config::{BackendKind, BgpMode, LogFormat};
+pub use cli::Cli;
+
+use anygate_core::config as file;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 #[error("config key `{key}`: {msg}")]
@@ -20,138 +25,6 @@ fn bad(key: &'static str, msg: impl Into<String>) -> ConfigError {
         key,
         msg: msg.into(),
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
-/// The anygate gateway node. Every config-file key can also be given as a
-/// flag of the same name; flags win.
-#[derive(Debug, Parser, Default)]
-#[command(name = "anygate", version, about, long_about = None)]
-pub struct Cli {
-    /// TOML config file (see deploy/config/node.example.toml).
-    #[arg(long, short = 'c', env = "ANYGATE_CONFIG")]
-    pub config: Option<PathBuf>,
-    /// This node's Raft id: a positive integer, unique in the cluster, never reused.
-    #[arg(long)]
-    pub id: Option<u64>,
-    /// gRPC listen address, for the operator API and Raft alike [default: 127.0.0.1:7400].
-    #[arg(long)]
-    pub listen: Option<String>,
-    /// Address other nodes and anygatectl use to reach this node (default: --listen).
-    #[arg(long)]
-    pub advertise: Option<String>,
-    /// Directory of the RocksDB database (log and state machine).
-    #[arg(long)]
-    pub data_dir: Option<PathBuf>,
-    /// HTTP address for /metrics, /ready and /live (off when unset).
-    #[arg(long)]
-    pub metrics_listen: Option<String>,
-    /// Log format [default: text].
-    #[arg(long, value_enum)]
-    pub log_format: Option<LogFormat>,
-    /// Log filter, e.g. "info" or "anygate_node=debug,openraft=warn".
-    #[arg(long)]
-    pub log_level: Option<String>,
-    /// Build a snapshot (and purge the log) every this many applied entries [default: 10000].
-    #[arg(long)]
-    pub snapshot_logs: Option<u64>,
-    /// WireGuard backend: auto (kernel when the module is there), kernel,
-    /// userspace (UAPI socket of wireguard-go/boringtun) or none [default: auto].
-    #[arg(long, value_enum)]
-    pub dataplane_backend: Option<BackendKind>,
-    /// WireGuard interface name on this node [default: the cluster setting `interface`].
-    #[arg(long)]
-    pub wg_interface: Option<String>,
-    /// File holding the gateways' shared WireGuard private key (base64, mode 0600 or stricter).
-    #[arg(long)]
-    pub wg_private_key_file: Option<PathBuf>,
-    /// UAPI socket of a userspace WireGuard [default: /var/run/wireguard/IFNAME.sock].
-    #[arg(long)]
-    pub wg_uapi_socket: Option<PathBuf>,
-    /// Start and supervise this wireguard-go binary (userspace backend) instead
-    /// of using one started elsewhere.
-    #[arg(long)]
-    pub wireguard_go: Option<PathBuf>,
-    /// Full resync of the device and host routes (repairs hand edits) [default: 10s].
-    #[arg(long)]
-    pub resync_interval: Option<String>,
-    /// How often the device is read for endpoints and routes are checked [default: 1s].
-    #[arg(long)]
-    pub observe_interval: Option<String>,
-    /// Enable BGP with this local AS (the file's `[bgp] asn`).
-    #[arg(long)]
-    pub bgp_asn: Option<u32>,
-    /// BGP router id (an IPv4 address) [default: the first neighbor's local address].
-    #[arg(long)]
-    pub bgp_router_id: Option<String>,
-    /// BGP neighbor as ADDRESS:PEER-AS (repeatable; adds to the file's neighbors).
-    #[arg(long = "bgp-neighbor", value_name = "ADDRESS:PEER-AS")]
-    pub bgp_neighbors: Vec<String>,
-    /// gobgpd to start and supervise [default: gobgpd from PATH].
-    #[arg(long)]
-    pub gobgpd: Option<PathBuf>,
-    /// gobgpd's gRPC API address [default: 127.0.0.1:50051].
-    #[arg(long)]
-    pub bgp_api: Option<String>,
-    /// Withdraw when no Raft leader was heard for this long [default: 10s].
-    #[arg(long)]
-    pub leader_lease: Option<String>,
-    /// CA bundle (PEM) that node and operator certificates must chain to
-    /// (`anygatectl pki init` makes one). During a CA rotation, both CAs.
-    #[arg(long)]
-    pub tls_ca: Option<PathBuf>,
-    /// This node's certificate (PEM, role `node`, naming its advertise host).
-    #[arg(long)]
-    pub tls_cert: Option<PathBuf>,
-    /// This node's private key (PEM, mode 0600 or stricter).
-    #[arg(long)]
-    pub tls_key: Option<PathBuf>,
-    /// Serve and dial plaintext gRPC, with no certificates and no roles
-    /// (everyone is admin). For a laptop lab only; logs a warning.
-    #[arg(long)]
-    pub insecure_dev: bool,
-    /// Writes each client (certificate name) may make per second, sustained
-    /// (burst: twice that) [default: 100].
-    #[arg(long)]
-    pub write_rate: Option<u32>,
-    /// Tests only: wait this long before applying each batch of committed
-    /// entries (a follower that lags), e.g. "1500ms".
-    #[arg(long, hide = true)]
-    pub test_hold_back_apply: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-pub enum BackendKind {
-    Auto,
-    Kernel,
-    Userspace,
-    None,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct FileDataplane {
-    backend: Option<BackendKind>,
-    interface: Option<String>,
-    private_key_file: Option<PathBuf>,
-    uapi_socket: Option<PathBuf>,
-    wireguard_go: Option<PathBuf>,
-    resync_interval: Option<String>,
-    observe_interval: Option<String>,
-    fwmark: Option<u32>,
-    manage_routes: Option<bool>,
-    endpoint_batch_interval: Option<String>,
-    endpoint_batch_max: Option<usize>,
-    react: Option<bool>,
-    flush_loser: Option<bool>,
-    kick: Option<bool>,
 }
 
 /// Validated `[dataplane]` section.
@@ -183,26 +56,41 @@ pub struct DataplaneConfig {
     pub kick_after: std::time::Duration,
 }
 
+/// A duration key (flag or file, already parsed as humantime): the
+/// default when unset; zero refused.
 fn duration(
     key: &'static str,
-    v: Option<String>,
-    default: &str,
-) -> Result<std::time::Duration, ConfigError> {
-    let s = v.unwrap_or_else(|| default.to_string());
-    let d = humantime::parse_duration(&s).map_err(|e| {
-        bad(
-            key,
-            format!("{s:?} is not a duration like 10s or 500ms: {e}"),
-        )
-    })?;
+    v: Option<Duration>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    let d = v.unwrap_or(default);
     if d.is_zero() {
         return Err(bad(key, "must be more than zero"));
     }
     Ok(d)
 }
 
+/// A BGP timer: whole seconds (the protocol carries seconds).
+fn seconds(key: &'static str, v: Option<Duration>, default: u64) -> Result<u64, ConfigError> {
+    match v {
+        None => Ok(default),
+        Some(d) if d.subsec_nanos() != 0 => Err(bad(
+            key,
+            format!(
+                "{} is not a whole number of seconds (BGP timers are seconds)",
+                humantime::format_duration(d)
+            ),
+        )),
+        Some(d) => Ok(d.as_secs()),
+    }
+}
+
+const fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
 impl DataplaneConfig {
-    fn load(cli: &Cli, f: FileDataplane) -> Result<DataplaneConfig, ConfigError> {
+    fn load(cli: &Cli, f: file::Dataplane) -> Result<DataplaneConfig, ConfigError> {
         let backend = cli
             .dataplane_backend
             .or(f.backend)
@@ -242,20 +130,20 @@ impl DataplaneConfig {
             wireguard_go,
             resync_interval: duration(
                 "dataplane.resync-interval",
-                cli.resync_interval.clone().or(f.resync_interval),
-                "10s",
+                cli.resync_interval.or(f.resync_interval),
+                ms(10_000),
             )?,
             observe_interval: duration(
                 "dataplane.observe-interval",
-                cli.observe_interval.clone().or(f.observe_interval),
-                "1s",
+                cli.observe_interval.or(f.observe_interval),
+                ms(1_000),
             )?,
             fwmark: f.fwmark.unwrap_or(0),
             manage_routes: f.manage_routes.unwrap_or(true),
             endpoint_batch_interval: duration(
                 "dataplane.endpoint-batch-interval",
                 f.endpoint_batch_interval,
-                "1s",
+                ms(1_000),
             )?,
             endpoint_batch_max,
             react: f.react.unwrap_or(true),
@@ -264,51 +152,6 @@ impl DataplaneConfig {
             kick_after: std::time::Duration::from_millis(3500),
         })
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum BgpMode {
-    /// The node starts gobgpd as its child (it dies with the node) and configures it.
-    Supervised,
-    /// Use a gobgpd started elsewhere, at `api`.
-    External,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct FileBgp {
-    mode: Option<BgpMode>,
-    gobgpd: Option<PathBuf>,
-    api: Option<String>,
-    asn: Option<u32>,
-    router_id: Option<String>,
-    listen_port: Option<i32>,
-    hold_time: Option<u64>,
-    keepalive: Option<u64>,
-    connect_retry: Option<u64>,
-    leader_lease: Option<String>,
-    shutdown_grace: Option<String>,
-    graceful_shutdown_grace: Option<String>,
-    communities: Option<Vec<String>>,
-    client_route_communities: Option<Vec<String>>,
-    med: Option<u32>,
-    as_path_prepend: Option<u8>,
-    #[serde(default)]
-    neighbors: Vec<FileNeighbor>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct FileNeighbor {
-    address: String,
-    peer_as: u32,
-    local_address: Option<String>,
-    multihop_ttl: Option<u8>,
-    /// Refused with a pointer to `password-file` (a secret does not belong
-    /// in a config file others may read).
-    password: Option<String>,
-    password_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -367,7 +210,7 @@ pub fn parse_community(s: &str) -> Result<u32, String> {
 }
 
 impl BgpConfig {
-    fn load(cli: &Cli, f: FileBgp) -> Result<BgpConfig, ConfigError> {
+    fn load(cli: &Cli, f: file::Bgp) -> Result<BgpConfig, ConfigError> {
         let asn = cli
             .bgp_asn
             .or(f.asn)
@@ -438,8 +281,8 @@ impl BgpConfig {
                 }
             },
         };
-        let hold_time = f.hold_time.unwrap_or(3);
-        let keepalive = f.keepalive.unwrap_or(1);
+        let hold_time = seconds("bgp.hold-time", f.hold_time, 3)?;
+        let keepalive = seconds("bgp.keepalive", f.keepalive, 1)?;
         if hold_time < 3 {
             return Err(bad(
                 "bgp.hold-time",
@@ -499,18 +342,18 @@ impl BgpConfig {
             listen_port,
             hold_time,
             keepalive,
-            connect_retry: f.connect_retry.unwrap_or(1).max(1),
+            connect_retry: seconds("bgp.connect-retry", f.connect_retry, 1)?.max(1),
             neighbors,
             leader_lease: duration(
                 "bgp.leader-lease",
-                cli.leader_lease.clone().or(f.leader_lease),
-                "10s",
+                cli.leader_lease.or(f.leader_lease),
+                ms(10_000),
             )?,
-            shutdown_grace: duration("bgp.shutdown-grace", f.shutdown_grace, "1s")?,
+            shutdown_grace: duration("bgp.shutdown-grace", f.shutdown_grace, ms(1_000))?,
             graceful_shutdown_grace: duration(
                 "bgp.graceful-shutdown-grace",
                 f.graceful_shutdown_grace,
-                "2s",
+                ms(2_000),
             )?,
             communities,
             client_route_communities,
@@ -518,35 +361,6 @@ impl BgpConfig {
             as_path_prepend,
         })
     }
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct FileConfig {
-    id: Option<u64>,
-    listen: Option<String>,
-    advertise: Option<String>,
-    data_dir: Option<PathBuf>,
-    metrics_listen: Option<String>,
-    log_format: Option<LogFormat>,
-    log_level: Option<String>,
-    snapshot_logs: Option<u64>,
-    #[serde(default)]
-    dataplane: FileDataplane,
-    bgp: Option<FileBgp>,
-    #[serde(default)]
-    tls: FileTls,
-    #[serde(default)]
-    api: FileApi,
-    #[serde(default)]
-    raft: FileRaft,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct FileRaft {
-    heartbeat_interval: Option<String>,
-    election_timeout: Option<String>,
 }
 
 /// Validated `[raft]` section: the timers of a LAN cluster of gateways by
@@ -562,9 +376,9 @@ pub struct RaftTimings {
 }
 
 impl RaftTimings {
-    fn load(f: FileRaft) -> Result<RaftTimings, ConfigError> {
-        let heartbeat = duration("raft.heartbeat-interval", f.heartbeat_interval, "100ms")?;
-        let election_timeout = duration("raft.election-timeout", f.election_timeout, "400ms")?;
+    fn load(f: file::Raft) -> Result<RaftTimings, ConfigError> {
+        let heartbeat = duration("raft.heartbeat-interval", f.heartbeat_interval, ms(100))?;
+        let election_timeout = duration("raft.election-timeout", f.election_timeout, ms(400))?;
         if election_timeout < heartbeat * 3 {
             return Err(bad(
                 "raft.election-timeout",
@@ -581,23 +395,6 @@ impl RaftTimings {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct FileTls {
-    ca: Option<PathBuf>,
-    cert: Option<PathBuf>,
-    key: Option<PathBuf>,
-    insecure_dev: Option<bool>,
-    reload_interval: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct FileApi {
-    write_rate: Option<u32>,
-    write_burst: Option<u32>,
-}
-
 /// Validated `[tls]` section: mutual TLS, or the explicit insecure dev mode.
 #[derive(Debug, Clone)]
 pub enum TlsConfig {
@@ -610,7 +407,7 @@ pub enum TlsConfig {
 }
 
 impl TlsConfig {
-    fn load(cli: &Cli, f: FileTls) -> Result<TlsConfig, ConfigError> {
+    fn load(cli: &Cli, f: file::Tls) -> Result<TlsConfig, ConfigError> {
         let insecure = cli.insecure_dev || f.insecure_dev.unwrap_or(false);
         let ca = cli.tls_ca.clone().or(f.ca);
         let cert = cli.tls_cert.clone().or(f.cert);
@@ -622,7 +419,7 @@ impl TlsConfig {
             )),
             (Some(ca), Some(cert), Some(key)) => Ok(TlsConfig::Mutual {
                 paths: anygate_proto::tls::Paths { ca, cert, key },
-                reload_interval: duration("tls.reload-interval", f.reload_interval, "10s")?,
+                reload_interval: duration("tls.reload-interval", f.reload_interval, ms(10_000))?,
             }),
             (None, None, None) if insecure => Ok(TlsConfig::InsecureDev),
             (None, None, None) => Err(bad(
@@ -679,7 +476,7 @@ impl Config {
     pub fn load(cli: &Cli) -> Result<Config, ConfigError> {
         let file = match &cli.config {
             Some(p) => read_file(p)?,
-            None => FileConfig::default(),
+            None => file::File::default(),
         };
         let id = cli
             .id
@@ -751,7 +548,7 @@ impl Config {
         let mut dataplane = DataplaneConfig::load(cli, file.dataplane)?;
         let bgp = match file.bgp {
             Some(b) => Some(BgpConfig::load(cli, b)?),
-            None if cli.bgp_asn.is_some() => Some(BgpConfig::load(cli, FileBgp::default())?),
+            None if cli.bgp_asn.is_some() => Some(BgpConfig::load(cli, file::Bgp::default())?),
             None => None,
         };
         // Kick only once the router has surely dropped a silent gateway
@@ -767,10 +564,7 @@ impl Config {
         }
         let write_burst = file.api.write_burst.unwrap_or(write_rate * 2).max(1);
         let raft = RaftTimings::load(file.raft)?;
-        let hold_back_apply = match &cli.test_hold_back_apply {
-            Some(s) => Some(duration("test-hold-back-apply", Some(s.clone()), "0s")?),
-            None => None,
-        };
+        let hold_back_apply = cli.test_hold_back_apply;
         Ok(Config {
             hold_back_apply,
             raft,
@@ -822,18 +616,27 @@ fn secret_file(key: &'static str, p: &Path) -> Result<String, ConfigError> {
     Ok(s)
 }
 
-fn read_file(p: &Path) -> Result<FileConfig, ConfigError> {
+fn read_file(p: &Path) -> Result<file::File, ConfigError> {
     let text = std::fs::read_to_string(p)
         .map_err(|e| bad("config", format!("cannot read {}: {e}", p.display())))?;
     toml::from_str(&text).map_err(|e| {
-        // toml names the offending key in its message.
-        bad("config", format!("{}: {}", p.display(), e.message()))
+        // Name the line: serde's message says what is wrong, not where.
+        let at = e
+            .span()
+            .map(|sp| {
+                let line = text[..sp.start].matches('\n').count() + 1;
+                let shown = text.lines().nth(line - 1).unwrap_or_default().trim();
+                format!(" line {line} (`{shown}`)")
+            })
+            .unwrap_or_default();
+        bad("config", format!("{}{at}: {}", p.display(), e.message()))
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
 
     /// Flags for a plaintext test node (TLS has its own test below).
     fn cli(args: &[&str]) -> Cli {
@@ -932,7 +735,7 @@ mod tests {
                     "--wg-private-key-file",
                     "/k",
                     "--resync-interval",
-                    "soon",
+                    "0s",
                 ],
                 "dataplane.resync-interval",
             ),
@@ -1062,6 +865,24 @@ mod tests {
     }
 
     #[test]
+    fn duration_flags_take_humantime_and_name_the_flag() {
+        let e = Cli::try_parse_from(["anygate", "--resync-interval", "soon"]).unwrap_err();
+        assert!(e.to_string().contains("--resync-interval"), "{e}");
+        let c = Config::load(&cli(&[
+            "--id",
+            "1",
+            "--data-dir",
+            "/tmp/x",
+            "--dataplane-backend",
+            "none",
+            "--observe-interval",
+            "250ms",
+        ]))
+        .unwrap();
+        assert_eq!(c.dataplane.observe_interval, Duration::from_millis(250));
+    }
+
+    #[test]
     fn bgp_section_is_validated() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("n.toml");
@@ -1070,8 +891,10 @@ mod tests {
             ("[bgp]\nrouter-id = \"1.1.1.1\"\n[[bgp.neighbors]]\naddress = \"10.0.0.1\"\npeer-as = 1\n", "bgp.asn"),
             ("[bgp]\nasn = 65010\nrouter-id = \"1.1.1.1\"\n", "bgp.neighbors"),
             ("[bgp]\nasn = 65010\n[[bgp.neighbors]]\naddress = \"10.0.0.1\"\npeer-as = 1\n", "bgp.router-id"),
-            ("[bgp]\nasn = 65010\nrouter-id = \"1.1.1.1\"\nhold-time = 2\n[[bgp.neighbors]]\naddress = \"10.0.0.1\"\npeer-as = 1\n", "bgp.hold-time"),
-            ("[bgp]\nasn = 65010\nrouter-id = \"1.1.1.1\"\nkeepalive = 2\n[[bgp.neighbors]]\naddress = \"10.0.0.1\"\npeer-as = 1\n", "bgp.keepalive"),
+            ("[bgp]\nasn = 65010\nrouter-id = \"1.1.1.1\"\nhold-time = \"2s\"\n[[bgp.neighbors]]\naddress = \"10.0.0.1\"\npeer-as = 1\n", "bgp.hold-time"),
+            ("[bgp]\nasn = 65010\nrouter-id = \"1.1.1.1\"\nhold-time = \"3500ms\"\n[[bgp.neighbors]]\naddress = \"10.0.0.1\"\npeer-as = 1\n", "bgp.hold-time"),
+            ("[bgp]\nasn = 65010\nrouter-id = \"1.1.1.1\"\nhold-time = 3\n[[bgp.neighbors]]\naddress = \"10.0.0.1\"\npeer-as = 1\n", "config"),
+            ("[bgp]\nasn = 65010\nrouter-id = \"1.1.1.1\"\nkeepalive = \"2s\"\n[[bgp.neighbors]]\naddress = \"10.0.0.1\"\npeer-as = 1\n", "bgp.keepalive"),
             ("[bgp]\nasn = 65010\nrouter-id = \"1.1.1.1\"\ncommunities = [\"65010\"]\n[[bgp.neighbors]]\naddress = \"10.0.0.1\"\npeer-as = 1\n", "bgp.communities"),
             ("[bgp]\nasn = 65010\nrouter-id = \"1.1.1.1\"\n[[bgp.neighbors]]\naddress = \"gw\"\npeer-as = 1\n", "bgp.neighbors.address"),
             ("[bgp]\nasn = 65010\nrouter-id = \"1.1.1.1\"\nleader-lease = \"0s\"\n[[bgp.neighbors]]\naddress = \"10.0.0.1\"\npeer-as = 1\n", "bgp.leader-lease"),
@@ -1079,6 +902,9 @@ mod tests {
             std::fs::write(&p, format!("{base}{bgp}")).unwrap();
             let e = Config::load(&cli(&["--config", p.to_str().unwrap()])).unwrap_err();
             assert_eq!(e.key, key, "{bgp}: {e}");
+            if key == "config" {
+                assert!(e.msg.contains("`hold-time = 3`"), "names the line: {e}");
+            }
         }
         // Flags alone enable BGP; the router id defaults to an IPv4 local address.
         let c = Config::load(&cli(&[
