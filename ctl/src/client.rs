@@ -31,7 +31,7 @@ pub struct Client {
 impl Client {
     fn channel(&self, addr: &str) -> Result<Channel, Status> {
         anygate_proto::tls::channel(addr, self.tls.clone(), Duration::from_secs(2))
-            .map_err(Status::invalid_argument)
+            .map_err(|e| Status::invalid_argument(e.to_string()))
     }
 
     /// `tls`: this operator's certificate (None: plaintext, insecure dev mode).

@@ -412,6 +412,28 @@ fn without_scheme(addr: &str) -> &str {
         .unwrap_or(addr)
 }
 
+/// An address that is not `host:port`.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("endpoint {addr:?} is not host:port: {why}")]
+pub struct AddressError {
+    pub addr: String,
+    pub why: String,
+}
+
+/// Why a TLS probe of a node failed, in words for the certificate's holder.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error(transparent)]
+    Address(#[from] AddressError),
+    #[error("connect timed out")]
+    Timeout,
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The node's TLS alert, explained.
+    #[error("{0}")]
+    Refused(String),
+}
+
 /// A lazily connected gRPC channel to `addr` (host:port): mutual TLS with
 /// the material current at each (re)connect, or plaintext without `tls`.
 /// The server's certificate must name the host (IP or DNS) of `addr`.
@@ -419,10 +441,13 @@ pub fn channel(
     addr: &str,
     tls: Option<Arc<Tls>>,
     connect_timeout: Duration,
-) -> Result<tonic::transport::Channel, String> {
+) -> Result<tonic::transport::Channel, AddressError> {
     let bare = without_scheme(addr);
     let ep = tonic::transport::Endpoint::from_shared(format!("http://{bare}"))
-        .map_err(|e| format!("endpoint {addr:?}: {e}"))?
+        .map_err(|e| AddressError {
+            addr: addr.to_string(),
+            why: e.to_string(),
+        })?
         .connect_timeout(connect_timeout)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(5))
@@ -459,32 +484,30 @@ pub fn channel(
 /// Connects to `addr` and completes a TLS handshake, then waits briefly for
 /// the server's verdict on our certificate (TLS 1.3 sends it after the
 /// handshake): the reason a node refuses us, in words, for error messages.
-pub async fn probe(addr: &str, tls: &Tls) -> Result<(), String> {
+pub async fn probe(addr: &str, tls: &Tls) -> Result<(), ProbeError> {
     let bare = without_scheme(addr);
-    let (host, _) = bare
-        .rsplit_once(':')
-        .ok_or_else(|| format!("{addr:?} is not host:port"))?;
+    let bad = |why: &str| AddressError {
+        addr: addr.to_string(),
+        why: why.to_string(),
+    };
+    let (host, _) = bare.rsplit_once(':').ok_or_else(|| bad("no port"))?;
     let host = host
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_string();
-    let name = ServerName::try_from(host).map_err(|e| e.to_string())?;
+    let name = ServerName::try_from(host).map_err(|e| bad(&e.to_string()))?;
     let tcp = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(bare))
         .await
-        .map_err(|_| "connect timed out".to_string())?
-        .map_err(|e| e.to_string())?;
+        .map_err(|_| ProbeError::Timeout)??;
     let mut s = tokio_rustls::TlsConnector::from(tls.client())
         .connect(name, tcp)
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     // An HTTP/2 preface makes the server answer (or alert) at once.
-    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
-        .await
-        .map_err(|e| e.to_string())?;
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await?;
     let mut b = [0u8; 1];
     match tokio::time::timeout(Duration::from_millis(500), s.read(&mut b)).await {
-        Ok(Err(e)) => Err(explain_alert(&e.to_string())),
+        Ok(Err(e)) => Err(ProbeError::Refused(explain_alert(&e.to_string()))),
         _ => Ok(()),
     }
 }

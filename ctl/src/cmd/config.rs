@@ -105,39 +105,55 @@ pub fn sign(config: &str, key: &SigningKey) -> String {
     )
 }
 
+/// Why a signed config does not verify.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    #[error("the file is not signed (no anygate-signature line)")]
+    Unsigned,
+    #[error("malformed signature line")]
+    MalformedLine,
+    #[error("text follows the signature line")]
+    TrailingText,
+    #[error("malformed public key in the signature line")]
+    MalformedKey,
+    #[error("signed by another key ({0}), not the trusted one")]
+    OtherKey(String),
+    #[error("malformed signature")]
+    MalformedSignature,
+    #[error("the signature does not match: the config was changed after signing")]
+    Changed,
+}
+
 /// Ok(()) when `signed` carries a valid signature by `trusted`.
-pub fn verify(signed: &str, trusted: &VerifyingKey) -> std::result::Result<(), String> {
+pub fn verify(signed: &str, trusted: &VerifyingKey) -> std::result::Result<(), VerifyError> {
     let Some(at) = signed.rfind(MARK) else {
-        return Err("the file is not signed (no anygate-signature line)".into());
+        return Err(VerifyError::Unsigned);
     };
     let (body, line) = signed.split_at(at);
     let mut parts = line[MARK.len()..].split_whitespace();
     let (Some(pk), Some(sig), None) = (parts.next(), parts.next(), parts.next()) else {
-        return Err("malformed signature line".into());
+        return Err(VerifyError::MalformedLine);
     };
     if !line.trim_end().ends_with(sig) || line.trim_end().len() + 1 < line.len() {
-        return Err("text follows the signature line".into());
+        return Err(VerifyError::TrailingText);
     }
     let pk = B64
         .decode(pk)
         .ok()
         .and_then(|b| <[u8; 32]>::try_from(b).ok())
-        .ok_or("malformed public key in the signature line")?;
+        .ok_or(VerifyError::MalformedKey)?;
     if pk != *trusted.as_bytes() {
-        return Err(format!(
-            "signed by another key ({}), not the trusted one",
-            B64.encode(pk)
-        ));
+        return Err(VerifyError::OtherKey(B64.encode(pk)));
     }
     let sig = B64
         .decode(sig)
         .ok()
         .and_then(|b| <[u8; 64]>::try_from(b).ok())
         .map(|b| Signature::from_bytes(&b))
-        .ok_or("malformed signature")?;
+        .ok_or(VerifyError::MalformedSignature)?;
     trusted
         .verify(body.as_bytes(), &sig)
-        .map_err(|_| "the signature does not match: the config was changed after signing".into())
+        .map_err(|_| VerifyError::Changed)
 }
 
 impl ConfigCmd {
@@ -187,7 +203,7 @@ impl ConfigCmd {
                         if json {
                             println!(
                                 "{}",
-                                serde_json::json!({"file": file, "valid": false, "reason": why})
+                                serde_json::json!({"file": file, "valid": false, "reason": why.to_string()})
                             );
                         }
                         Err(Status::failed_precondition(format!(
@@ -214,16 +230,16 @@ mod tests {
         assert!(signed.starts_with(CFG));
         verify(&signed, &k.verifying_key()).unwrap();
         let tampered = signed.replace("198.51.100.1", "203.0.113.66");
-        assert!(verify(&tampered, &k.verifying_key())
-            .unwrap_err()
-            .contains("changed"));
+        assert_eq!(
+            verify(&tampered, &k.verifying_key()),
+            Err(VerifyError::Changed)
+        );
         let other = SigningKey::from_bytes(&[8u8; 32]);
-        assert!(verify(&signed, &other.verifying_key())
-            .unwrap_err()
-            .contains("another key"));
-        assert!(verify(CFG, &k.verifying_key())
-            .unwrap_err()
-            .contains("not signed"));
+        assert!(matches!(
+            verify(&signed, &other.verifying_key()),
+            Err(VerifyError::OtherKey(_))
+        ));
+        assert_eq!(verify(CFG, &k.verifying_key()), Err(VerifyError::Unsigned));
         let appended = format!("{signed}PostUp = curl evil\n");
         assert!(verify(&appended, &k.verifying_key()).is_err());
     }

@@ -138,10 +138,14 @@ pub struct AddArgs {
     sign_key: Option<std::path::PathBuf>,
 }
 
-fn parse_label(s: &str) -> std::result::Result<(String, String), String> {
+#[derive(Debug, thiserror::Error)]
+#[error("label {0:?} is not key=value")]
+struct NotALabel(String);
+
+fn parse_label(s: &str) -> std::result::Result<(String, String), NotALabel> {
     s.split_once('=')
         .map(|(k, v)| (k.to_string(), v.to_string()))
-        .ok_or_else(|| format!("label {s:?} is not key=value"))
+        .ok_or_else(|| NotALabel(s.to_string()))
 }
 
 fn state_name(s: i32) -> &'static str {

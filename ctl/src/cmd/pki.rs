@@ -62,8 +62,12 @@ pub enum PkiCmd {
     Show { file: PathBuf },
 }
 
-fn parse_role(s: &str) -> std::result::Result<Role, String> {
-    Role::parse(s).ok_or_else(|| format!("{s:?} is not a role: node, admin, operator or viewer"))
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is not a role: node, admin, operator or viewer")]
+struct NotARole(String);
+
+fn parse_role(s: &str) -> std::result::Result<Role, NotARole> {
+    Role::parse(s).ok_or_else(|| NotARole(s.to_string()))
 }
 
 fn io(p: &Path, e: impl std::fmt::Display) -> Status {

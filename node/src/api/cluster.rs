@@ -242,7 +242,8 @@ impl ClusterService for ClusterApi {
                     return me;
                 }
                 let ask = async {
-                    let mut c = ClusterServiceClient::new(channels.get(&addr)?);
+                    let mut c =
+                        ClusterServiceClient::new(channels.get(&addr).map_err(|e| e.to_string())?);
                     let mut r = Request::new(NodeInfoRequest {});
                     r.set_timeout(Duration::from_millis(800));
                     c.node_info(r)

@@ -49,6 +49,6 @@ impl From<NodeError> for Status {
     }
 }
 
-pub fn invalid(msg: impl Into<String>) -> Status {
-    Status::invalid_argument(msg.into())
+pub fn invalid(msg: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(msg.to_string())
 }

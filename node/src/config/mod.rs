@@ -189,24 +189,33 @@ pub struct BgpConfig {
     pub as_path_prepend: u8,
 }
 
+/// A BGP community that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommunityError {
+    #[error("{0:?} is not ASN:VALUE (two 16-bit numbers) or a well-known name")]
+    Form(String),
+    #[error("{community:?}: {part:?} is not a 16-bit number")]
+    Number { community: String, part: String },
+}
+
 /// "65010:100" -> (65010 << 16) | 100; also the well-known names.
-pub fn parse_community(s: &str) -> Result<u32, String> {
+pub fn parse_community(s: &str) -> Result<u32, CommunityError> {
     match s {
         "graceful-shutdown" => return Ok(0xFFFF_0000),
         "no-export" => return Ok(0xFFFF_FF01),
         "no-advertise" => return Ok(0xFFFF_FF02),
         _ => {}
     }
-    let (a, v) = s.split_once(':').ok_or_else(|| {
-        format!("{s:?} is not ASN:VALUE (two 16-bit numbers) or a well-known name")
-    })?;
-    let a: u16 = a
-        .parse()
-        .map_err(|_| format!("{s:?}: {a:?} is not a 16-bit number"))?;
-    let v: u16 = v
-        .parse()
-        .map_err(|_| format!("{s:?}: {v:?} is not a 16-bit number"))?;
-    Ok(((a as u32) << 16) | v as u32)
+    let (a, v) = s
+        .split_once(':')
+        .ok_or_else(|| CommunityError::Form(s.to_string()))?;
+    let num = |x: &str| {
+        x.parse::<u16>().map_err(|_| CommunityError::Number {
+            community: s.to_string(),
+            part: x.to_string(),
+        })
+    };
+    Ok(((num(a)? as u32) << 16) | num(v)? as u32)
 }
 
 impl BgpConfig {
@@ -317,13 +326,15 @@ impl BgpConfig {
             .communities
             .unwrap_or_default()
             .iter()
-            .map(|c| parse_community(c).map_err(|e| bad("bgp.communities", e)))
+            .map(|c| parse_community(c).map_err(|e| bad("bgp.communities", e.to_string())))
             .collect::<Result<Vec<_>, _>>()?;
         let client_route_communities = f
             .client_route_communities
             .unwrap_or_else(|| vec!["no-export".into()])
             .iter()
-            .map(|c| parse_community(c).map_err(|e| bad("bgp.client-route-communities", e)))
+            .map(|c| {
+                parse_community(c).map_err(|e| bad("bgp.client-route-communities", e.to_string()))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let as_path_prepend = f.as_path_prepend.unwrap_or(0);
         if as_path_prepend > 10 {

@@ -117,19 +117,22 @@ impl Device {
     /// A cheap liveness check, run far more often than a full read: the
     /// kernel link exists, or the UAPI socket accepts a connection.
     /// `Err` names what is missing.
-    pub fn alive(&self) -> Result<(), String> {
+    pub fn alive(&self) -> Result<(), DataplaneError> {
         match self {
             Device::Kernel(k) => {
                 let p = std::path::Path::new("/sys/class/net").join(k.ifname());
                 if p.exists() {
                     Ok(())
                 } else {
-                    Err(format!("WireGuard link {} is gone", k.ifname()))
+                    Err(DataplaneError::Gone(k.ifname().to_string()))
                 }
             }
             Device::Userspace { uapi, .. } => std::os::unix::net::UnixStream::connect(uapi.path())
                 .map(drop)
-                .map_err(|e| format!("{}: {e}", uapi.path().display())),
+                .map_err(|source| DataplaneError::Io {
+                    path: uapi.path().display().to_string(),
+                    source,
+                }),
         }
     }
 

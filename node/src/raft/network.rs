@@ -5,7 +5,7 @@ use super::types::TypeConfig;
 use crate::model::NodeId;
 use anygate_proto::raft::v1::raft_service_client::RaftServiceClient;
 use anygate_proto::raft::v1::RaftPayload;
-use anygate_proto::tls::Tls;
+use anygate_proto::tls::{AddressError, Tls};
 use openraft::error::{
     InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
     Unreachable,
@@ -41,7 +41,7 @@ impl Channels {
         }
     }
 
-    pub fn get(&self, addr: &str) -> Result<Channel, String> {
+    pub fn get(&self, addr: &str) -> Result<Channel, AddressError> {
         let mut m = self.inner.lock().expect("channel cache poisoned");
         if let Some(c) = m.get(addr) {
             return Ok(c.clone());
@@ -51,7 +51,7 @@ impl Channels {
         Ok(ch)
     }
 
-    pub fn raft_client(&self, addr: &str) -> Result<RaftServiceClient<Channel>, String> {
+    pub fn raft_client(&self, addr: &str) -> Result<RaftServiceClient<Channel>, AddressError> {
         Ok(RaftServiceClient::new(self.get(addr)?)
             .max_decoding_message_size(MAX_RAFT_MESSAGE)
             .max_encoding_message_size(MAX_RAFT_MESSAGE))
@@ -73,7 +73,7 @@ impl RaftNetworkFactory<TypeConfig> for Channels {
 pub struct Conn {
     target: NodeId,
     addr: String,
-    client: Result<RaftServiceClient<Channel>, String>,
+    client: Result<RaftServiceClient<Channel>, AddressError>,
 }
 
 pub fn encode<T: Serialize>(v: &T) -> RaftPayload {

@@ -13,7 +13,7 @@ use super::plan::{desired_peer, desired_peers, plan, Desired, Plan};
 use crate::config::DataplaneConfig;
 use crate::dataplane::backend::{Device, Reader};
 use crate::dataplane::identity::Identity;
-use crate::dataplane::{DeviceSettings, Observed};
+use crate::dataplane::{DataplaneError, DeviceSettings, Observed};
 use crate::endpoints::Batcher;
 use crate::failover::{decide::fresh_sessions, Failover, Kick};
 use crate::health::DataplaneStatus;
@@ -31,7 +31,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-type ReadTask = tokio::task::JoinHandle<Result<Observed, crate::dataplane::DataplaneError>>;
+type ReadTask = tokio::task::JoinHandle<Result<Observed, DataplaneError>>;
 
 /// Which pass a timing is for (the `reconcile_seconds` label).
 #[derive(Clone, Copy)]
@@ -349,7 +349,7 @@ impl Reconciler {
         }
         if full {
             if let Err(e) = self.ensure_device().await {
-                self.failed(e);
+                self.failed(format!("device {}: {e}", self.ifname));
                 self.publish();
                 return None;
             }
@@ -375,14 +375,9 @@ impl Reconciler {
 
     /// Create or restart the device if it is gone; a new device is empty,
     /// so the belief is dropped.
-    async fn ensure_device(&mut self) -> Result<(), String> {
+    async fn ensure_device(&mut self) -> Result<(), DataplaneError> {
         if let Some(host) = &self.host {
-            if self
-                .device
-                .ensure(host.net(), &self.ifname)
-                .await
-                .map_err(|e| format!("device {}: {e}", self.ifname))?
-            {
+            if self.device.ensure(host.net(), &self.ifname).await? {
                 self.belief.forget();
             }
         }
@@ -396,7 +391,9 @@ impl Reconciler {
         }
         let started = Instant::now();
         let read = async {
-            self.ensure_device().await?;
+            self.ensure_device()
+                .await
+                .map_err(|e| format!("device {}: {e}", self.ifname))?;
             self.device
                 .get()
                 .await
@@ -505,7 +502,7 @@ impl Reconciler {
         host.sync_policy(want, check).await;
     }
 
-    async fn apply(&self, p: &Plan) -> Result<(), crate::dataplane::DataplaneError> {
+    async fn apply(&self, p: &Plan) -> Result<(), DataplaneError> {
         if p.is_empty() {
             return Ok(());
         }

@@ -120,4 +120,6 @@ pub enum DataplaneError {
     Errno { errno: i32, what: String },
     #[error("malformed answer from the device: {0}")]
     Protocol(String),
+    #[error("WireGuard link {0} is gone")]
+    Gone(String),
 }

@@ -79,6 +79,19 @@ pub struct NewPeer {
     pub pool: Option<String>,
 }
 
+/// Text that does not parse as a model value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    #[error("peer {0:?} is neither a public key (44 base64 characters) nor user/device")]
+    PeerRef(String),
+    #[error("return mode {0:?} is not one of: nat, routed")]
+    ReturnMode(String),
+    #[error("port {0:?} is not 1-65535")]
+    Port(String),
+    #[error("port range {0:?} runs backwards")]
+    BackwardRange(String),
+}
+
 /// How a command names a peer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PeerRef {
@@ -88,7 +101,7 @@ pub enum PeerRef {
 
 impl PeerRef {
     /// A public key, or `user/device`.
-    pub fn parse(s: &str) -> Result<PeerRef, String> {
+    pub fn parse(s: &str) -> Result<PeerRef, ParseError> {
         let s = s.trim();
         if let Ok(k) = s.parse::<WgKey>() {
             return Ok(PeerRef::Key(k));
@@ -97,9 +110,7 @@ impl PeerRef {
             Some((u, d)) if !u.is_empty() && !d.is_empty() && !d.contains('/') && s.len() != 44 => {
                 Ok(PeerRef::UserDevice(u.to_string(), d.to_string()))
             }
-            _ => Err(format!(
-                "peer {s:?} is neither a public key (44 base64 characters) nor user/device"
-            )),
+            _ => Err(ParseError::PeerRef(s.to_string())),
         }
     }
 }
@@ -139,12 +150,12 @@ impl fmt::Display for ReturnMode {
 }
 
 impl std::str::FromStr for ReturnMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = ParseError;
+    fn from_str(s: &str) -> Result<Self, ParseError> {
         match s {
             "nat" => Ok(ReturnMode::Nat),
             "routed" => Ok(ReturnMode::Routed),
-            _ => Err(format!("return mode {s:?} is not one of: nat, routed")),
+            _ => Err(ParseError::ReturnMode(s.to_string())),
         }
     }
 }

@@ -2,6 +2,7 @@
 //! reach. The cluster default is deny; a policy allows. Validated here
 //! (pure), enforced by every node with nftables (the node's host/policy.rs).
 
+use super::ParseError;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -38,18 +39,35 @@ impl Protocol {
     }
 }
 
+/// A policy that breaks a rule of [`Policy::validate`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    #[error("policy name {0:?}: 1-64 characters of A-Z a-z 0-9 - _ .")]
+    Name(String),
+    #[error("group: 1-64 characters (or * for every peer)")]
+    Group,
+    #[error("at least one destination (CIDR) is needed")]
+    NoDestination,
+    #[error("at most {MAX_DESTINATIONS} destinations")]
+    TooManyDestinations,
+    #[error("at most {MAX_PORTS} ports or ranges")]
+    TooManyPorts,
+    #[error("ports need protocol tcp or udp")]
+    PortsNeedTcpOrUdp,
+}
+
 /// A port or an inclusive range of ports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct PortRange(pub u16, pub u16);
 
 impl PortRange {
-    pub fn parse(s: &str) -> Result<PortRange, String> {
+    pub fn parse(s: &str) -> Result<PortRange, ParseError> {
         let p = |x: &str| {
             x.trim()
                 .parse::<u16>()
                 .ok()
                 .filter(|p| *p > 0)
-                .ok_or_else(|| format!("port {x:?} is not 1-65535"))
+                .ok_or_else(|| ParseError::Port(x.to_string()))
         };
         let r = match s.split_once('-') {
             Some((a, b)) => PortRange(p(a)?, p(b)?),
@@ -59,7 +77,7 @@ impl PortRange {
             }
         };
         if r.0 > r.1 {
-            return Err(format!("port range {s:?} runs backwards"));
+            return Err(ParseError::BackwardRange(s.to_string()));
         }
         Ok(r)
     }
@@ -92,7 +110,7 @@ pub struct Policy {
 
 impl Policy {
     /// Syntax and limits (state-free checks).
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), PolicyError> {
         let n = &self.name;
         if n.is_empty()
             || n.len() > 64
@@ -100,24 +118,22 @@ impl Policy {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         {
-            return Err(format!(
-                "policy name {n:?}: 1-64 characters of A-Z a-z 0-9 - _ ."
-            ));
+            return Err(PolicyError::Name(n.clone()));
         }
         if self.group.is_empty() || self.group.len() > 64 {
-            return Err("group: 1-64 characters (or * for every peer)".into());
+            return Err(PolicyError::Group);
         }
         if self.destinations.is_empty() {
-            return Err("at least one destination (CIDR) is needed".into());
+            return Err(PolicyError::NoDestination);
         }
         if self.destinations.len() > MAX_DESTINATIONS {
-            return Err(format!("at most {MAX_DESTINATIONS} destinations"));
+            return Err(PolicyError::TooManyDestinations);
         }
         if self.ports.len() > MAX_PORTS {
-            return Err(format!("at most {MAX_PORTS} ports or ranges"));
+            return Err(PolicyError::TooManyPorts);
         }
         if !self.ports.is_empty() && !matches!(self.protocol, Some(Protocol::Tcp | Protocol::Udp)) {
-            return Err("ports need protocol tcp or udp".into());
+            return Err(PolicyError::PortsNeedTcpOrUdp);
         }
         Ok(())
     }

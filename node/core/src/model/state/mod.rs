@@ -376,7 +376,7 @@ impl Inventory {
             }
             Command::AddPolicy(p) => {
                 p.validate()
-                    .map_err(|m| err(ErrorKind::InvalidArgument, m))?;
+                    .map_err(|m| err(ErrorKind::InvalidArgument, m.to_string()))?;
                 if self.policies.contains_key(&p.name) {
                     return Err(err(
                         ErrorKind::AlreadyExists,
