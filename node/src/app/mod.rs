@@ -140,6 +140,10 @@ impl App {
             }
             None => DataplaneStatus::disabled(),
         });
+        let (bgp_status, bgp_rx) = tokio::sync::watch::channel(match &cfg.bgp {
+            Some(_) => BgpStatus::starting(),
+            None => BgpStatus::disabled(),
+        });
         let reconciler = match (self.identity, device) {
             (Some(id), Some(device)) => Some(Reconciler::new(
                 cfg.dataplane.clone(),
@@ -148,13 +152,10 @@ impl App {
                 id,
                 device,
                 dp_status,
+                bgp_rx.clone(),
             )),
             _ => None,
         };
-        let (bgp_status, bgp_rx) = tokio::sync::watch::channel(match &cfg.bgp {
-            Some(_) => BgpStatus::starting(),
-            None => BgpStatus::disabled(),
-        });
         let controller = Controller::new(shutdown.clone());
         let held = reconciler.as_ref().map(|r| r.sessions());
         let speaker = cfg.bgp.clone().map(|b| {

@@ -170,7 +170,7 @@ pub(super) async fn metrics_loop(node: RaftNode, metrics: Metrics, shutdown: Can
     loop {
         {
             let m = rx.borrow_and_update().clone();
-            node.leading.observe(&m);
+            node.note_leading(&m);
             metrics.term.set(m.current_term as i64);
             metrics
                 .is_leader

@@ -18,6 +18,7 @@ pub mod react;
 
 use crate::config::DataplaneConfig;
 use crate::dataplane::{Observed, PeerConfig};
+use crate::health::{BgpState, BgpStatus};
 use crate::metrics::{Metrics, ReasonLabels};
 use crate::model::{NodeId, WgKey};
 use crate::raft::RaftNode;
@@ -27,6 +28,7 @@ use react::Why;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+use tokio::sync::watch;
 use tracing::{debug, info};
 
 /// How often the react sets are read at most.
@@ -79,12 +81,24 @@ pub struct Failover {
     flushed: BTreeMap<WgKey, Instant>,
     /// Sole survivor: the lost node and its clients still to kick.
     queue: Option<(NodeId, Vec<(WgKey, SocketAddr)>)>,
+    /// This node's announcement, and since when it has been announced
+    /// without a break (None: not announced now).
+    bgp: watch::Receiver<BgpStatus>,
+    announced_since: Option<Instant>,
 }
 
 impl Failover {
     /// `sets`: the react sets exist (the node manages the host's nftables).
-    pub fn new(cfg: &DataplaneConfig, sets: bool, node: RaftNode, metrics: Metrics) -> Failover {
+    pub fn new(
+        cfg: &DataplaneConfig,
+        sets: bool,
+        node: RaftNode,
+        metrics: Metrics,
+        bgp: watch::Receiver<BgpStatus>,
+    ) -> Failover {
         Failover {
+            bgp,
+            announced_since: None,
             react: cfg.react && sets,
             kick: cfg.kick,
             flush_loser: cfg.flush_loser,
@@ -229,9 +243,22 @@ impl Failover {
     /// storm), once per loss.
     fn takeover(&mut self) -> Vec<Kick> {
         let age = crate::health::lease::leader_age(&self.node.leader_facts());
-        let Some(lost) =
-            decide::sole_survivor_of(self.node.id, &self.node.voters(), age, self.kick_after)
-        else {
+        // Without BGP (no [bgp]) the node is as reachable as it ever is.
+        let reachable = matches!(
+            self.bgp.borrow().state,
+            BgpState::Announced | BgpState::GracefulShutdown | BgpState::Disabled
+        );
+        self.announced_since = match (reachable, self.announced_since) {
+            (true, since) => Some(since.unwrap_or_else(Instant::now)),
+            (false, _) => None,
+        };
+        let Some(lost) = decide::sole_survivor_of(
+            self.node.id,
+            &self.node.voters(),
+            age,
+            self.kick_after,
+            self.announced_since.map(|t| t.elapsed()),
+        ) else {
             self.queue = None;
             return Vec::new();
         };

@@ -117,6 +117,18 @@ impl LeaderContact {
             .map(|t| t.elapsed())
     }
 
+    /// This node led and a quorum acknowledged it at `at`: it heard a
+    /// leader (itself) then, so after it steps down its lease runs from
+    /// there, not from the last AppendEntries it accepted (none, for a node
+    /// that led since it started). The catch-up mark is left alone: a
+    /// leader holds the whole log.
+    pub fn note_quorum_ack(&self, at: std::time::Instant) {
+        let mut c = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if c.at.is_none_or(|t| t < at) {
+            c.at = Some(at);
+        }
+    }
+
     /// The leader's commit index when this node first heard a leader.
     pub fn first_commit(&self) -> Option<u64> {
         self.0
@@ -243,11 +255,26 @@ impl RaftNode {
     /// What the leader-lease rule (health::lease) looks at, now.
     pub fn leader_facts(&self) -> crate::health::lease::LeaderFacts {
         let m = self.raft.metrics().borrow().clone();
+        self.note_leading(&m);
         crate::health::lease::LeaderFacts {
             is_leader: m.state == openraft::ServerState::Leader,
             voters: m.membership_config.membership().voter_ids().count(),
             since_quorum_ack: m.millis_since_quorum_ack.map(Duration::from_millis),
             since_contact: self.contact.age(),
+        }
+    }
+
+    /// Called with every metrics update (and each time the lease is
+    /// looked at): keeps [`Leading`] and, while this node leads with a
+    /// quorum's ack, the leader contact (see `note_quorum_ack`).
+    pub fn note_leading(&self, m: &openraft::RaftMetrics<NodeId, BasicNode>) {
+        self.leading.observe(m);
+        if m.state == openraft::ServerState::Leader {
+            if let Some(ms) = m.millis_since_quorum_ack {
+                if let Some(at) = std::time::Instant::now().checked_sub(Duration::from_millis(ms)) {
+                    self.contact.note_quorum_ack(at);
+                }
+            }
         }
     }
 
@@ -474,5 +501,31 @@ pub fn raft_config(snapshot_logs: u64, t: crate::config::RaftTimings) -> openraf
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_logs),
         max_in_snapshot_log_to_keep: 0,
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn a_node_that_led_has_heard_a_leader() {
+        let c = LeaderContact::default();
+        assert_eq!(c.age(), None, "never heard one");
+        // Led since start, last quorum ack 2 s ago, then stepped down: its
+        // lease runs from that ack, it is not a node that never heard a
+        // leader (which withdraws at once).
+        c.note_quorum_ack(Instant::now() - Duration::from_secs(2));
+        let age = c.age().expect("heard a leader: itself");
+        assert!(age >= Duration::from_secs(2) && age < Duration::from_secs(3));
+        assert_eq!(c.first_commit(), None, "a leader holds the whole log");
+        // An older ack never moves the record back.
+        c.note_quorum_ack(Instant::now() - Duration::from_secs(9));
+        assert!(c.age().unwrap() < Duration::from_secs(3));
+        // An AppendEntries from a new leader counts as contact too.
+        c.touch(Some(7));
+        assert!(c.age().unwrap() < Duration::from_secs(1));
+        assert_eq!(c.first_commit(), Some(7));
     }
 }

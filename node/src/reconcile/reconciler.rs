@@ -16,7 +16,7 @@ use crate::dataplane::identity::Identity;
 use crate::dataplane::{DataplaneError, DeviceSettings, Observed};
 use crate::endpoints::Batcher;
 use crate::failover::{decide::fresh_sessions, Failover, Kick};
-use crate::health::DataplaneStatus;
+use crate::health::{BgpStatus, DataplaneStatus};
 use crate::host::net::net_desired;
 use crate::host::{policy, Host};
 use crate::metrics::{ActionLabels, Metrics, PassLabels};
@@ -105,6 +105,7 @@ impl Reconciler {
         identity: Identity,
         device: Device,
         status: watch::Sender<DataplaneStatus>,
+        bgp: watch::Receiver<BgpStatus>,
     ) -> Reconciler {
         let host = if cfg.manage_routes {
             match Host::new(metrics.clone()) {
@@ -122,7 +123,7 @@ impl Reconciler {
             .clone()
             .unwrap_or_else(|| node.view.read(|i| i.settings().interface.clone()));
         Reconciler {
-            failover: Failover::new(&cfg, host.is_some(), node.clone(), metrics.clone()),
+            failover: Failover::new(&cfg, host.is_some(), node.clone(), metrics.clone(), bgp),
             endpoints: Batcher::new(
                 node.clone(),
                 metrics.clone(),

@@ -107,6 +107,20 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Check `f` every 100 ms for `period`; panic with `what` the first time
+/// it is false: the check for "stays so" (a bare sleep and one look at the
+/// end would miss a flap in between).
+pub fn holds_for(what: &str, period: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    loop {
+        assert!(f(), "{what}: stopped holding after {:?}", start.elapsed());
+        if start.elapsed() >= period {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Poll `f` until it returns Some, or panic with `what` after `timeout`.
 pub fn eventually<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;

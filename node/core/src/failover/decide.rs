@@ -43,21 +43,31 @@ impl Kicked {
 }
 
 /// In a two-voter cluster, the other voter when this node has not heard a
-/// leader (itself included: no quorum ack) for longer than `after`. None in
-/// any other cluster shape: with three or more gateways no single survivor
-/// can know it is the router's choice; None when never heard at all (just
-/// started: no basis to call anyone lost).
+/// leader (itself included: no quorum ack) for longer than `after`, and
+/// this node has been announced to the router for at least that long
+/// (`announced_for`: None when not announced now). None in any other
+/// cluster shape: with three or more gateways no single survivor can know
+/// it is the router's choice; None when never heard at all (just started:
+/// no basis to call anyone lost).
+///
+/// The announcement rule tells the survivor from the isolated one: both
+/// lose Raft contact, but only the survivor kept its BGP session all along.
+/// An isolated gateway that kicked would send handshakes that reach the
+/// clients when it comes back, pull their sessions away from the gateway
+/// the router still sends them to, and cost them a second outage.
 pub fn sole_survivor_of(
     me: NodeId,
     voters: &[NodeId],
     leader_age: Option<Duration>,
     after: Duration,
+    announced_for: Option<Duration>,
 ) -> Option<NodeId> {
     if voters.len() != 2 || !voters.contains(&me) {
         return None;
     }
     let other = *voters.iter().find(|v| **v != me)?;
-    (leader_age? > after).then_some(other)
+    let age = leader_age?;
+    (age > after && announced_for? >= age).then_some(other)
 }
 
 /// Peers with a live session on this device: a handshake within the
@@ -264,26 +274,46 @@ pub(crate) mod tests {
     #[test]
     fn sole_survivor_only_in_two_voter_clusters() {
         let s = Duration::from_secs;
-        assert_eq!(sole_survivor_of(1, &[1, 2], Some(s(5)), s(3)), Some(2));
+        let up = Some(s(3600));
+        assert_eq!(sole_survivor_of(1, &[1, 2], Some(s(5)), s(3), up), Some(2));
         assert_eq!(
-            sole_survivor_of(1, &[1, 2], Some(s(1)), s(3)),
+            sole_survivor_of(1, &[1, 2], Some(s(1)), s(3), up),
             None,
             "heard recently"
         );
         assert_eq!(
-            sole_survivor_of(1, &[1, 2], None, s(3)),
+            sole_survivor_of(1, &[1, 2], None, s(3), up),
             None,
             "never heard"
         );
         assert_eq!(
-            sole_survivor_of(1, &[1, 2, 3], Some(s(5)), s(3)),
+            sole_survivor_of(1, &[1, 2, 3], Some(s(5)), s(3), up),
             None,
             "three voters"
         );
         assert_eq!(
-            sole_survivor_of(3, &[1, 2], Some(s(5)), s(3)),
+            sole_survivor_of(3, &[1, 2], Some(s(5)), s(3), up),
             None,
             "not a voter"
+        );
+    }
+
+    #[test]
+    fn an_isolated_gateway_is_no_survivor() {
+        let s = Duration::from_secs;
+        // Lost its BGP session with the Raft contact: the router is not
+        // sending it anyone.
+        assert_eq!(sole_survivor_of(1, &[1, 2], Some(s(5)), s(3), None), None);
+        // Announced again only since it came back (shorter than the loss):
+        // it was cut off too, not the survivor.
+        assert_eq!(
+            sole_survivor_of(1, &[1, 2], Some(s(5)), s(3), Some(s(1))),
+            None
+        );
+        // Announced through the whole loss: the router's only choice.
+        assert_eq!(
+            sole_survivor_of(1, &[1, 2], Some(s(5)), s(3), Some(s(5))),
+            Some(2)
         );
     }
 }

@@ -13,7 +13,9 @@ pub struct LeaderFacts {
     pub voters: usize,
     /// Leader only: since a quorum last acknowledged it.
     pub since_quorum_ack: Option<Duration>,
-    /// Follower: since a leader's AppendEntries was last accepted here.
+    /// Follower: since a leader's AppendEntries was last accepted here, or
+    /// since this node last led with a quorum's ack, whichever is later (a
+    /// leader that steps down has heard a leader: itself).
     pub since_contact: Option<Duration>,
 }
 
