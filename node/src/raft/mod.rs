@@ -362,14 +362,12 @@ impl RaftNode {
                     break (v, m.current_term, last);
                 }
             }
-            match tokio::time::timeout_at(deadline, rx.changed()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return HandOff::Failed("raft stopped".into()),
-                Err(_) => {
-                    return HandOff::Failed(format!(
-                        "no voter caught up to index {last} within {within:?}"
-                    ))
-                }
+            if let Err(f) = changed(&mut rx, deadline, || {
+                format!("no voter caught up to index {last} within {within:?}")
+            })
+            .await
+            {
+                return f;
             }
         };
         let Some(addr) = self
@@ -408,14 +406,12 @@ impl RaftNode {
                     HandOff::Failed(format!("node {l} won the election, not node {target}"))
                 };
             }
-            match tokio::time::timeout_at(deadline, rx.changed()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return HandOff::Failed("raft stopped".into()),
-                Err(_) => {
-                    return HandOff::Failed(format!(
-                        "node {target} did not take over within {within:?}"
-                    ))
-                }
+            if let Err(f) = changed(&mut rx, deadline, || {
+                format!("node {target} did not take over within {within:?}")
+            })
+            .await
+            {
+                return f;
             }
         }
     }
@@ -478,6 +474,20 @@ impl RaftNode {
             .elect()
             .await
             .map_err(|e| NodeError::Fatal(e.to_string()))
+    }
+}
+
+/// The next change of Raft's metrics, or the hand-off's failure: Raft
+/// stopped, or `deadline` passed (`late` says what did not happen).
+async fn changed(
+    rx: &mut tokio::sync::watch::Receiver<openraft::RaftMetrics<NodeId, BasicNode>>,
+    deadline: tokio::time::Instant,
+    late: impl FnOnce() -> String,
+) -> Result<(), HandOff> {
+    match tokio::time::timeout_at(deadline, rx.changed()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(HandOff::Failed("raft stopped".into())),
+        Err(_) => Err(HandOff::Failed(late())),
     }
 }
 
