@@ -97,12 +97,7 @@ impl DataplaneConfig {
             .unwrap_or(BackendKind::Auto);
         let interface = cli.wg_interface.clone().or(f.interface);
         if let Some(i) = &interface {
-            if i.is_empty() || i.len() > 15 || i.contains(['/', ' ']) {
-                return Err(bad(
-                    "dataplane.interface",
-                    format!("{i:?} is not a valid interface name (1-15 characters, no / or space)"),
-                ));
-            }
+            crate::model::check_ifname(i).map_err(|e| bad("dataplane.interface", e.to_string()))?;
         }
         let private_key_file = cli.wg_private_key_file.clone().or(f.private_key_file);
         if backend != BackendKind::None && private_key_file.is_none() {
@@ -760,6 +755,19 @@ mod tests {
                     "/k",
                     "--wg-interface",
                     "a-name-far-too-long",
+                ],
+                "dataplane.interface",
+            ),
+            (
+                vec![
+                    "--id",
+                    "1",
+                    "--data-dir",
+                    "/tmp/x",
+                    "--wg-private-key-file",
+                    "/k",
+                    "--wg-interface",
+                    "wg\"#",
                 ],
                 "dataplane.interface",
             ),

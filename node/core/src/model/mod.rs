@@ -92,6 +92,26 @@ pub enum ParseError {
     BackwardRange(String),
 }
 
+/// A WireGuard interface name the node accepts: what the kernel accepts
+/// (at most IFNAMSIZ − 1 = 15 bytes, not `.` or `..`, no `/`, `:` or
+/// whitespace), narrowed to letters, digits, `-`, `_` and `.` so the name
+/// is safe inside every script, rule and unit the node writes (no quote,
+/// `#`, `;` or control character can reach an nft script).
+pub fn check_ifname(name: &str) -> Result<(), IfnameError> {
+    let ok_chars = name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if name.is_empty() || name.len() > 15 || name == "." || name == ".." || !ok_chars {
+        return Err(IfnameError(name.to_string()));
+    }
+    Ok(())
+}
+
+/// An interface name [`check_ifname`] refuses.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("interface name {0:?} must be 1-15 characters of A-Z a-z 0-9 - _ . (and not . or ..)")]
+pub struct IfnameError(pub String);
+
 /// How a command names a peer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PeerRef {
@@ -385,4 +405,34 @@ pub enum Response {
     Duplicate {
         index: u64,
     },
+}
+
+#[cfg(test)]
+mod ifname_tests {
+    use super::check_ifname;
+
+    #[test]
+    fn interface_names_the_kernel_and_our_scripts_accept() {
+        for ok in ["wg0", "anygate", "wg-corp_1.v4", "a23456789012345"] {
+            assert!(check_ifname(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "a234567890123456",
+            ".",
+            "..",
+            "wg/0",
+            "wg:0",
+            "wg 0",
+            "wg\t0",
+            "wg\"0",
+            "wg'0",
+            "wg#0",
+            "wg;0",
+            "wg\n0",
+            "wgé",
+        ] {
+            assert!(check_ifname(bad).is_err(), "{bad:?}");
+        }
+    }
 }

@@ -749,11 +749,8 @@ impl Inventory {
 
 pub fn validate_settings(s: &Settings) -> Result<(), ApplyError> {
     let bad = |m: String| Err(err(ErrorKind::InvalidArgument, m));
-    if s.interface.is_empty() || s.interface.len() > 15 || s.interface.contains(['/', ' ']) {
-        return bad(format!(
-            "interface name {:?} must be 1-15 characters without '/' or spaces",
-            s.interface
-        ));
+    if let Err(e) = super::check_ifname(&s.interface) {
+        return bad(e.to_string());
     }
     if s.listen_port == 0 {
         return bad("listen port must be 1-65535".into());

@@ -205,6 +205,15 @@ fn rejections_change_nothing() {
             "MTU",
         ),
         (
+            // A quote would end the name inside the node's nft scripts.
+            Command::SetSettings(SettingsPatch {
+                interface: Some("wg0\" ; flush ruleset #".into()),
+                ..Default::default()
+            }),
+            ErrorKind::InvalidArgument,
+            "interface name",
+        ),
+        (
             Command::RotatePeer {
                 peer: PeerRef::Key(key(1)),
                 new_key: key(1),
