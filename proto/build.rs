@@ -11,6 +11,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={f}");
     }
     let fds = protox::compile(files, ["."])?;
+    // Every anygate gRPC method, "package.Service/Method": the only values a
+    // metric label may take from a request path (anything else is
+    // "unknown", so a caller cannot mint label values).
+    let mut methods = Vec::new();
+    for f in &fds.file {
+        let pkg = f.package();
+        if !pkg.starts_with("anygate.") {
+            continue;
+        }
+        for svc in &f.service {
+            for m in &svc.method {
+                methods.push(format!("{pkg}.{}/{}", svc.name(), m.name()));
+            }
+        }
+    }
+    methods.sort();
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("methods.rs");
+    std::fs::write(out, format!("pub const METHODS: &[&str] = &{methods:?};\n"))?;
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)

@@ -26,6 +26,22 @@ pub mod gobgp {
     }
 }
 
+/// Every anygate gRPC method as `package.Service/Method`, sorted (from the
+/// .proto files at build time).
+pub mod methods {
+    include!(concat!(env!("OUT_DIR"), "/methods.rs"));
+
+    /// `path` (`/package.Service/Method`) when it names one of ours, else
+    /// "unknown": a bounded metric label.
+    pub fn label(path: &str) -> &str {
+        let m = path.trim_start_matches('/');
+        match METHODS.binary_search(&m) {
+            Ok(i) => METHODS[i],
+            Err(_) => "unknown",
+        }
+    }
+}
+
 pub mod enum_names;
 pub mod pki;
 pub mod tls;

@@ -136,7 +136,10 @@ impl Gate {
             return Ok(());
         }
         let method = path.trim_start_matches('/').to_string();
-        self.metrics.denied(id.role.as_str(), &method);
+        // The label is a known method or "unknown": a caller cannot create
+        // metric series by inventing paths.
+        self.metrics
+            .denied(id.role.as_str(), anygate_proto::methods::label(path));
         tracing::warn!(caller = %id.name, role = %id.role, %method, need = %need, "permission denied");
         // Audit asynchronously; if the queue is full the refusal is still
         // counted and logged above.
@@ -241,6 +244,12 @@ mod tests {
             "/anygate.raft.v1.RaftService/TimeoutNow",
             Stopping::Forwarding
         ));
+        use anygate_proto::methods::label;
+        assert_eq!(label(fwd), "anygate.raft.v1.RaftService/Forward");
+        assert_eq!(label(add), "anygate.v1.PeerService/AddPeers");
+        assert_eq!(label("/anygate.v1.PeerService/AddPeers2"), "unknown");
+        assert_eq!(label("/x/y"), "unknown");
+        assert!(anygate_proto::methods::METHODS.contains(&"anygate.raft.v1.RaftService/TimeoutNow"));
         // An admin is not a node: it cannot speak Raft.
         assert!(Admin < Node && Operator < Admin && Viewer < Operator);
     }
