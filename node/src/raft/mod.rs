@@ -421,10 +421,13 @@ impl RaftNode {
     /// target would stand as a candidate nobody elects, so a young leader
     /// first waits until its lease has run, leading (and taking forwarded
     /// writes) all the while. At most the lease; at once for a leader of
-    /// longer standing or a follower.
+    /// longer standing, a sole voter or a follower.
     pub async fn await_vote_lease(&self) {
         let m = self.raft.metrics().borrow().clone();
-        if m.state != openraft::ServerState::Leader {
+        // A sole voter has nobody to hand over to: no wait.
+        if m.state != openraft::ServerState::Leader
+            || m.membership_config.membership().voter_ids().count() <= 1
+        {
             return;
         }
         let led = self
