@@ -46,6 +46,13 @@ fn every_gateway(st: &State, what: &str, f: impl Fn(&str) -> bool) {
     }
 }
 
+/// `addr` is an element of a listing (not a prefix of a longer address).
+fn listed(listing: &str, addr: &str) -> bool {
+    listing
+        .split(|c: char| !(c.is_ascii_hexdigit() || c == '.' || c == ':'))
+        .any(|w| w == addr)
+}
+
 fn metric(text: &str, name: &str) -> Vec<(String, f64)> {
     text.lines()
         .filter(|l| l.starts_with(name) && !l.starts_with('#'))
@@ -96,6 +103,42 @@ fn group_policy_is_enforced_on_every_gateway_without_a_reconnect() {
         show.contains(&format!("{SERVICE}/32 any (staff-service)")),
         "{show}"
     );
+
+    // Joining and leaving the group while its policy exists: one commit
+    // each, applied as element changes to the group's set (the per-peer
+    // path, not a rebuild), on every gateway.
+    let (_, extra) = lab::keypair();
+    let out = lab::ctl(
+        st,
+        &[
+            "--json",
+            "peer",
+            "add",
+            "--user",
+            "joiner",
+            "--device",
+            "phone",
+            "--group",
+            GROUP,
+            "--public-key",
+            &extra,
+        ],
+    )
+    .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let joined = v["allowed_ips"][0]
+        .as_str()
+        .or_else(|| v[0]["allowed_ips"][0].as_str())
+        .and_then(|a| a.split('/').next())
+        .unwrap_or_else(|| panic!("no address in {out}"))
+        .to_string();
+    every_gateway(st, "the new member in the group's set", |t| {
+        listed(t, &joined) && listed(t, &addr)
+    });
+    lab::ctl(st, &["peer", "remove", &extra]).unwrap();
+    every_gateway(st, "the removed member out of the group's set", |t| {
+        !listed(t, &joined) && listed(t, &addr)
+    });
 
     // Open B for the group: every gateway, the connected client, no handshake.
     let before = handshake(st);

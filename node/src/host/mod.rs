@@ -196,6 +196,42 @@ impl Host {
             }
         }
     }
+
+    /// Applies one commit's element changes to the group sets: a script
+    /// of the changed elements only. Compares the whole table instead when
+    /// the kernel's table is not known to be the one the delta was
+    /// computed against (first start, a failure, someone else's change).
+    pub async fn sync_policy_delta(&mut self, delta: &policy::Delta, wanted: &policy::Wanted) {
+        if self.policy_failing {
+            return; // retried at the next resync
+        }
+        let have = self
+            .policy
+            .as_mut()
+            .filter(|h| h.skeleton_for.as_deref() == Some(wanted.ifname()) && !self.policy_suspect);
+        let Some(have) = have else {
+            return self.sync_policy(wanted.desired(), false).await;
+        };
+        let Some(script) = policy::plan_delta(have, delta) else {
+            return self.sync_policy(wanted.desired(), false).await;
+        };
+        if script.is_empty() {
+            return;
+        }
+        match nft::apply_nft(&script).await {
+            Ok(()) => {
+                debug!(script = %script.trim(), "access-policy sets updated");
+                policy::apply_delta(have, delta);
+                self.remember_generation();
+            }
+            Err(e) => {
+                self.metrics.reconcile_errors.inc();
+                warn!(error = %e, "access-policy sets not updated; will retry at the next resync");
+                self.policy = None;
+                self.policy_failing = true;
+            }
+        }
+    }
 }
 
 /// Packets the default deny dropped (its counter), over netlink.
