@@ -14,7 +14,7 @@ use crate::lab::{
 use crate::netns::run;
 use crate::router::{monitor, next_hops};
 use rand::{Rng, SeedableRng};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -43,7 +43,7 @@ pub const HOLD_MS: f64 = 3000.0;
 pub const LEASE: Duration = Duration::from_secs(3);
 const PING_INTERVAL: f64 = 0.1;
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ClientResult {
     pub client: String,
     /// Outage after the fault: longest reply gap less the ping interval.
@@ -55,7 +55,7 @@ pub struct ClientResult {
     pub recovered: bool,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Bound {
     pub what: String,
     pub limit: f64,
@@ -63,7 +63,7 @@ pub struct Bound {
     pub ok: bool,
 }
 
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Assists {
     pub react_no_session: usize,
     pub react_stalled: usize,
@@ -104,7 +104,7 @@ impl Assists {
     }
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Report {
     pub drill: String,
     pub gateways: u32,

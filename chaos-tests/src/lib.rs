@@ -9,6 +9,7 @@ pub mod etcd {
 pub mod drill;
 pub mod lab;
 pub mod netns;
+pub mod report;
 pub mod router;
 
 use std::net::TcpListener;
@@ -99,4 +100,14 @@ pub async fn form_cluster_with(
         cluster.promote(PromoteRequest { id }).await?;
     }
     Ok(())
+}
+
+/// Writes a benchmark's results as pretty JSON (the files `deploy/bench`
+/// collects and `anygate-bench-report` turns into BENCHMARKS.md's tables).
+pub fn write_json(path: &Path, doc: &serde_json::Value) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(path, serde_json::to_string_pretty(doc)? + "\n")
+        .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))
 }

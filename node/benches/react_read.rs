@@ -8,7 +8,7 @@
 //! sources in each of the data, payload and inner sets, and times both.
 //!
 //! ```sh
-//! cargo bench -p anygate-node --bench react_read -- --sizes 10000,50000
+//! cargo bench -p anygate-node --bench react_read -- --sizes 10000,50000 [--json FILE]
 //! ```
 
 use anygate_node::failover::react;
@@ -38,6 +38,11 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
+    let json = args
+        .iter()
+        .position(|a| a == "--json")
+        .and_then(|i| args.get(i + 1));
+    let mut rows = vec![];
     println!("| active sources | netlink read p50 / max | `nft list table` p50 / max | ratio |");
     println!("|---|---|---|---|");
     for n in sizes {
@@ -65,6 +70,15 @@ fn main() {
             ms(nft.1),
             nft.0.as_secs_f64() / netlink.0.as_secs_f64()
         );
+        rows.push(serde_json::json!({
+            "sources": n,
+            "netlink_p50_ms": ms(netlink.0), "netlink_max_ms": ms(netlink.1),
+            "nft_p50_ms": ms(nft.0), "nft_max_ms": ms(nft.1),
+        }));
+    }
+    if let Some(path) = json {
+        let doc = serde_json::json!({ "rows": rows });
+        std::fs::write(path, serde_json::to_string_pretty(&doc).unwrap()).expect("write --json");
     }
 }
 

@@ -46,6 +46,9 @@ struct Args {
     /// as production does, instead of plaintext like the etcd beside it.
     #[arg(long)]
     tls: bool,
+    /// Also write the results here as JSON (what `deploy/bench` collects).
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 fn key(i: u64) -> String {
@@ -415,10 +418,11 @@ async fn main() -> anyhow::Result<()> {
         .iter()
         .map(|r| serde_json::json!({"system": r.system, "p50_ms": r.p50, "p99_ms": r.p99, "max_ms": r.max, "peers_per_s": r.peers_per_s}))
         .collect();
-    println!(
-        "{}",
-        serde_json::json!({"single": a.single, "total": a.total, "batch": a.batch, "results": json})
-    );
+    let doc = serde_json::json!({"single": a.single, "total": a.total, "batch": a.batch, "tls": a.tls, "results": json});
+    println!("{doc}");
+    if let Some(path) = &a.json {
+        anygate_chaos::write_json(path, &doc)?;
+    }
     std::fs::remove_dir_all(&dir).ok();
     Ok(())
 }

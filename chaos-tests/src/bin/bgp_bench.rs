@@ -50,6 +50,9 @@ struct Args {
     /// Data directories and logs.
     #[arg(long, default_value = "/var/tmp/anygate-bgp-bench")]
     work_dir: PathBuf,
+    /// Also write the results here as JSON (what `deploy/bench` collects).
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -68,6 +71,8 @@ enum Sub {
         observe_interval: String,
         #[arg(long)]
         work_dir: PathBuf,
+        #[arg(long)]
+        json: Option<PathBuf>,
     },
 }
 
@@ -80,6 +85,7 @@ fn main() -> anyhow::Result<()> {
         restarts,
         observe_interval,
         work_dir,
+        json,
     }) = args.cmd
     {
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -96,6 +102,7 @@ fn main() -> anyhow::Result<()> {
             },
             rounds,
             restarts,
+            json,
         ));
     }
     let _ = std::fs::remove_dir_all(&args.work_dir);
@@ -120,6 +127,11 @@ fn main() -> anyhow::Result<()> {
             "--work-dir",
         ])
         .arg(&args.work_dir)
+        .args(
+            args.json
+                .iter()
+                .flat_map(|j| [std::ffi::OsStr::new("--json"), j.as_os_str()]),
+        )
         .status()?;
     anyhow::ensure!(
         st.success(),
@@ -295,12 +307,19 @@ async fn wait_state(k: u32, state: anygate_proto::v1::BgpState) -> anyhow::Resul
     }
 }
 
-fn row(name: &str, h: &Histogram<u64>) {
+/// Prints one table row and returns it for the JSON file.
+fn row(name: &str, h: &Histogram<u64>) -> serde_json::Value {
     let (p50, p99, max) = summary(h);
     println!("| {name} | {} | {p50:.1} | {p99:.1} | {max:.1} |", h.len());
+    serde_json::json!({"change": name, "samples": h.len(), "p50_ms": p50, "p99_ms": p99, "max_ms": max})
 }
 
-async fn measure(mut c: Ctx, rounds: u32, restarts: u32) -> anyhow::Result<()> {
+async fn measure(
+    mut c: Ctx,
+    rounds: u32,
+    restarts: u32,
+    json: Option<PathBuf>,
+) -> anyhow::Result<()> {
     // Shared WireGuard key (0600).
     {
         use base64::Engine;
@@ -446,20 +465,26 @@ async fn measure(mut c: Ctx, rounds: u32, restarts: u32) -> anyhow::Result<()> {
     println!("\nanygate-bgp-bench: health change -> router kernel route (BIRD 2, 3 gateways, observe-interval {})\n", c.observe_interval);
     println!("| change | samples | p50 ms | p99 ms | max ms |");
     println!("|---|---|---|---|---|");
-    row(
-        "drain requested -> router deprefers (GRACEFUL_SHUTDOWN)",
-        &drain,
-    );
-    row("undrain requested -> router uses the node again", &undrain);
-    row("wireguard-go killed -> withdrawn", &dev_down);
-    row(
-        "wireguard-go back -> re-announced (incl. reprogramming)",
-        &dev_up,
-    );
-    row(
-        "kill -9 of the node (gobgpd dies with it) -> withdrawn",
-        &crash,
-    );
-    row("SIGTERM -> withdrawn (withdraw-first shutdown)", &term);
+    let rows = vec![
+        row(
+            "drain requested -> router deprefers (GRACEFUL_SHUTDOWN)",
+            &drain,
+        ),
+        row("undrain requested -> router uses the node again", &undrain),
+        row("wireguard-go killed -> withdrawn", &dev_down),
+        row(
+            "wireguard-go back -> re-announced (incl. reprogramming)",
+            &dev_up,
+        ),
+        row(
+            "kill -9 of the node (gobgpd dies with it) -> withdrawn",
+            &crash,
+        ),
+        row("SIGTERM -> withdrawn (withdraw-first shutdown)", &term),
+    ];
+    if let Some(path) = json {
+        let doc = serde_json::json!({"observe_interval": c.observe_interval, "rows": rows});
+        anygate_chaos::write_json(&path, &doc)?;
+    }
     Ok(())
 }

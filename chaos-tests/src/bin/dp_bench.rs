@@ -7,16 +7,19 @@
 //! forms the cluster and then, from the hub namespace (`measure`):
 //! - programs N peers from empty (imports of 1,000) and times the last write
 //!   until every node's device holds it;
-//! - adds single peers one at a time and times `AddPeers` returning until
-//!   every node reports its device applied that commit (p50/p99).
+//! - adds single peers one at a time and times from sending `AddPeers`
+//!   (so the Raft commit is included) until every node reports its device
+//!   applied that commit (p50/p99).
 //!
 //! The node's "applied" is its reconciler's acknowledgement from the device
 //! (UAPI `errno=0` / netlink ACK); at the end every device is dumped with
 //! `wg show` and must hold exactly the inventory's peer count.
 //!
-//! Beside it, on a scratch device of the same kind in its own namespace:
-//! `wg setconf` of the same N peers (cold) and `wg syncconf` of a full
-//! config with one peer added (what a script does per change).
+//! Beside it, like for like, on one scratch device of the same kind per
+//! node (each in its own namespace), the config pushed to all of them at
+//! once: `wg setconf` of the same N peers (cold) and `wg syncconf` of a
+//! full config with one peer added (what a script does per change), each
+//! timed until the last device is done.
 
 use anygate_chaos::netns::{run, Topology};
 use anygate_chaos::{channel, form_cluster, spawn, Proc};
@@ -56,9 +59,19 @@ struct Args {
     /// Extra flags for every anygate node (e.g. --node-arg=--observe-interval=5s).
     #[arg(long = "node-arg", allow_hyphen_values = true)]
     node_args: Vec<String>,
+    /// The nodes' Raft heartbeat (`[raft] heartbeat-interval`): slower
+    /// timers let three nodes share an emulated VM without elections.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    raft_heartbeat: Option<Duration>,
+    /// The nodes' Raft election timeout (`[raft] election-timeout`).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    raft_election_timeout: Option<Duration>,
     /// Data directories and logs.
     #[arg(long, default_value = "/var/tmp/anygate-dp-bench")]
     work_dir: PathBuf,
+    /// Also write the results here as JSON (what `deploy/bench` collects).
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -248,8 +261,9 @@ async fn measure(
     let mut h = Histogram::<u64>::new(3)?;
     let mut h_raft = Histogram::<u64>::new(3)?;
     for i in 0..probes {
-        let r = add(&chs, vec![spec(size + i)], size + i).await?;
+        // Timed from sending the write: the Raft commit is part of it.
         let t = Instant::now();
+        let r = add(&chs, vec![spec(size + i)], size + i).await?;
         let index = index_of(&r)?;
         wait_all(&chs, index, Duration::from_secs(60), true).await?;
         h_raft.record(t.elapsed().as_micros() as u64)?;
@@ -300,74 +314,97 @@ fn wg_conf(private: &str, peers: impl Iterator<Item = u64>) -> String {
     s
 }
 
-fn timed(args: &[&str]) -> anyhow::Result<f64> {
+/// Runs the same `wg` command on every scratch device at once and times
+/// until the last one is done (a script pushing one file to N gateways).
+fn on_every(devs: &[(String, String)], args: &[&str]) -> anyhow::Result<f64> {
     let t = Instant::now();
-    run(args)?;
+    let children: Vec<_> = devs
+        .iter()
+        .map(|(ns, ifname)| {
+            std::process::Command::new("ip")
+                .args(["netns", "exec", ns, "wg", args[0], ifname])
+                .args(&args[1..])
+                .stdout(std::process::Stdio::null())
+                .spawn()
+        })
+        .collect::<Result<_, _>>()?;
+    for mut c in children {
+        let st = c.wait()?;
+        anyhow::ensure!(st.success(), "wg {} failed: {st}", args.join(" "));
+    }
     Ok(t.elapsed().as_secs_f64() * 1000.0)
 }
 
-/// A device of the same kind, in its own namespace, driven the scripted way.
+/// What a script-driven manager does, like for like with anygate: one
+/// device of the same kind per node (each in its own namespace), the whole
+/// config pushed to all of them at once. Returns (setconf of `size` peers
+/// from empty, median of 5 `syncconf` runs with one peer added), both
+/// timed until the last device is done.
 fn scripted(
     backend: Backend,
     prefix: &str,
     dir: &Path,
     private: &str,
     size: u64,
+    nodes: u32,
 ) -> anyhow::Result<(f64, f64)> {
-    let ns = format!("{prefix}-s");
-    let ifname = format!("{prefix}s");
-    run(&["ip", "netns", "add", &ns])?;
-    let mut wg_go: Option<Proc> = None;
+    let devs: Vec<(String, String)> = (1..=nodes)
+        .map(|k| (format!("{prefix}-s{k}"), format!("{prefix}s{k}")))
+        .collect();
+    let mut wg_go: Vec<Proc> = vec![];
+    let mut made = vec![];
     let res = (|| -> anyhow::Result<(f64, f64)> {
-        match backend {
-            Backend::Userspace => {
-                let _ = std::fs::remove_file(format!("/var/run/wireguard/{ifname}.sock"));
-                wg_go = Some(spawn(
-                    std::process::Command::new("ip")
-                        .args(["netns", "exec", &ns, "wireguard-go", "-f", &ifname])
-                        .env("WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD", "1"),
-                    &dir.join("scratch-wg.log"),
-                )?);
-                let deadline = Instant::now() + Duration::from_secs(10);
-                while run(&["ip", "netns", "exec", &ns, "wg", "show", &ifname]).is_err() {
-                    anyhow::ensure!(
-                        Instant::now() < deadline,
-                        "scratch wireguard-go did not start"
-                    );
-                    std::thread::sleep(Duration::from_millis(20));
+        for (ns, ifname) in &devs {
+            run(&["ip", "netns", "add", ns])?;
+            made.push(ns.clone());
+            match backend {
+                Backend::Userspace => {
+                    let _ = std::fs::remove_file(format!("/var/run/wireguard/{ifname}.sock"));
+                    wg_go.push(spawn(
+                        std::process::Command::new("ip")
+                            .args(["netns", "exec", ns, "wireguard-go", "-f", ifname])
+                            .env("WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD", "1"),
+                        &dir.join(format!("scratch-{ifname}.log")),
+                    )?);
+                    let deadline = Instant::now() + Duration::from_secs(10);
+                    while run(&["ip", "netns", "exec", ns, "wg", "show", ifname]).is_err() {
+                        anyhow::ensure!(
+                            Instant::now() < deadline,
+                            "scratch wireguard-go did not start"
+                        );
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
                 }
-            }
-            Backend::Kernel => {
-                run(&["ip", "-n", &ns, "link", "add", &ifname, "type", "wireguard"])?;
+                Backend::Kernel => {
+                    run(&["ip", "-n", ns, "link", "add", ifname, "type", "wireguard"])?;
+                }
             }
         }
         let conf = dir.join("scripted.conf");
         let conf_s = conf.to_str().unwrap().to_string();
         std::fs::write(&conf, wg_conf(private, 0..size))?;
-        let setconf = timed(&[
-            "ip", "netns", "exec", &ns, "wg", "setconf", &ifname, &conf_s,
-        ])?;
+        let setconf = on_every(&devs, &["setconf", &conf_s])?;
         // One peer added per change: write the whole file, syncconf.
         let mut sync = vec![];
         for extra in 0..5u64 {
             let t = Instant::now();
             std::fs::write(&conf, wg_conf(private, 0..size + extra + 1))?;
-            run(&[
-                "ip", "netns", "exec", &ns, "wg", "syncconf", &ifname, &conf_s,
-            ])?;
+            on_every(&devs, &["syncconf", &conf_s])?;
             sync.push(t.elapsed().as_secs_f64() * 1000.0);
         }
         sync.sort_by(f64::total_cmp);
-        // Empty it before the namespace goes (deleting a big kernel device is slow).
+        // Empty them before the namespaces go (deleting a big kernel device is slow).
         std::fs::write(&conf, "[Interface]\n")?;
-        run(&[
-            "ip", "netns", "exec", &ns, "wg", "setconf", &ifname, &conf_s,
-        ])?;
+        on_every(&devs, &["setconf", &conf_s])?;
         Ok((setconf, sync[sync.len() / 2]))
     })();
     drop(wg_go);
-    let _ = run(&["ip", "netns", "del", &ns]);
-    let _ = std::fs::remove_file(format!("/var/run/wireguard/{ifname}.sock"));
+    for ns in made {
+        let _ = run(&["ip", "netns", "del", &ns]);
+    }
+    for (_, ifname) in &devs {
+        let _ = std::fs::remove_file(format!("/var/run/wireguard/{ifname}.sock"));
+    }
     res
 }
 
@@ -420,6 +457,19 @@ fn one_size(a: &Args, size: u64) -> anyhow::Result<serde_json::Value> {
                 cmd.args(["--dataplane-backend", "kernel"]);
             }
         }
+        if a.raft_heartbeat.is_some() || a.raft_election_timeout.is_some() {
+            let file = anygate_core::config::File {
+                raft: anygate_core::config::Raft {
+                    heartbeat_interval: a.raft_heartbeat,
+                    election_timeout: a.raft_election_timeout,
+                },
+                ..Default::default()
+            };
+            let path = dir.join(format!("node{k}.toml"));
+            std::fs::write(&path, toml::to_string(&file)?)?;
+            cmd.arg("--config").arg(path);
+        }
+        cmd.args(&a.node_args);
         procs.push(spawn(&mut cmd, &dir.join(format!("node{k}.log")))?);
         endpoints.push(ep);
     }
@@ -493,7 +543,7 @@ fn one_size(a: &Args, size: u64) -> anyhow::Result<serde_json::Value> {
         }
     }
     drop(topo);
-    let (setconf, syncconf) = scripted(a.backend, &prefix, &dir, &private, size)?;
+    let (setconf, syncconf) = scripted(a.backend, &prefix, &dir, &private, size, a.nodes)?;
     v["rss_kib"] = rss.iter().map(|r| r.0).collect::<Vec<_>>().into();
     v["peak_rss_kib"] = rss.iter().map(|r| r.1).collect::<Vec<_>>().into();
     v["setconf_ms"] = setconf.into();
@@ -549,6 +599,15 @@ fn main() -> anyhow::Result<()> {
             f("syncconf_one_change_ms") / f("probe_p50_ms").max(0.001),
         );
     }
-    println!("{}", serde_json::Value::from(rows));
+    let doc = serde_json::json!({
+        "backend": format!("{:?}", a.backend).to_lowercase(),
+        "nodes": a.nodes,
+        "probes": a.probes,
+        "rows": rows,
+    });
+    println!("{doc}");
+    if let Some(path) = &a.json {
+        anygate_chaos::write_json(path, &doc)?;
+    }
     Ok(())
 }
