@@ -34,8 +34,10 @@ pub enum ConfigCmd {
     },
     /// Check a signed client config against a trusted public key.
     ///
-    /// Exit 0 when the config is exactly what the holder of the key signed;
-    /// 1 when it was changed, signed by another key, or not signed.
+    /// Exit 0 when the config is exactly what the holder of the key signed
+    /// and holds only what anygate writes; 1 when it was changed, signed by
+    /// another key, not signed, or carries a hook (PreUp, PostUp, PreDown,
+    /// PostDown: root commands on the client) or a key anygate never writes.
     ///
     ///   anygatectl config verify alice-laptop.conf --key ops-signing.pub
     Verify {
@@ -122,10 +124,16 @@ pub enum VerifyError {
     MalformedSignature,
     #[error("the signature does not match: the config was changed after signing")]
     Changed,
+    /// Refused whether or not the signature holds: a signed config is only
+    /// as safe as the settings it was written from.
+    #[error("not a config anygate writes: {0}")]
+    Unsafe(#[from] anygate_core::wgquick::CheckError),
 }
 
-/// Ok(()) when `signed` carries a valid signature by `trusted`.
+/// Ok(()) when `signed` is a config anygate writes (no hooks, no unknown
+/// keys) and carries a valid signature by `trusted`.
 pub fn verify(signed: &str, trusted: &VerifyingKey) -> std::result::Result<(), VerifyError> {
+    anygate_core::wgquick::check(signed)?;
     let Some(at) = signed.rfind(MARK) else {
         return Err(VerifyError::Unsigned);
     };
@@ -242,5 +250,24 @@ mod tests {
         assert_eq!(verify(CFG, &k.verifying_key()), Err(VerifyError::Unsigned));
         let appended = format!("{signed}PostUp = curl evil\n");
         assert!(verify(&appended, &k.verifying_key()).is_err());
+    }
+
+    #[test]
+    fn a_signed_config_with_a_hook_is_refused_anyway() {
+        // What an injected setting would have produced, signed by the
+        // operator's own key: the signature holds, the config is refused.
+        let k = SigningKey::from_bytes(&[7u8; 32]);
+        let injected = CFG.replace(
+            "Endpoint = 198.51.100.1:51820\n",
+            "Endpoint = vpn.example.com\nPostUp = touch /tmp/pwned:51820\n",
+        );
+        let e = verify(&sign(&injected, &k), &k.verifying_key()).unwrap_err();
+        assert!(matches!(e, VerifyError::Unsafe(_)), "{e:?}");
+        assert!(e.to_string().contains("line 8: PostUp is a hook"), "{e}");
+        let unknown = CFG.replace("[Peer]\n", "[Peer]\nTable = off\n");
+        assert!(matches!(
+            verify(&sign(&unknown, &k), &k.verifying_key()),
+            Err(VerifyError::Unsafe(_))
+        ));
     }
 }

@@ -5,6 +5,7 @@ use super::{read_opts, Result};
 use crate::keys;
 use crate::output::{json, table, when};
 use crate::Ctx;
+use anygate_core::wgquick::Writer;
 use anygate_proto::v1::peer_service_client::PeerServiceClient as P;
 use anygate_proto::v1::settings_service_client::SettingsServiceClient as S;
 use anygate_proto::v1::*;
@@ -212,68 +213,70 @@ pub fn to_spec(p: &Peer) -> PeerSpec {
     }
 }
 
-/// A wg-quick config for the client.
+/// A wg-quick config for the client, written through the one writer
+/// (`anygate_core::wgquick`): a setting that could end its line (a node
+/// that stored one before settings were checked, or a node that lies) is
+/// refused instead of becoming a line of its own, e.g. a `PostUp` hook.
 fn client_config(
     p: &Peer,
     s: &GatewaySettings,
     private_key: Option<&str>,
     psk: Option<&str>,
-) -> String {
-    let mut out = String::new();
-    let w = &mut out;
-    use std::fmt::Write as _;
-    let _ = writeln!(w, "# anygate client config for {}/{}", p.user, p.device);
-    let _ = writeln!(w, "[Interface]");
+) -> std::result::Result<String, Status> {
+    let bad = |e: anygate_core::wgquick::ValueError| {
+        Status::failed_precondition(format!(
+            "{e}; fix the setting with `anygatectl settings set`"
+        ))
+    };
+    let mut w = Writer::new();
+    w.comment(&format!(
+        "anygate client config for {}/{}",
+        p.user, p.device
+    ));
+    w.section("Interface");
     match private_key {
         Some(k) => {
-            let _ = writeln!(w, "PrivateKey = {k}");
+            w.key("PrivateKey", k).map_err(bad)?;
         }
         None => {
-            let _ = writeln!(
-                w,
-                "# PrivateKey = <the private key that belongs to {}>",
+            w.comment(&format!(
+                "PrivateKey = <the private key that belongs to {}>",
                 p.public_key
-            );
+            ));
         }
     }
     let addrs = host_routes(p);
     if !addrs.is_empty() {
-        let _ = writeln!(w, "Address = {}", addrs.join(", "));
+        w.key("Address", &addrs.join(", ")).map_err(bad)?;
     }
     if !s.dns.is_empty() {
-        let _ = writeln!(w, "DNS = {}", s.dns.join(", "));
+        w.key("DNS", &s.dns.join(", ")).map_err(bad)?;
     }
-    let _ = writeln!(w, "MTU = {}", s.mtu);
-    let _ = writeln!(w, "\n[Peer]");
+    w.key("MTU", &s.mtu.to_string()).map_err(bad)?;
+    w.section("Peer");
     if s.server_public_key.is_empty() {
-        let _ = writeln!(
-            w,
-            "# PublicKey unknown: set it with `anygatectl settings set --server-public-key`"
-        );
+        w.comment("PublicKey unknown: set it with `anygatectl settings set --server-public-key`");
     } else {
-        let _ = writeln!(w, "PublicKey = {}", s.server_public_key);
+        w.key("PublicKey", &s.server_public_key).map_err(bad)?;
     }
     if let Some(k) = psk {
-        let _ = writeln!(w, "PresharedKey = {k}");
+        w.key("PresharedKey", k).map_err(bad)?;
     }
-    let host = if !s.endpoint_host.is_empty() {
-        Some(s.endpoint_host.clone())
-    } else if !s.anycast_v4.is_empty() {
-        Some(s.anycast_v4.clone())
-    } else if !s.anycast_v6.is_empty() {
-        Some(format!("[{}]", s.anycast_v6))
-    } else {
-        None
+    let bracket = |h: &str| match h.contains(':') {
+        true => format!("[{h}]"),
+        false => h.to_string(),
     };
+    let host = [&s.endpoint_host, &s.anycast_v4, &s.anycast_v6]
+        .into_iter()
+        .find(|h| !h.is_empty())
+        .map(|h| bracket(h));
     match host {
         Some(h) => {
-            let _ = writeln!(w, "Endpoint = {h}:{}", s.listen_port);
+            w.key("Endpoint", &format!("{h}:{}", s.listen_port))
+                .map_err(bad)?;
         }
         None => {
-            let _ = writeln!(
-                w,
-                "# Endpoint unknown: set `anygatectl settings set --anycast-v4 ADDR`"
-            );
+            w.comment("Endpoint unknown: set `anygatectl settings set --anycast-v4 ADDR`");
         }
     }
     let routes = if s.client_routes.is_empty() {
@@ -281,11 +284,18 @@ fn client_config(
     } else {
         s.client_routes.join(", ")
     };
-    let _ = writeln!(w, "AllowedIPs = {routes}");
+    w.key("AllowedIPs", &routes).map_err(bad)?;
     if p.persistent_keepalive > 0 {
-        let _ = writeln!(w, "PersistentKeepalive = {}", p.persistent_keepalive);
+        w.key("PersistentKeepalive", &p.persistent_keepalive.to_string())
+            .map_err(bad)?;
     }
-    out
+    Ok(w.finish())
+}
+
+/// Refuses settings no config can be written from, before a write that
+/// would hand out a config (so a refusal leaves nothing half-done).
+fn renderable(s: &GatewaySettings) -> std::result::Result<(), Status> {
+    client_config(&Peer::default(), s, None, None).map(|_| ())
 }
 
 fn qr(text: &str) -> std::result::Result<String, Status> {
@@ -339,6 +349,10 @@ impl PeerCmd {
                     expires_at_ms,
                     pool: a.pool.unwrap_or_default(),
                 };
+                // Settings no config can be written from are refused
+                // before the peer is added.
+                let s = settings().await?;
+                renderable(&s)?;
                 let r = c
                     .call(|ch| {
                         let spec = spec.clone();
@@ -353,13 +367,12 @@ impl PeerCmd {
                     .peers
                     .first()
                     .ok_or_else(|| Status::internal("empty answer"))?;
-                let s = settings().await?;
                 let cfg = client_config(
                     p,
                     &s,
                     generated.as_ref().map(|k| k.private.as_str()),
                     psk.as_deref(),
-                );
+                )?;
                 let cfg = super::config::maybe_sign(cfg, signer.as_ref());
                 if ctx.json {
                     let mut v = peer_json(p);
@@ -477,7 +490,7 @@ impl PeerCmd {
                     .await?;
                 if config {
                     let s = settings().await?;
-                    let cfg = client_config(&p, &s, None, p.preshared_key.as_deref());
+                    let cfg = client_config(&p, &s, None, p.preshared_key.as_deref())?;
                     print!("{}", super::config::maybe_sign(cfg, signer.as_ref()));
                 } else if ctx.json {
                     let access = super::policy::for_group(ctx, &p.group, stale).await?;
@@ -568,19 +581,20 @@ impl PeerCmd {
                     new_public_key,
                     new_preshared_key: new_psk.clone(),
                 };
+                let s = settings().await?;
+                renderable(&s)?;
                 let p = c
                     .call(|ch| {
                         let req = req.clone();
                         async move { P::new(ch).rotate_peer(c.req(req)).await }
                     })
                     .await?;
-                let s = settings().await?;
                 let cfg = client_config(
                     &p,
                     &s,
                     generated.as_ref().map(|k| k.private.as_str()),
                     new_psk.as_deref(),
-                );
+                )?;
                 let cfg = super::config::maybe_sign(cfg, signer.as_ref());
                 if ctx.json {
                     let mut v = peer_json(&p);
@@ -735,4 +749,47 @@ pub async fn add_in_batches(ctx: &Ctx, specs: &[PeerSpec], batch: usize) -> Resu
     }
     bar.finish_and_clear();
     Ok(added)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> GatewaySettings {
+        GatewaySettings {
+            mtu: 1420,
+            listen_port: 51820,
+            server_public_key: "c2VydmVy".into(),
+            anycast_v6: "2001:db8::1".into(),
+            dns: vec!["10.0.0.53".into()],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_config_is_only_what_the_writer_allows() {
+        let p = Peer {
+            user: "eve\nPostUp = touch /tmp/pwned".into(),
+            device: "laptop".into(),
+            public_key: "cGVlcg==".into(),
+            addresses: vec!["100.64.0.2".into()],
+            ..Default::default()
+        };
+        let cfg = client_config(&p, &settings(), Some("cHJpdmF0ZQ=="), None).unwrap();
+        anygate_core::wgquick::check(&cfg).unwrap();
+        assert!(
+            cfg.starts_with("# anygate client config for eve\\nPostUp"),
+            "{cfg}"
+        );
+        assert!(cfg.contains("Endpoint = [2001:db8::1]:51820\n"), "{cfg}");
+        // A setting a node stored before settings were checked.
+        let mut s = settings();
+        s.endpoint_host = "vpn.example.com\nPostUp = touch /tmp/pwned".into();
+        let e = client_config(&p, &s, None, None).unwrap_err();
+        assert!(e.message().contains("Endpoint value"), "{}", e.message());
+        assert!(renderable(&s).is_err());
+        s.endpoint_host.clear();
+        s.dns = vec!["10.0.0.53 # x".into()];
+        assert!(renderable(&s).is_err());
+    }
 }

@@ -9,6 +9,7 @@
 //! - [`endpoints`]: which device observations are news for the endpoint map.
 //! - [`health`]: the announce/withdraw decision and the leader lease.
 //! - [`config`]: the node's config file as written (one struct per section).
+//! - [`wgquick`]: the one writer of client configs, and the check of one.
 //!
 //! Time comes in as an argument (`now_ms`, `Instant`); nothing here reads a
 //! clock, a socket or a file.
@@ -20,3 +21,4 @@ pub mod failover;
 pub mod health;
 pub mod model;
 pub mod plan;
+pub mod wgquick;

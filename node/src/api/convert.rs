@@ -221,7 +221,10 @@ pub fn settings_patch(p: &pb::SettingsPatch) -> Result<SettingsPatch, Status> {
             .map(|m| m.parse().map_err(invalid))
             .transpose()?,
         client_keepalive: port16("client_keepalive", p.client_keepalive)?,
-        endpoint_host: opt(&p.endpoint_host, |v| Ok(v.to_string()))?,
+        endpoint_host: opt(&p.endpoint_host, |v| {
+            crate::model::check_endpoint_host(v).map_err(invalid)?;
+            Ok(v.to_string())
+        })?,
         client_routes: if p.set_client_routes {
             Some(
                 p.client_routes

@@ -146,6 +146,22 @@ fn bad_input_is_refused_clearly_and_changes_nothing() {
             "pool name",
         ),
         (argv(&["settings", "set", "--mtu", "100"]), 2, "MTU 100"),
+        // A line break would put a root command into every client config.
+        (
+            argv(&[
+                "settings",
+                "set",
+                "--endpoint-host",
+                "vpn.example.com\nPostUp = touch /tmp/pwned",
+            ]),
+            2,
+            "must be an IP address or a DNS name",
+        ),
+        (
+            argv(&["settings", "set", "--endpoint-host=-vpn.example.com"]),
+            2,
+            "endpoint host \"-vpn.example.com\"",
+        ),
         (
             argv(&["settings", "set", "--return-mode", "bridge"]),
             2,

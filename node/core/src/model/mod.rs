@@ -112,6 +112,32 @@ pub fn check_ifname(name: &str) -> Result<(), IfnameError> {
 #[error("interface name {0:?} must be 1-15 characters of A-Z a-z 0-9 - _ . (and not . or ..)")]
 pub struct IfnameError(pub String);
 
+/// The host clients dial (`endpoint-host`): an IPv4 or IPv6 address, or a
+/// DNS name of letters, digits and hyphens (RFC 1123 labels of 1-63
+/// characters, not starting or ending with a hyphen, at most 253 in all).
+/// It is printed into every client config, so nothing else may pass.
+pub fn check_endpoint_host(host: &str) -> Result<(), EndpointHostError> {
+    if host.parse::<IpAddr>().is_ok() {
+        return Ok(());
+    }
+    let label_ok = |l: &str| {
+        (1..=63).contains(&l.len())
+            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    let all_digits = host.chars().all(|c| c.is_ascii_digit() || c == '.');
+    if host.is_empty() || host.len() > 253 || all_digits || !host.split('.').all(label_ok) {
+        return Err(EndpointHostError(host.to_string()));
+    }
+    Ok(())
+}
+
+/// An endpoint host [`check_endpoint_host`] refuses.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("endpoint host {0:?} must be an IP address or a DNS name (letters, digits, '-' and '.', at most 253 characters)")]
+pub struct EndpointHostError(pub String);
+
 /// How a command names a peer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PeerRef {
@@ -409,7 +435,38 @@ pub enum Response {
 
 #[cfg(test)]
 mod ifname_tests {
-    use super::check_ifname;
+    use super::{check_endpoint_host, check_ifname};
+
+    #[test]
+    fn endpoint_hosts_are_addresses_or_dns_names() {
+        for ok in [
+            "vpn.example.com",
+            "vpn-1.corp.example",
+            "gw",
+            "198.51.100.1",
+            "2001:db8::1",
+            "xn--bcher-kva.example",
+        ] {
+            assert!(check_endpoint_host(ok).is_ok(), "{ok}");
+        }
+        let long = format!("{}.example", "a".repeat(64));
+        for bad in [
+            "",
+            "vpn.example.com\nPostUp = id",
+            "vpn.example.com:51820",
+            "[2001:db8::1]",
+            "-vpn.example.com",
+            "vpn-.example.com",
+            "vpn..example.com",
+            "vpn.example.com.",
+            "vpn example.com",
+            "vpn#.example.com",
+            "999.1.1.1",
+            long.as_str(),
+        ] {
+            assert!(check_endpoint_host(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn interface_names_the_kernel_and_our_scripts_accept() {

@@ -758,6 +758,9 @@ pub fn validate_settings(s: &Settings) -> Result<(), ApplyError> {
     if !(576..=9000).contains(&s.mtu) {
         return bad(format!("MTU {} is outside 576-9000", s.mtu));
     }
+    if let Some(Err(e)) = s.endpoint_host.as_deref().map(super::check_endpoint_host) {
+        return bad(e.to_string());
+    }
     Ok(())
 }
 

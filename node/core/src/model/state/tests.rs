@@ -214,6 +214,15 @@ fn rejections_change_nothing() {
             "interface name",
         ),
         (
+            // A line break would put a hook into every client config.
+            Command::SetSettings(SettingsPatch {
+                endpoint_host: Some(Some("vpn.example.com\nPostUp = id".into())),
+                ..Default::default()
+            }),
+            ErrorKind::InvalidArgument,
+            "endpoint host",
+        ),
+        (
             Command::RotatePeer {
                 peer: PeerRef::Key(key(1)),
                 new_key: key(1),
