@@ -25,6 +25,33 @@ pub fn loose_mode(p: &std::path::Path) -> std::io::Result<Option<u32>> {
     Ok((mode & 0o077 != 0).then_some(mode))
 }
 
+/// Writes `body` to `path` so that no reader ever sees half a file and
+/// nothing planted beside it is followed: a fresh temp file in the same
+/// directory (random name, `O_CREAT|O_EXCL`, so a file or symlink already
+/// there is never opened), its mode set at creation and again on the open
+/// file (whatever the umask), the data fsynced, then renamed over `path`
+/// (a symlink at `path` is replaced, not followed) and the directory
+/// fsynced. For keys, certificates, backups and configs.
+pub fn write_file_atomic(path: &std::path::Path, body: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    let perms = || std::fs::Permissions::from_mode(mode);
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".anygate-")
+        .suffix(".tmp")
+        .permissions(perms())
+        .tempfile_in(dir)?;
+    tmp.as_file().set_permissions(perms())?;
+    tmp.write_all(body)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
 /// A PEM certificate and its PEM private key.
 #[derive(Debug, Clone)]
 pub struct Pem {
@@ -141,6 +168,44 @@ pub fn issue(ca: &Pem, req: &Request) -> Result<Pem, PkiError> {
 mod tests {
     use super::*;
     use crate::tls::identity_of;
+
+    #[test]
+    fn files_are_written_whole_with_their_mode_and_nothing_planted_is_followed() {
+        use std::os::unix::fs::{symlink, PermissionsExt};
+        let dir = tempfile::tempdir().unwrap();
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let key = dir.path().join("node.key");
+        // The old helper wrote through `node.tmp`: a symlink planted there
+        // (or at the key itself) must not carry the key anywhere else.
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "untouched").unwrap();
+        symlink(&victim, dir.path().join("node.tmp")).unwrap();
+        // A looser file already at the path is replaced, mode included.
+        std::fs::write(&key, "old").unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o666)).unwrap();
+        write_file_atomic(&key, b"secret", 0o600).unwrap();
+        assert_eq!(std::fs::read_to_string(&key).unwrap(), "secret");
+        assert_eq!(mode(&key), 0o600);
+        assert_eq!(loose_mode(&key).unwrap(), None);
+        let link = dir.path().join("link.key");
+        symlink(&victim, &link).unwrap();
+        write_file_atomic(&link, b"secret", 0o600).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched");
+        assert!(!std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        let cert = dir.path().join("node.pem");
+        write_file_atomic(&cert, b"cert", 0o644).unwrap();
+        assert_eq!(mode(&cert), 0o644);
+        // No temp file is left behind.
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".anygate-"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::CertificateDer;
 

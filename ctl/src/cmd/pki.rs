@@ -76,20 +76,10 @@ fn io(p: &Path, e: impl std::fmt::Display) -> Status {
 
 /// Writes atomically (temp file + rename), with `mode`, so a node polling
 /// the file never reads half of it.
+/// See `anygate_proto::pki::write_file_atomic`: a temp file created
+/// exclusively beside `p` with its mode, fsynced, renamed over it.
 pub fn write_file(p: &Path, body: &str, mode: u32) -> Result {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = p.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(|e| io(&tmp, e))?;
-    f.write_all(body.as_bytes()).map_err(|e| io(&tmp, e))?;
-    f.sync_all().map_err(|e| io(&tmp, e))?;
-    std::fs::rename(&tmp, p).map_err(|e| io(p, e))
+    anygate_proto::pki::write_file_atomic(p, body.as_bytes(), mode).map_err(|e| io(p, e))
 }
 
 fn read(p: &Path) -> std::result::Result<String, Status> {
