@@ -355,18 +355,9 @@ pub fn plan_delta(have: &Present, delta: &Delta) -> Option<String> {
         let old = have.sets.get(name)?;
         let minus: Vec<IpNet> = d.del.iter().filter(|n| old.contains(n)).copied().collect();
         let plus: Vec<IpNet> = d.add.iter().filter(|n| !old.contains(n)).copied().collect();
-        if !minus.is_empty() {
-            del.push_str(&format!(
-                "delete element inet {TABLE} {name} {{ {} }}\n",
-                elements(&minus)
-            ));
-        }
-        if !plus.is_empty() {
-            add.push_str(&format!(
-                "add element inet {TABLE} {name} {{ {} }}\n",
-                elements(&plus)
-            ));
-        }
+        let (d, a) = element_lines(name, &minus, &plus);
+        del.push_str(&d);
+        add.push_str(&a);
     }
     Some(del + &add)
 }
@@ -419,6 +410,19 @@ pub fn full_script(d: &Desired) -> String {
     s
 }
 
+/// The `delete element` and `add element` lines for one set (each empty
+/// when there is nothing to remove or add).
+fn element_lines(name: &str, minus: &[IpNet], plus: &[IpNet]) -> (String, String) {
+    let line = |verb: &str, nets: &[IpNet]| match nets.is_empty() {
+        true => String::new(),
+        false => format!(
+            "{verb} element inet {TABLE} {name} {{ {} }}\n",
+            elements(nets)
+        ),
+    };
+    (line("delete", minus), line("add", plus))
+}
+
 /// The `nft -f` script that turns `have` into `want`: None when nothing
 /// differs; the full table when the skeleton is wrong or a rule to delete
 /// has no known handle.
@@ -440,18 +444,9 @@ pub fn plan(have: Option<&Present>, want: &Desired) -> Option<String> {
         let minus: Vec<IpNet> = old.difference(members).copied().collect();
         // Removals first within the batch: a wider prefix may replace
         // narrower ones it now covers.
-        if !minus.is_empty() {
-            add.push_str(&format!(
-                "delete element inet {TABLE} {name} {{ {} }}\n",
-                elements(&minus)
-            ));
-        }
-        if !plus.is_empty() {
-            add.push_str(&format!(
-                "add element inet {TABLE} {name} {{ {} }}\n",
-                elements(&plus)
-            ));
-        }
+        let (d, a) = element_lines(name, &minus, &plus);
+        add.push_str(&d);
+        add.push_str(&a);
     }
     for (id, r) in &want.rules {
         if !have.rules.contains_key(id) {
