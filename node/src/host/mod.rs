@@ -148,11 +148,7 @@ impl Host {
                     }
                 }
                 Err(e) => {
-                    self.metrics.reconcile_errors.inc();
-                    warn!(error = %e, "cannot read the access-policy table; will retry at the next resync");
-                    self.policy = None;
-                    self.policy_failing = true;
-                    return;
+                    return self.policy_failed("cannot read the access-policy table", &e);
                 }
             }
         }
@@ -188,13 +184,17 @@ impl Host {
                 };
                 self.remember_generation();
             }
-            Err(e) => {
-                self.metrics.reconcile_errors.inc();
-                warn!(error = %e, "access-policy table not updated; will retry at the next resync");
-                self.policy = None;
-                self.policy_failing = true;
-            }
+            Err(e) => self.policy_failed("access-policy table not updated", &e),
         }
+    }
+
+    /// The policy table could not be read or written: forget what it
+    /// holds and leave it to the next resync (counted, logged).
+    fn policy_failed(&mut self, what: &str, e: &dyn std::fmt::Display) {
+        self.metrics.reconcile_errors.inc();
+        warn!(error = %e, "{what}; will retry at the next resync");
+        self.policy = None;
+        self.policy_failing = true;
     }
 
     /// Applies one commit's element changes to the group sets: a script
@@ -224,12 +224,7 @@ impl Host {
                 policy::apply_delta(have, delta);
                 self.remember_generation();
             }
-            Err(e) => {
-                self.metrics.reconcile_errors.inc();
-                warn!(error = %e, "access-policy sets not updated; will retry at the next resync");
-                self.policy = None;
-                self.policy_failing = true;
-            }
+            Err(e) => self.policy_failed("access-policy sets not updated", &e),
         }
     }
 }
