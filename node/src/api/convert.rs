@@ -3,6 +3,7 @@
 //! checked in `apply`.
 
 use super::status::invalid;
+use crate::model::limits;
 use crate::model::*;
 use anygate_proto::v1 as pb;
 use ipnet::IpNet;
@@ -36,32 +37,14 @@ pub fn peer_ref(s: &str) -> Result<PeerRef, Status> {
     PeerRef::parse(s).map_err(invalid)
 }
 
-fn name_ok(field: &str, s: &str, required: bool) -> Result<(), Status> {
-    if required && s.is_empty() {
-        return Err(invalid(format!("{field} is required")));
-    }
-    if s.len() > 128 || s.chars().any(|c| c.is_control()) {
-        return Err(invalid(format!(
-            "{field} must be at most 128 printable characters"
-        )));
-    }
-    Ok(())
-}
-
+/// Syntax here; every bound (names, labels, counts) is
+/// [`limits::check_new_peer`], the state machine's own check.
 pub fn new_peer(s: &pb::PeerSpec) -> Result<NewPeer, Status> {
-    name_ok("user", &s.user, true)?;
-    name_ok("device", &s.device, true)?;
-    name_ok("group", &s.group, false)?;
-    if s.device.contains('/') || s.user.contains('/') {
-        return Err(invalid("user and device must not contain '/'"));
-    }
-    if s.allowed_ips.len() + s.addresses.len() > 256 {
-        return Err(invalid(
-            "a peer may have at most 256 addresses and allowed IPs",
-        ));
-    }
-    if s.labels.len() > 32 {
-        return Err(invalid("a peer may have at most 32 labels"));
+    if s.allowed_ips.len() + s.addresses.len() > limits::PEER_PREFIXES {
+        return Err(invalid(format!(
+            "a peer may have at most {} addresses and allowed IPs",
+            limits::PEER_PREFIXES
+        )));
     }
     let keepalive = match s.persistent_keepalive {
         Some(k) if k > 65535 => {
@@ -69,7 +52,7 @@ pub fn new_peer(s: &pb::PeerSpec) -> Result<NewPeer, Status> {
         }
         k => k.map(|k| k as u16),
     };
-    Ok(NewPeer {
+    let p = NewPeer {
         public_key: key("public_key", &s.public_key)?,
         preshared_key: s
             .preshared_key
@@ -97,7 +80,9 @@ pub fn new_peer(s: &pb::PeerSpec) -> Result<NewPeer, Status> {
         persistent_keepalive: keepalive,
         expires_at_ms: s.expires_at_ms,
         pool: (!s.pool.is_empty()).then(|| s.pool.clone()),
-    })
+    };
+    limits::check_new_peer(&p).map_err(|e| invalid(e.message))?;
+    Ok(p)
 }
 
 pub fn state_to_pb(s: PeerState) -> pb::PeerState {

@@ -25,7 +25,7 @@ use tonic::Status;
 /// Operator requests may carry at most this many bytes.
 pub const MAX_API_MESSAGE: usize = 16 * 1024 * 1024;
 /// Peers in one AddPeers request (one log entry).
-pub const MAX_PEERS_PER_REQUEST: usize = 5_000;
+pub const MAX_PEERS_PER_REQUEST: usize = crate::model::limits::PEERS_PER_REQUEST;
 
 pub const ACTOR_HEADER: &str = "x-anygate-actor";
 /// Clients that retry send the same id with every attempt of one write.

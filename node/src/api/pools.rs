@@ -16,20 +16,12 @@ impl PoolService for PoolApi {
         let Some(p) = &req.get_ref().pool else {
             return Err(invalid("pool is required"));
         };
-        if p.name.is_empty()
-            || p.name.len() > 64
-            || !p
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        {
+        crate::model::limits::check_pool_name(&p.name).map_err(|e| invalid(e.message))?;
+        if p.cidrs.is_empty() || p.cidrs.len() > crate::model::limits::POOL_CIDRS {
             return Err(invalid(format!(
-                "pool name {:?} must be 1-64 characters of A-Z a-z 0-9 - _ .",
-                p.name
+                "a pool needs 1-{} CIDRs",
+                crate::model::limits::POOL_CIDRS
             )));
-        }
-        if p.cidrs.is_empty() || p.cidrs.len() > 16 {
-            return Err(invalid("a pool needs 1-16 CIDRs"));
         }
         let cidrs = p
             .cidrs

@@ -164,6 +164,7 @@ impl RaftNode {
     /// Leadership is read from the metrics; if it moved in between, the
     /// answer is `NotLeader` with the new leader, which clients follow.
     pub async fn write(&self, req: Request) -> Result<Written, NodeError> {
+        crate::model::limits::check_request(&req).map_err(NodeError::Rejected)?;
         match self.leader() {
             Some((id, addr)) if id != self.id => self.forward(req, id, &addr).await,
             _ => self.write_local(req).await,
@@ -171,7 +172,11 @@ impl RaftNode {
     }
 
     /// Only on this node; `NotLeader` when it is not the leader.
+    /// Every request is checked against [`crate::model::limits`] here, so
+    /// nothing oversized reaches the log (a forwarded write is checked by
+    /// the follower and again by the leader).
     pub async fn write_local(&self, req: Request) -> Result<Written, NodeError> {
+        crate::model::limits::check_request(&req).map_err(NodeError::Rejected)?;
         match self.raft.client_write(req).await {
             Ok(r) => match r.data {
                 Response::Rejected(e) => Err(NodeError::Rejected(e)),

@@ -25,6 +25,10 @@ use tonic::transport::Channel;
 /// Raft messages can be large (snapshot chunks, batches of entries).
 pub const MAX_RAFT_MESSAGE: usize = 64 * 1024 * 1024;
 
+// One bounded log entry (and its envelope) always fits one message, so the
+// sender can always make progress by sending fewer entries.
+const _: () = assert!(crate::model::limits::ENTRY_BYTES + 1024 * 1024 < MAX_RAFT_MESSAGE);
+
 /// Shared cache of channels by address, used by Raft and by write forwarding.
 /// With TLS every (re)connect presents this node's current certificate.
 #[derive(Clone, Default)]
@@ -171,6 +175,16 @@ impl RaftNetwork<TypeConfig> for Conn {
             return Err(RPCError::PayloadTooLarge(
                 PayloadTooLarge::new_entries_hint(hint),
             ));
+        }
+        if size > limit {
+            // Only an entry admitted before entries were bounded can get
+            // here; say so instead of failing quietly on every retry.
+            tracing::error!(
+                target = self.target,
+                bytes = size,
+                first = ?rpc.entries.first().map(|e| e.log_id),
+                "a log entry is larger than a Raft message; it predates the entry bound and cannot be replicated"
+            );
         }
         self.send(Rpc::Append, payload, &option).await
     }

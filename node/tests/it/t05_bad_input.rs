@@ -2,8 +2,11 @@
 //! config exits 64 and names the key.
 
 use crate::harness::*;
+use anygate_proto::tls::Role;
 use anygate_proto::v1::peer_service_client::PeerServiceClient;
-use anygate_proto::v1::{AddPeersRequest, PeerSpec};
+use anygate_proto::v1::pool_service_client::PoolServiceClient;
+use anygate_proto::v1::{AddPeersRequest, AddPoolRequest, PeerSpec, Pool};
+use std::time::Duration;
 
 fn snapshot_state(ep: &str) -> String {
     format!(
@@ -211,6 +214,91 @@ fn bad_input_is_refused_clearly_and_changes_nothing() {
             e.message().contains("message length too large") || e.message().contains("too large"),
             "{e:?}"
         );
+        // Finding 1 of the hardening issue, as an operator: one oversized
+        // entry must not reach the log (it froze every later commit).
+        pki().issue("bounds-operator", Role::Operator, vec![], None);
+        let mut op = PeerServiceClient::new(client_channel(&leader_addr, "bounds-operator"))
+            .max_encoding_message_size(64 * 1024 * 1024);
+        let mut pools = PoolServiceClient::new(client_channel(&follower, "bounds-operator"));
+        let mut control = spec(1);
+        control
+            .labels
+            .insert("note".into(), "\u{1}".repeat(14_000_000));
+        let e = op
+            .add_peers(AddPeersRequest {
+                peers: vec![control],
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(
+            e.message()
+                .contains("label \"note\" is 14000000 bytes; at most 256"),
+            "{}",
+            e.message()
+        );
+        // Within every field bound, but quotes double in the log's JSON.
+        let quoted: Vec<PeerSpec> = (0..600)
+            .map(|i| {
+                let mut p = spec(1000 + i);
+                for l in 0..32 {
+                    p.labels.insert(format!("l{l}"), "\"".repeat(256));
+                }
+                p
+            })
+            .collect();
+        let e = op
+            .add_peers(AddPeersRequest { peers: quoted })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::ResourceExhausted);
+        assert!(
+            e.message().contains("one write may be at most 8 MiB"),
+            "{}",
+            e.message()
+        );
+        let e = pools
+            .add_pool(AddPoolRequest {
+                pool: Some(Pool {
+                    name: "g".into(),
+                    cidrs: vec!["10.97.0.0/24".into()],
+                    group: "\u{1}".repeat(1_000_000),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(
+            e.message().contains("pool group is 1000000 bytes"),
+            "{}",
+            e.message()
+        );
+        let e = op
+            .remove_peer(anygate_proto::v1::RemovePeerRequest {
+                peer: format!("{}/d", "u".repeat(100_000)),
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            e.message().contains("user is 100000 bytes"),
+            "{}",
+            e.message()
+        );
+        // The log is not stuck: the next write commits at once.
+        let t = std::time::Instant::now();
+        let ok = spec(2000);
+        op.add_peers(AddPeersRequest {
+            peers: vec![ok.clone()],
+        })
+        .await
+        .expect("a write after the refusals");
+        assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+        op.remove_peer(anygate_proto::v1::RemovePeerRequest {
+            peer: ok.public_key,
+        })
+        .await
+        .expect("cleanup");
         // The same request id twice (a client retrying after a lost answer)
         // applies once and answers the same both times, through any node.
         let retry = spec(100);

@@ -4,6 +4,7 @@
 
 pub mod ipam;
 pub mod key;
+pub mod limits;
 pub mod policy;
 mod state;
 

@@ -63,6 +63,22 @@ pub struct Inventory {
 
 type Res<T> = Result<T, ApplyError>;
 
+/// Audit text never carries more than this of a request's input.
+pub const AUDIT_TEXT_BYTES: usize = 256;
+
+/// `s` cut to [`AUDIT_TEXT_BYTES`] at a character boundary.
+fn bounded(mut s: String) -> String {
+    if s.len() > AUDIT_TEXT_BYTES {
+        let mut end = AUDIT_TEXT_BYTES;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push('…');
+    }
+    s
+}
+
 /// Policies per cluster (each becomes a rule on every gateway).
 pub const MAX_POLICIES: usize = 1000;
 
@@ -188,9 +204,14 @@ impl Inventory {
                 None => Response::Duplicate { index: seen.index },
             };
         }
-        let result = self.apply_cmd(index, req, ch);
+        // The proposer checked these; a raw entry or an old log may not have.
+        let result = super::limits::check_fields(req).and_then(|()| self.apply_cmd(index, req, ch));
         if let Some(id) = &req.request_id {
-            self.remember(index, id, result.as_ref().err().cloned(), ch);
+            let error = result.as_ref().err().map(|e| ApplyError {
+                kind: e.kind,
+                message: bounded(e.message.clone()),
+            });
+            self.remember(index, id, error, ch);
         }
         let (action, object) = req.cmd.describe();
         // Endpoint observations are telemetry, and a sweep that expired
@@ -215,9 +236,9 @@ impl Inventory {
                 actor: req.actor.clone(),
                 at_ms: req.at_ms,
                 action: action.to_string(),
-                object,
+                object: bounded(object),
                 detail,
-                error: result.as_ref().err().map(|e| e.message.clone()),
+                error: result.as_ref().err().map(|e| bounded(e.message.clone())),
             });
         }
         result.unwrap_or_else(Response::Rejected)

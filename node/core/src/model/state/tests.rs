@@ -416,3 +416,32 @@ fn retried_request_ids_apply_once() {
         Response::Duplicate { index: 2 }
     );
 }
+
+#[test]
+fn an_unbounded_raw_entry_is_refused_and_its_audit_and_id_stay_small() {
+    // A log entry the proposer's bound never saw (an old version, a
+    // restore): the state machine refuses it too, and what it keeps of it
+    // (audit object, error, remembered request id) is bounded.
+    let mut inv = inv_with_pool(&["10.0.0.0/24"]);
+    let before = inv.to_image().peers.len();
+    let mut p = np(1);
+    p.labels.insert("note".into(), "\u{1}".repeat(1_000_000));
+    let mut ch = Changes::default();
+    let mut r = req(Command::AddPeers(vec![p]));
+    r.request_id = Some("retry-1".into());
+    let e = rejected(inv.apply(2, &r, &mut ch));
+    assert!(
+        e.message.contains("label \"note\" is 1000000 bytes"),
+        "{}",
+        e.message
+    );
+    assert_eq!(inv.to_image().peers.len(), before);
+    let long_ref = PeerRef::UserDevice("u".repeat(100), "d".repeat(100));
+    rejected(inv.apply(3, &req(Command::RemovePeer { peer: long_ref }), &mut ch));
+    assert_eq!(ch.audit.len(), 2);
+    for a in &ch.audit {
+        assert!(a.object.len() <= AUDIT_TEXT_BYTES + 3, "{}", a.object.len());
+        assert!(a.error.as_ref().unwrap().len() <= AUDIT_TEXT_BYTES + 3);
+    }
+    assert!(ch.requests_added[0].error.as_ref().unwrap().message.len() <= AUDIT_TEXT_BYTES + 3);
+}
