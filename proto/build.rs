@@ -55,6 +55,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ".anygate.v1.DataplaneStatus.backend",
             "#[serde(with = \"crate::enum_names::dataplane_backend\")]",
         )
+        .field_attribute(
+            ".anygate.v1.Peer.state",
+            "#[serde(with = \"crate::enum_names::peer_state\")]",
+        )
+        .field_attribute(
+            ".anygate.v1.PeerSpec.state",
+            "#[serde(with = \"crate::enum_names::peer_state\")]",
+        )
         .compile_fds(fds)?;
     Ok(())
 }

@@ -34,6 +34,7 @@ fn peer(i: u64) -> NewPeer {
         persistent_keepalive: None,
         expires_at_ms: None,
         pool: Some("clients".into()),
+        state: None,
     }
 }
 

@@ -48,6 +48,7 @@ names! {
     bgp_state => crate::v1::BgpState, "BGP_STATE_";
     withdraw_reason => crate::v1::WithdrawReason, "WITHDRAW_REASON_";
     dataplane_backend => crate::v1::DataplaneBackend, "DATAPLANE_BACKEND_";
+    peer_state => crate::v1::PeerState, "PEER_STATE_";
 }
 
 #[cfg(test)]

@@ -29,8 +29,9 @@ pub enum BackupCmd {
     /// the audit log.
     Export { file: PathBuf },
     /// Restore FILE into an empty cluster (just initialised: no peers,
-    /// pools or policies): settings, pools, policies, then peers in
-    /// batches with their addresses, keys and states.
+    /// pools or policies): settings, pools, policies, the revoked keys,
+    /// then peers in batches with their addresses, keys and states (each
+    /// peer and its state in one write).
     Restore {
         file: PathBuf,
         /// Peers per write (each batch all or nothing).
@@ -191,35 +192,39 @@ impl BackupCmd {
                         Status::new(e.code(), format!("policy {}: {}", p.name, e.message()))
                     })?;
                 }
-                let specs: Vec<PeerSpec> = b.peers.iter().map(to_spec).collect();
-                let added = add_in_batches(ctx, &specs, batch).await?;
-                let mut states = 0;
-                for p in b
-                    .peers
-                    .iter()
-                    .filter(|p| p.state != PeerState::Active as i32)
-                {
-                    let req = SetPeerStateRequest {
-                        peer: p.public_key.clone(),
-                        state: p.state,
+                // Revocations first: a key the old cluster revoked (even one
+                // no peer holds any more) is refused from here on, and the
+                // peers come with their states in the same writes.
+                let keys: Vec<String> = b.revoked.iter().map(|r| r.public_key.clone()).collect();
+                for chunk in keys.chunks(5000) {
+                    let req = RevokeKeysRequest {
+                        public_keys: chunk.to_vec(),
                     };
                     c.call(|ch| {
                         let req = req.clone();
-                        async move { P::new(ch).set_peer_state(c.req(req)).await }
+                        async move { P::new(ch).revoke_keys(c.req(req)).await }
                     })
-                    .await?;
-                    states += 1;
+                    .await
+                    .map_err(|e| Status::new(e.code(), format!("revoked keys: {}", e.message())))?;
                 }
+                let specs: Vec<PeerSpec> = b.peers.iter().map(to_spec).collect();
+                let added = add_in_batches(ctx, &specs, batch).await?;
+                let states = b
+                    .peers
+                    .iter()
+                    .filter(|p| p.state != PeerState::Active as i32)
+                    .count();
                 if ctx.json {
                     println!(
                         "{}",
                         json(
-                            &serde_json::json!({"peers": added, "pools": b.pools.len(), "policies": b.policies.len(), "states": states})
+                            &serde_json::json!({"peers": added, "pools": b.pools.len(), "policies": b.policies.len(), "states": states, "revoked_keys": keys.len()})
                         )
                     );
                 } else {
                     println!(
-                        "restored {added} peers ({states} disabled or revoked), {} pools, {} policies and the settings from index {} of the old cluster",
+                        "restored {added} peers ({states} disabled or revoked), {} revoked keys, {} pools, {} policies and the settings from index {} of the old cluster",
+                        keys.len(),
                         b.pools.len(),
                         b.policies.len(),
                         b.applied_index

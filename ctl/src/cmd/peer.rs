@@ -57,8 +57,15 @@ pub enum PeerCmd {
     Enable { peer: String },
     /// Revoke the key for good (it can never be enabled again).
     Revoke { peer: String },
-    /// Delete the peer and free its addresses.
+    /// Delete the peer and free its addresses. A revoked key stays revoked
+    /// after its peer is removed (see `peer revoked`).
     Remove { peer: String },
+    /// List every revoked key. Revocation is for good: a revoked key is
+    /// refused for any new peer or rotation, and backups carry the list.
+    Revoked {
+        #[arg(long)]
+        stale: bool,
+    },
     /// Give a peer a new key pair, keeping its addresses.
     Rotate {
         peer: String,
@@ -210,6 +217,9 @@ pub fn to_spec(p: &Peer) -> PeerSpec {
         persistent_keepalive: Some(p.persistent_keepalive),
         expires_at_ms: p.expires_at_ms,
         pool: String::new(),
+        // Disabled and revoked peers come back as they were, in the same
+        // write (an import that re-activated a revoked key was the bug).
+        state: p.state,
     }
 }
 
@@ -348,6 +358,7 @@ impl PeerCmd {
                     persistent_keepalive: a.keepalive,
                     expires_at_ms,
                     pool: a.pool.unwrap_or_default(),
+                    state: PeerState::Unspecified as i32,
                 };
                 // Settings no config can be written from are refused
                 // before the peer is added.
@@ -609,6 +620,33 @@ impl PeerCmd {
                 }
             }
             PeerCmd::Import { file, batch } => import(ctx, &file, batch.clamp(1, 5000)).await?,
+            PeerCmd::Revoked { stale } => {
+                let read = read_opts(stale);
+                let r = c
+                    .call(|ch| async move {
+                        P::new(ch)
+                            .list_revoked_keys(c.req(ListRevokedKeysRequest { read }))
+                            .await
+                    })
+                    .await?;
+                if ctx.json {
+                    println!("{}", json(&r.keys));
+                    return Ok(());
+                }
+                let rows = r
+                    .keys
+                    .iter()
+                    .map(|k| {
+                        vec![
+                            k.public_key.clone(),
+                            when(k.revoked_at_ms),
+                            k.index.to_string(),
+                        ]
+                    })
+                    .collect();
+                println!("{}", table(&["PUBLIC KEY", "REVOKED", "LOG INDEX"], rows));
+                println!("{} revoked keys", r.keys.len());
+            }
             PeerCmd::Export { user, group, stale } => {
                 let req = ListPeersRequest {
                     read: read_opts(stale),

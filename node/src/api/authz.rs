@@ -23,6 +23,7 @@ pub fn required(path: &str) -> Role {
         "anygate.v1.PeerService/ListPeers"
         | "anygate.v1.PeerService/GetPeer"
         | "anygate.v1.PeerService/ListEndpoints"
+        | "anygate.v1.PeerService/ListRevokedKeys"
         | "anygate.v1.PoolService/ListPools"
         | "anygate.v1.SettingsService/GetSettings"
         | "anygate.v1.AuditService/ListAudit"
@@ -33,6 +34,7 @@ pub fn required(path: &str) -> Role {
         | "anygate.v1.PeerService/SetPeerState"
         | "anygate.v1.PeerService/RemovePeer"
         | "anygate.v1.PeerService/RotatePeer"
+        | "anygate.v1.PeerService/RevokeKeys"
         | "anygate.v1.PoolService/AddPool"
         | "anygate.v1.PoolService/RemovePool"
         | "anygate.v1.ClusterService/Drain" => Role::Operator,

@@ -2,7 +2,7 @@
 //! authorization table). Restore is `anygatectl backup restore`, through
 //! the ordinary write API, so every restored item is validated and audited.
 
-use super::convert::{peer_to_pb, pool_to_pb, settings_to_pb};
+use super::convert::{peer_to_pb, pool_to_pb, revoked_to_pb, settings_to_pb};
 use super::policies::policy_to_pb;
 use super::Api;
 use crate::time::now_ms;
@@ -28,6 +28,7 @@ impl BackupService for BackupApi {
             pools: inv.pools().iter().map(pool_to_pb).collect(),
             policies: inv.policies().map(policy_to_pb).collect(),
             peers: inv.peers().map(|p| peer_to_pb(p, true)).collect(),
+            revoked: inv.revoked().map(|(k, r)| revoked_to_pb(k, r)).collect(),
         });
         tracing::info!(caller = %caller.name, peers = b.peers.len(), index = b.applied_index, "inventory exported (with preshared keys)");
         Ok(Reply::new(b))

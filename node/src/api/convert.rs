@@ -80,6 +80,7 @@ pub fn new_peer(s: &pb::PeerSpec) -> Result<NewPeer, Status> {
         persistent_keepalive: keepalive,
         expires_at_ms: s.expires_at_ms,
         pool: (!s.pool.is_empty()).then(|| s.pool.clone()),
+        state: state_from_pb(s.state)?,
     };
     limits::check_new_peer(&p).map_err(|e| invalid(e.message))?;
     Ok(p)
@@ -232,5 +233,13 @@ pub fn audit_to_pb(a: &AuditEntry) -> pb::AuditEntry {
         object: a.object.clone(),
         detail: a.detail.clone(),
         error: a.error.clone().unwrap_or_default(),
+    }
+}
+
+pub fn revoked_to_pb(k: &WgKey, r: &Revocation) -> pb::RevokedKey {
+    pb::RevokedKey {
+        public_key: k.to_string(),
+        revoked_at_ms: r.at_ms,
+        index: r.index,
     }
 }

@@ -164,6 +164,36 @@ impl PeerService for PeerApi {
         Ok(committed(w.index, one(w.response)?.into_inner()))
     }
 
+    async fn revoke_keys(
+        &self,
+        req: Request<RevokeKeysRequest>,
+    ) -> Result<Reply<RevokeKeysResponse>, Status> {
+        let keys = req
+            .get_ref()
+            .public_keys
+            .iter()
+            .map(|k| convert::key("public_keys", k))
+            .collect::<Result<Vec<_>, _>>()?;
+        let w = self.0.write(&req, Command::RevokeKeys(keys)).await?;
+        match w.response {
+            Response::Count(revoked) => Ok(committed(w.index, RevokeKeysResponse { revoked })),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn list_revoked_keys(
+        &self,
+        req: Request<ListRevokedKeysRequest>,
+    ) -> Result<Reply<ListRevokedKeysResponse>, Status> {
+        self.0.read_barrier(&req.get_ref().read).await?;
+        let keys = self.0.node.view.read(|inv| {
+            inv.revoked()
+                .map(|(k, r)| convert::revoked_to_pb(k, r))
+                .collect()
+        });
+        Ok(Reply::new(ListRevokedKeysResponse { keys }))
+    }
+
     async fn list_endpoints(
         &self,
         req: Request<ListEndpointsRequest>,

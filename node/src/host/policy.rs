@@ -807,6 +807,7 @@ mod tests {
                         persistent_keepalive: None,
                         expires_at_ms: None,
                         pool: None,
+                        state: None,
                     }])
                 }
             };

@@ -38,6 +38,7 @@ pub(crate) const CF_NODES: &str = "nodes";
 pub(crate) const CF_AUDIT: &str = "audit";
 pub(crate) const CF_SNAPSHOT: &str = "snapshot";
 pub(crate) const CF_REQUESTS: &str = "requests";
+pub(crate) const CF_REVOKED: &str = "revoked";
 
 /// Raft's own column families; the state machine's are [`SM_CFS`].
 const RAFT_CFS: &[&str] = &[CF_LOG, CF_RAFT, CF_SNAPSHOT];
@@ -52,6 +53,7 @@ pub(crate) const SM_CFS: &[&str] = &[
     CF_NODES,
     CF_AUDIT,
     CF_REQUESTS,
+    CF_REVOKED,
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -230,6 +230,9 @@ impl StateMachine {
         for (_, v) in all(CF_REQUESTS)? {
             img.requests.push(rd(&v)?);
         }
+        for (_, v) in all(CF_REVOKED)? {
+            img.revoked.push(rd(&v)?);
+        }
         let (applied, _) = watch::channel(last_applied.map(|l| l.index).unwrap_or(0));
         let view = StateView {
             inner: Arc::new(Shared {
@@ -291,6 +294,11 @@ impl StateMachine {
         }
         for a in &ch.audit {
             b.put_cf(cf(db, CF_AUDIT), be(a.index), wr(a)?);
+        }
+        for k in &ch.revoked {
+            if let Some(r) = inv.revocation(k) {
+                b.put_cf(cf(db, CF_REVOKED), k.as_bytes(), wr(&(k, r))?);
+            }
         }
         for r in &ch.requests_added {
             b.put_cf(cf(db, CF_REQUESTS), be(r.index), wr(r)?);
@@ -477,6 +485,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         for r in &img.requests {
             b.put_cf(cf(db, CF_REQUESTS), be(r.index), wr(r)?);
         }
+        for r in &img.revoked {
+            b.put_cf(cf(db, CF_REVOKED), r.0.as_bytes(), wr(r)?);
+        }
         b.put_cf(cf(db, CF_SM), KEY_APPLIED, wr(&meta.last_log_id)?);
         b.put_cf(cf(db, CF_SM), KEY_MEMBERSHIP, wr(&meta.last_membership)?);
         db.write_opt(b, &sync_opts())
@@ -502,5 +513,36 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_current_snapshot(&mut self) -> R<Option<Snapshot>> {
         self.stored_snapshot()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::model::{Changes, Command, Inventory, Request, WgKey};
+
+    #[test]
+    fn revocations_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let leaked = WgKey([7; 32]);
+        {
+            let (_log, mut sm) = super::super::open(dir.path()).unwrap();
+            sm.last_applied = Some(openraft::LogId::new(
+                openraft::CommittedLeaderId::new(1, 1),
+                3,
+            ));
+            let mut inv = Inventory::default();
+            let mut ch = Changes::default();
+            let req = Request {
+                actor: "t".into(),
+                at_ms: 5,
+                request_id: None,
+                cmd: Command::RevokeKeys(vec![leaked]),
+            };
+            inv.apply(3, &req, &mut ch);
+            sm.persist(&inv, ch).unwrap();
+        }
+        let (_log, sm) = super::super::open(dir.path()).unwrap();
+        let r = sm.view().read(|inv| inv.revocation(&leaked).cloned());
+        assert_eq!(r.map(|r| (r.index, r.at_ms)), Some((3, 5)));
     }
 }

@@ -270,6 +270,45 @@ fn backup_restores_into_a_fresh_cluster() {
     );
     ctl_ok(&ea, &["peer", "disable", "u1/laptop"]);
     ctl_ok(&ea, &["peer", "revoke", "u2/laptop"]);
+    // A key revoked and then removed: only its revocation remains.
+    let k3 = ctl_json(&ea, &["peer", "show", "u3/laptop"])["public_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    ctl_ok(&ea, &["peer", "revoke", "u3/laptop"]);
+    ctl_ok(&ea, &["peer", "remove", "u3/laptop"]);
+    let readd = |ep: &str, key: &str| {
+        ctl(
+            ep,
+            &[
+                "peer",
+                "add",
+                "--user",
+                "back",
+                "--device",
+                "d",
+                "--public-key",
+                key,
+                "--pool",
+                "corp",
+            ],
+        )
+    };
+    let out = readd(&ea, &k3);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is never accepted again"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // `peer export` carries states, so an import cannot re-activate one.
+    let exported = ctl_ok(&ea, &["peer", "export"]);
+    assert!(exported
+        .lines()
+        .any(|l| l.contains("\"user\":\"u2\"") && l.contains("\"state\":\"revoked\"")));
+    assert!(exported
+        .lines()
+        .any(|l| l.contains("\"user\":\"u1\"") && l.contains("\"state\":\"disabled\"")));
     let psk = ctl_json(&ea, &["peer", "show", "psk/d", "--secrets"])["preshared_key"].clone();
 
     let backup = a.dir().join("backup.json");
@@ -300,6 +339,21 @@ fn backup_restores_into_a_fresh_cluster() {
         ctl_json(&eb, &["peer", "show", "psk/d", "--secrets"])["preshared_key"],
         psk
     );
+    // The revocations came along, the removed peer's too: its key is
+    // refused in the new cluster, and so is the revoked peer's once removed.
+    let revoked = |ep: &str| -> Vec<Value> {
+        let mut v: Vec<Value> = ctl_json(ep, &["peer", "revoked"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["public_key"].clone())
+            .collect();
+        v.sort_by_key(|k| k.as_str().unwrap().to_string());
+        v
+    };
+    assert_eq!(revoked(&ea).len(), 2);
+    assert_eq!(revoked(&ea), revoked(&eb));
+    assert_eq!(readd(&eb, &k3).status.code(), Some(1));
     let strip = |v: Value| -> Vec<Value> {
         v.as_array()
             .unwrap()
@@ -324,6 +378,17 @@ fn backup_restores_into_a_fresh_cluster() {
         ctl_json(&eb, &["settings", "get"])
     );
 
+    let k2 = ctl_json(&eb, &["peer", "show", "u2/laptop"])["public_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    ctl_ok(&eb, &["peer", "remove", "u2/laptop"]);
+    let out = readd(&eb, &k2);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("was revoked"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // A second restore is refused: the cluster is no longer empty.
     let out = ctl(&eb, &["backup", "restore", backup.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));

@@ -157,6 +157,7 @@ pub(crate) mod tests {
                 persistent_keepalive: None,
                 expires_at_ms: None,
                 pool: None,
+                state: None,
             })
             .collect();
         run(&mut inv, Command::AddPeers(peers));

@@ -203,6 +203,10 @@ pub fn check_command(cmd: &Command) -> Result<(), ApplyError> {
         }
         Command::AddPolicy(p) => policy(p),
         Command::RemovePolicy { name } => text("policy name", name, NAME_BYTES, true),
+        Command::RevokeKeys(k) if k.is_empty() || k.len() > PEERS_PER_REQUEST => Err(invalid(
+            format!("revoke 1-{PEERS_PER_REQUEST} keys per request"),
+        )),
+        Command::RevokeKeys(_) => Ok(()),
     }
 }
 
@@ -276,6 +280,7 @@ mod tests {
             persistent_keepalive: Some(DEFAULT_KEEPALIVE),
             expires_at_ms: None,
             pool: None,
+            state: None,
         }
     }
 

@@ -78,6 +78,19 @@ pub struct NewPeer {
     pub persistent_keepalive: Option<u16>,
     pub expires_at_ms: Option<i64>,
     pub pool: Option<String>,
+    /// The state it starts in (a restore keeps disabled and revoked peers
+    /// as they were, in the same write); `None` is active.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<PeerState>,
+}
+
+/// A public key that was revoked: it is never accepted again, for any
+/// peer, even after the peer that held it is removed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revocation {
+    /// When (the proposer's clock) and at which log index.
+    pub at_ms: i64,
+    pub index: u64,
 }
 
 /// Text that does not parse as a model value.
@@ -342,6 +355,10 @@ pub enum Command {
     RemovePolicy {
         name: String,
     },
+    /// Revoke keys for good, whether or not a peer holds them now (a
+    /// leaked key; a restore carrying the old cluster's revocations). A
+    /// peer holding one becomes revoked.
+    RevokeKeys(Vec<WgKey>),
 }
 
 impl Command {
@@ -376,6 +393,8 @@ impl Command {
             Command::Denied { method, .. } => ("denied", method.clone()),
             Command::AddPolicy(p) => ("policy.add", p.name.clone()),
             Command::RemovePolicy { name } => ("policy.remove", name.clone()),
+            Command::RevokeKeys(k) if k.len() == 1 => ("key.revoke", k[0].to_string()),
+            Command::RevokeKeys(k) => ("key.revoke", format!("{} keys", k.len())),
         }
     }
 }

@@ -17,6 +17,8 @@ pub struct Changes {
     pub settings: bool,
     pub endpoints: BTreeSet<WgKey>,
     pub nodes: BTreeSet<NodeId>,
+    /// Keys newly revoked (revocations are never lifted).
+    pub revoked: BTreeSet<WgKey>,
     /// The access policies changed.
     pub policies: bool,
     pub audit: Vec<AuditEntry>,
@@ -45,6 +47,8 @@ pub struct InventoryImage {
     pub requests: Vec<RememberedRequest>,
     #[serde(default)]
     pub policies: Vec<super::policy::Policy>,
+    #[serde(default)]
+    pub revoked: Vec<(WgKey, Revocation)>,
 }
 
 #[derive(Debug, Default)]
@@ -59,6 +63,7 @@ pub struct Inventory {
     requests: HashMap<String, RememberedRequest>,
     request_order: BTreeMap<u64, String>,
     policies: BTreeMap<String, super::policy::Policy>,
+    revoked: BTreeMap<WgKey, Revocation>,
 }
 
 type Res<T> = Result<T, ApplyError>;
@@ -98,6 +103,7 @@ impl Inventory {
                 .into_iter()
                 .map(|p| (p.name.clone(), p))
                 .collect(),
+            revoked: img.revoked.into_iter().collect(),
             ..Default::default()
         };
         for p in img.peers {
@@ -128,6 +134,7 @@ impl Inventory {
                 .map(|id| self.requests[id].clone())
                 .collect(),
             policies: self.policies.values().cloned().collect(),
+            revoked: self.revoked.iter().map(|(k, r)| (*k, r.clone())).collect(),
         }
     }
 
@@ -150,6 +157,13 @@ impl Inventory {
                 .get(&(u.clone(), d.clone()))
                 .and_then(|k| self.peers.get(k)),
         }
+    }
+    /// Every revoked key, in key order.
+    pub fn revoked(&self) -> impl Iterator<Item = (&WgKey, &Revocation)> {
+        self.revoked.iter()
+    }
+    pub fn revocation(&self, key: &WgKey) -> Option<&Revocation> {
+        self.revoked.get(key)
     }
     pub fn settings(&self) -> &Settings {
         &self.settings
@@ -274,8 +288,12 @@ impl Inventory {
                 }
                 p.state = *state;
                 p.revision = index;
+                let p = p.clone();
                 ch.peers.insert(key);
-                Ok(Response::Peers(vec![p.clone()]))
+                if *state == PeerState::Revoked {
+                    self.tombstone(key, index, req.at_ms, ch);
+                }
+                Ok(Response::Peers(vec![p]))
             }
             Command::RemovePeer { peer } => {
                 let key = self.must_resolve(peer)?;
@@ -288,6 +306,7 @@ impl Inventory {
                 new_psk,
             } => {
                 let key = self.must_resolve(peer)?;
+                self.not_revoked(new_key)?;
                 if self.peers.contains_key(new_key) {
                     return Err(err(
                         ErrorKind::AlreadyExists,
@@ -416,6 +435,20 @@ impl Inventory {
                 ch.policies = true;
                 Ok(Response::Policy(p))
             }
+            Command::RevokeKeys(keys) => {
+                let mut n = 0;
+                for k in keys {
+                    if let Some(p) = self.peers.get_mut(k) {
+                        if p.state != PeerState::Revoked {
+                            p.state = PeerState::Revoked;
+                            p.revision = index;
+                            ch.peers.insert(*k);
+                        }
+                    }
+                    n += u64::from(self.tombstone(*k, index, req.at_ms, ch));
+                }
+                Ok(Response::Count(n))
+            }
             Command::RemovePolicy { name } => match self.policies.remove(name) {
                 Some(p) => {
                     ch.policies = true;
@@ -442,6 +475,29 @@ impl Inventory {
         }
         self.by_user_device
             .insert((p.user.clone(), p.device.clone()), p.public_key);
+    }
+
+    /// Revoke `key` for good; false if it already was.
+    fn tombstone(&mut self, key: WgKey, index: u64, at_ms: i64, ch: &mut Changes) -> bool {
+        if self.revoked.contains_key(&key) {
+            return false;
+        }
+        self.revoked.insert(key, Revocation { at_ms, index });
+        ch.revoked.insert(key);
+        true
+    }
+
+    fn not_revoked(&self, key: &WgKey) -> Res<()> {
+        match self.revoked.get(key) {
+            Some(r) => Err(err(
+                ErrorKind::FailedPrecondition,
+                format!(
+                    "public key {key} was revoked (log index {}); a revoked key is never accepted again: the device needs a new key",
+                    r.index
+                ),
+            )),
+            None => Ok(()),
+        }
     }
 
     fn remove_peer(&mut self, key: &WgKey, ch: &mut Changes) -> Peer {
@@ -513,12 +569,19 @@ impl Inventory {
                 }
             }
         }
+        for p in out.iter().filter(|p| p.state == PeerState::Revoked) {
+            self.tombstone(p.public_key, index, at_ms, ch);
+        }
         ch.peers.extend(added);
         ch.pools.extend(self.pools.keys().cloned());
         Ok(Response::Peers(out))
     }
 
     fn add_one(&mut self, index: u64, at_ms: i64, np: &NewPeer) -> Res<Peer> {
+        // A revoked key may only come back as a revoked peer (a restore).
+        if np.state != Some(PeerState::Revoked) {
+            self.not_revoked(&np.public_key)?;
+        }
         if let Some(p) = self.peers.get(&np.public_key) {
             return Err(err(
                 ErrorKind::AlreadyExists,
@@ -616,7 +679,7 @@ impl Inventory {
                 .unwrap_or(self.settings.client_keepalive),
             created_at_ms: at_ms,
             expires_at_ms: np.expires_at_ms,
-            state: PeerState::Active,
+            state: np.state.unwrap_or(PeerState::Active),
             revision: index,
             pool: pool_name,
         };

@@ -29,6 +29,7 @@ fn np(i: u32) -> NewPeer {
         persistent_keepalive: None,
         expires_at_ms: None,
         pool: None,
+        state: None,
     }
 }
 
@@ -444,4 +445,86 @@ fn an_unbounded_raw_entry_is_refused_and_its_audit_and_id_stay_small() {
         assert!(a.error.as_ref().unwrap().len() <= AUDIT_TEXT_BYTES + 3);
     }
     assert!(ch.requests_added[0].error.as_ref().unwrap().message.len() <= AUDIT_TEXT_BYTES + 3);
+}
+
+#[test]
+fn a_revoked_key_never_comes_back() {
+    let mut inv = inv_with_pool(&["10.0.0.0/24"]);
+    add(&mut inv, 2, vec![np(1)]);
+    let mut ch = Changes::default();
+    let revoke = Command::SetPeerState {
+        peer: PeerRef::Key(key(1)),
+        state: PeerState::Revoked,
+    };
+    assert!(matches!(
+        inv.apply(3, &req(revoke), &mut ch),
+        Response::Peers(_)
+    ));
+    assert!(ch.revoked.contains(&key(1)));
+    // Remove, then add the same key again (the finding): refused.
+    inv.apply(
+        4,
+        &req(Command::RemovePeer {
+            peer: PeerRef::Key(key(1)),
+        }),
+        &mut Changes::default(),
+    );
+    let e = rejected(add(&mut inv, 5, vec![np(1)]));
+    assert_eq!(e.kind, ErrorKind::FailedPrecondition);
+    assert!(
+        e.message.contains("was revoked (log index 3)"),
+        "{}",
+        e.message
+    );
+    // Nor as the new key of a rotation.
+    add(&mut inv, 6, vec![np(2)]);
+    let e = rejected(inv.apply(
+        7,
+        &req(Command::RotatePeer {
+            peer: PeerRef::Key(key(2)),
+            new_key: key(1),
+            new_psk: None,
+        }),
+        &mut Changes::default(),
+    ));
+    assert!(e.message.contains("never accepted again"), "{}", e.message);
+    // A key revoked while no peer holds it (a leak; a restore), and a
+    // held key, in one write; the holder becomes revoked.
+    let mut ch = Changes::default();
+    let r = inv.apply(
+        8,
+        &req(Command::RevokeKeys(vec![key(9), key(2), key(1)])),
+        &mut ch,
+    );
+    assert_eq!(r, Response::Count(2), "key 1 already was");
+    assert_eq!(inv.peer(&key(2)).unwrap().state, PeerState::Revoked);
+    assert!(rejected(add(&mut inv, 9, vec![np(9)]))
+        .message
+        .contains("revoked"));
+    // A peer added revoked (a restore) is revoked in the same write, and
+    // a batch that fails leaves no revocation behind.
+    let mut p = np(20);
+    p.state = Some(PeerState::Revoked);
+    let mut bad = np(21);
+    bad.user = "u20".into();
+    let mut ch = Changes::default();
+    rejected(inv.apply(10, &req(Command::AddPeers(vec![p.clone(), bad])), &mut ch));
+    assert!(inv.revocation(&key(20)).is_none() && ch.revoked.is_empty());
+    add(&mut inv, 11, vec![p]);
+    assert_eq!(inv.peer(&key(20)).unwrap().state, PeerState::Revoked);
+    assert_eq!(inv.revocation(&key(20)).unwrap().index, 11);
+    // A revoked key may come back only as a revoked peer (a restore
+    // replays revocations before peers).
+    let mut again = np(9);
+    again.state = Some(PeerState::Revoked);
+    assert!(matches!(add(&mut inv, 12, vec![again]), Response::Peers(_)));
+    assert_eq!(
+        inv.revocation(&key(9)).unwrap().index,
+        8,
+        "the first revocation stays"
+    );
+    // Snapshots carry them.
+    let back = Inventory::from_image(inv.to_image());
+    let keys: Vec<WgKey> = back.revoked().map(|(k, _)| *k).collect();
+    assert_eq!(keys, vec![key(1), key(2), key(9), key(20)]);
 }
