@@ -140,6 +140,8 @@ impl BackupCmd {
                         endpoint_host: Some(s.endpoint_host.clone()),
                         client_routes: s.client_routes.clone(),
                         set_client_routes: true,
+                        routable_prefixes: s.routable_prefixes.clone(),
+                        set_routable_prefixes: true,
                     };
                     c.call(|ch| {
                         let patch = patch.clone();

@@ -54,6 +54,12 @@ pub struct SetArgs {
     /// AllowedIPs of client configs (comma-separated; default 0.0.0.0/0, ::/0).
     #[arg(long, value_delimiter = ',')]
     client_routes: Option<Vec<String>>,
+    /// Prefixes peers may route behind them (site-to-site, servers):
+    /// allowed IPs outside every pool must lie inside one of these
+    /// (comma-separated; "" clears). At most /8 (IPv4) or /16 (IPv6) wide,
+    /// never covering the anycast address. Admin.
+    #[arg(long, value_delimiter = ',')]
+    routable_prefixes: Option<Vec<String>>,
 }
 
 impl SettingsCmd {
@@ -76,6 +82,7 @@ impl SettingsCmd {
                 };
                 let dns = nonempty(a.dns);
                 let routes = nonempty(a.client_routes);
+                let routable = nonempty(a.routable_prefixes);
                 let patch = SettingsPatch {
                     interface: a.interface,
                     listen_port: a.listen_port,
@@ -90,6 +97,8 @@ impl SettingsCmd {
                     endpoint_host: a.endpoint_host,
                     set_client_routes: routes.is_some(),
                     client_routes: routes.unwrap_or_default(),
+                    set_routable_prefixes: routable.is_some(),
+                    routable_prefixes: routable.unwrap_or_default(),
                 };
                 c.call(|ch| {
                     let patch = patch.clone();
@@ -125,6 +134,10 @@ impl SettingsCmd {
             vec!["client-keepalive".into(), s.client_keepalive.to_string()],
             vec!["endpoint-host".into(), dash(&s.endpoint_host)],
             vec!["client-routes".into(), dash(&s.client_routes.join(", "))],
+            vec![
+                "routable-prefixes".into(),
+                dash(&s.routable_prefixes.join(", ")),
+            ],
         ];
         println!("{}", table(&["SETTING", "VALUE"], rows));
         Ok(())

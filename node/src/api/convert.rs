@@ -158,7 +158,18 @@ pub fn settings_to_pb(s: &Settings) -> pb::GatewaySettings {
         client_keepalive: s.client_keepalive as u32,
         endpoint_host: s.endpoint_host.clone().unwrap_or_default(),
         client_routes: s.client_routes.iter().map(|c| c.to_string()).collect(),
+        routable_prefixes: s.routable_prefixes.iter().map(|c| c.to_string()).collect(),
     }
+}
+
+fn cidrs_if(set: bool, field: &str, v: &[String]) -> Result<Option<Vec<IpNet>>, Status> {
+    if !set {
+        return Ok(None);
+    }
+    v.iter()
+        .map(|c| cidr(field, c))
+        .collect::<Result<_, _>>()
+        .map(Some)
 }
 
 fn opt<T>(
@@ -211,16 +222,12 @@ pub fn settings_patch(p: &pb::SettingsPatch) -> Result<SettingsPatch, Status> {
             crate::model::check_endpoint_host(v).map_err(invalid)?;
             Ok(v.to_string())
         })?,
-        client_routes: if p.set_client_routes {
-            Some(
-                p.client_routes
-                    .iter()
-                    .map(|c| cidr("client_routes", c))
-                    .collect::<Result<_, _>>()?,
-            )
-        } else {
-            None
-        },
+        client_routes: cidrs_if(p.set_client_routes, "client_routes", &p.client_routes)?,
+        routable_prefixes: cidrs_if(
+            p.set_routable_prefixes,
+            "routable_prefixes",
+            &p.routable_prefixes,
+        )?,
     })
 }
 

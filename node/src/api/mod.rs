@@ -173,6 +173,27 @@ impl Api {
         }
     }
 
+    /// Refuses a client route (an allowed IP, a routable prefix) that
+    /// covers a gateway's cluster address: routed into a tunnel, it would
+    /// cut the cluster apart. (The state machine cannot see membership
+    /// addresses; each node also refuses to install a route over its own
+    /// addresses, neighbors and next hops: `host::net::Guard`.)
+    pub fn check_client_routes<'a>(
+        &self,
+        field: &str,
+        nets: impl IntoIterator<Item = &'a ipnet::IpNet>,
+    ) -> Result<(), Status> {
+        let members = self.node.member_ips();
+        for n in nets {
+            if let Some((id, ip)) = members.iter().find(|(_, ip)| n.contains(ip)) {
+                return Err(status::invalid(format!(
+                    "{field} {n} covers {ip}, the cluster address of gateway {id}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// The answer a command would have given, rebuilt from current state.
     fn replay(&self, key: Replay) -> Response {
         self.node.view.read(|inv| match key {

@@ -60,6 +60,8 @@ impl PeerService for PeerApi {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        self.0
+            .check_client_routes("allowed IP", list.iter().flat_map(|p| &p.allowed_ips))?;
         let w = self.0.write(&req, Command::AddPeers(list)).await?;
         let out = peers(w.response)?;
         Ok(committed(

@@ -33,6 +33,9 @@ impl SettingsService for SettingsApi {
         if patch == Default::default() {
             return Err(invalid("nothing to change: give at least one setting"));
         }
+        if let Some(r) = &patch.routable_prefixes {
+            self.0.check_client_routes("routable prefix", r)?;
+        }
         let w = self.0.write(&req, Command::SetSettings(patch)).await?;
         match w.response {
             Response::Settings(s) => Ok(committed(w.index, settings_to_pb(&s))),

@@ -11,7 +11,7 @@ use futures::TryStreamExt;
 use ipnet::IpNet;
 use netlink_packet_route::address::AddressAttribute;
 use netlink_packet_route::link::{LinkAttribute, LinkFlags};
-use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteProtocol};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteProtocol, RouteScope};
 use netlink_packet_route::AddressFamily;
 use rtnetlink::{Handle, LinkUnspec, LinkWireguard, RouteMessageBuilder};
 use std::collections::BTreeSet;
@@ -210,6 +210,38 @@ pub struct NetManager {
     handle: Handle,
     /// Anycast addresses this process put on `lo` (removed when settings change).
     lo_owned: BTreeSet<IpNet>,
+    /// Client routes not installed because they would take over the
+    /// gateway's own reachability (warned about once each).
+    refused: BTreeSet<IpNet>,
+}
+
+/// What a client route must never take over: the host's own addresses, the
+/// subnets of its other links (neighbors, management) and the next hops of
+/// routes it did not install. Read from the kernel before routes are added.
+#[derive(Debug, Default)]
+pub struct Guard {
+    pub addrs: Vec<IpAddr>,
+    pub nets: Vec<IpNet>,
+}
+
+impl Guard {
+    /// Why `r` may not be routed into the WireGuard link, if it may not. Pure.
+    pub fn conflict(&self, r: &IpNet) -> Option<String> {
+        if r.prefix_len() == 0 {
+            return Some("it is a default route".into());
+        }
+        if let Some(a) = self.addrs.iter().find(|a| r.contains(*a)) {
+            return Some(format!(
+                "it covers {a}, an address of this host or a next hop of its routes"
+            ));
+        }
+        if let Some(n) = self.nets.iter().find(|n| n.contains(r) || r.contains(*n)) {
+            return Some(format!(
+                "it overlaps {n}, a subnet on another link of this host"
+            ));
+        }
+        None
+    }
 }
 
 impl NetManager {
@@ -219,6 +251,7 @@ impl NetManager {
         Ok(NetManager {
             handle,
             lo_owned: BTreeSet::new(),
+            refused: BTreeSet::new(),
         })
     }
 
@@ -337,17 +370,40 @@ impl NetManager {
             }
             self.lo_owned = want.lo_addrs.clone();
         }
-        // Client routes outside the pools.
-        let have_routes = self.owned_routes().await?;
-        for r in want.routes.difference(&have_routes) {
-            match self.add_route(idx, r).await {
-                Ok(()) => rep.routes_added += 1,
-                Err(e) => {
-                    first_err.get_or_insert(e);
+        // Client routes outside the pools, never over the host's own
+        // reachability and never over a route someone else installed.
+        let (have_routes, mut guard) = self.main_routes(idx).await?;
+        let mut allowed = want.routes.clone();
+        let missing: Vec<IpNet> = want.routes.difference(&have_routes).copied().collect();
+        if !missing.is_empty() {
+            guard.addrs.extend(self.local_addresses(idx).await?);
+        }
+        let mut refused = BTreeSet::new();
+        for r in missing {
+            let why = match guard.conflict(&r) {
+                Some(why) => Some(why),
+                None => match self.add_route(idx, &r).await {
+                    Ok(true) => {
+                        rep.routes_added += 1;
+                        None
+                    }
+                    Ok(false) => Some("a route to it that anygate did not install exists".into()),
+                    Err(e) => {
+                        first_err.get_or_insert(e);
+                        None
+                    }
+                },
+            };
+            if let Some(why) = why {
+                if !self.refused.contains(&r) {
+                    tracing::warn!(route = %r, reason = %why, "client route not installed");
                 }
+                allowed.remove(&r);
+                refused.insert(r);
             }
         }
-        for r in have_routes.difference(&want.routes) {
+        self.refused = refused;
+        for r in have_routes.difference(&allowed) {
             match self.del_route(r).await {
                 Ok(()) => rep.routes_removed += 1,
                 Err(e) => {
@@ -413,25 +469,58 @@ impl NetManager {
         Ok(())
     }
 
-    /// Routes with protocol `RTPROT_ANYGATE` in the main table.
-    async fn owned_routes(&self) -> Result<BTreeSet<IpNet>, NetError> {
-        let mut out = BTreeSet::new();
+    /// The main table: our routes (protocol `RTPROT_ANYGATE`), and from
+    /// everyone else's the next hops and the subnets of other links.
+    async fn main_routes(&self, wg: u32) -> Result<(BTreeSet<IpNet>, Guard), NetError> {
+        let addr = |a: &RouteAddress| match a {
+            RouteAddress::Inet(a) => Some(IpAddr::V4(*a)),
+            RouteAddress::Inet6(a) => Some(IpAddr::V6(*a)),
+            _ => None,
+        };
+        let mut owned = BTreeSet::new();
+        let mut guard = Guard::default();
         for fam in [AddressFamily::Inet, AddressFamily::Inet6] {
             let mut msg = RouteMessageBuilder::<IpAddr>::new().build();
             msg.header.address_family = fam;
             let mut s = self.handle.route().get(msg).execute();
             while let Some(r) = s.try_next().await.map_err(nl)? {
-                if r.header.protocol != RouteProtocol::Other(RTPROT_ANYGATE) {
-                    continue;
+                let mut dst = None;
+                let mut oif = None;
+                for a in &r.attributes {
+                    match a {
+                        RouteAttribute::Destination(d) => dst = addr(d),
+                        RouteAttribute::Gateway(g) => guard.addrs.extend(addr(g)),
+                        RouteAttribute::Oif(i) => oif = Some(*i),
+                        _ => {}
+                    }
                 }
-                let dst = r.attributes.iter().find_map(|a| match a {
-                    RouteAttribute::Destination(RouteAddress::Inet(a)) => Some(IpAddr::V4(*a)),
-                    RouteAttribute::Destination(RouteAddress::Inet6(a)) => Some(IpAddr::V6(*a)),
-                    _ => None,
-                });
-                if let Some(Ok(n)) = dst.map(|d| IpNet::new(d, r.header.destination_prefix_length))
-                {
-                    out.insert(n);
+                let net = match dst {
+                    Some(d) => IpNet::new(d, r.header.destination_prefix_length).ok(),
+                    None => None,
+                };
+                if r.header.protocol == RouteProtocol::Other(RTPROT_ANYGATE) {
+                    owned.extend(net);
+                } else if r.header.scope == RouteScope::Link && oif != Some(wg) {
+                    if let Some(n) = net.filter(|n| n.prefix_len() > 0) {
+                        guard.nets.push(n);
+                    }
+                }
+            }
+        }
+        Ok((owned, guard))
+    }
+
+    /// Every address of every link but the WireGuard one.
+    async fn local_addresses(&self, wg: u32) -> Result<Vec<IpAddr>, NetError> {
+        let mut s = self.handle.address().get().execute();
+        let mut out = Vec::new();
+        while let Some(m) = s.try_next().await.map_err(nl)? {
+            if m.header.index == wg {
+                continue;
+            }
+            for a in &m.attributes {
+                if let AddressAttribute::Address(ip) = a {
+                    out.push(*ip);
                 }
             }
         }
@@ -449,11 +538,14 @@ impl NetManager {
         b.build()
     }
 
-    async fn add_route(&self, idx: u32, r: &IpNet) -> Result<(), NetError> {
+    /// Adds the route without replacing anything: false if a route to the
+    /// same prefix exists (not ours: ours were listed first).
+    async fn add_route(&self, idx: u32, r: &IpNet) -> Result<bool, NetError> {
         let msg = self.route_msg(Some(idx), r);
-        match self.handle.route().add(msg).replace().execute().await {
-            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -17 => Ok(()),
-            r => r.map_err(nl),
+        match self.handle.route().add(msg).execute().await {
+            Ok(()) => Ok(true),
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -17 => Ok(false),
+            Err(e) => Err(nl(e)),
         }
     }
 
@@ -466,6 +558,30 @@ impl NetManager {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_client_route_never_takes_over_the_hosts_own_reachability() {
+        let g = Guard {
+            addrs: vec!["10.77.0.3".parse().unwrap(), "192.0.2.1".parse().unwrap()],
+            nets: vec![
+                "10.77.0.0/24".parse().unwrap(),
+                "fd00:77::/64".parse().unwrap(),
+            ],
+        };
+        let why = |r: &str| g.conflict(&r.parse().unwrap());
+        assert!(why("0.0.0.0/0").unwrap().contains("default route"));
+        assert!(why("::/0").unwrap().contains("default route"));
+        assert!(why("192.0.2.0/24").unwrap().contains("covers 192.0.2.1"));
+        assert!(why("10.77.0.200/32")
+            .unwrap()
+            .contains("overlaps 10.77.0.0/24"));
+        assert!(why("10.0.0.0/8").unwrap().contains("10.77.0.3"));
+        assert!(why("fd00:77::5/128")
+            .unwrap()
+            .contains("overlaps fd00:77::/64"));
+        assert_eq!(why("172.31.5.0/24"), None);
+        assert_eq!(why("10.78.0.0/24"), None);
+    }
     use crate::model::{Changes, Command, Request, SettingsPatch};
 
     #[test]

@@ -760,6 +760,13 @@ mod tests {
             };
             !matches!(inv.apply(index, &req, &mut ch), Response::Rejected(_))
         };
+        assert!(run(
+            &mut inv,
+            Command::SetSettings(crate::model::SettingsPatch {
+                routable_prefixes: Some(vec!["10.0.0.0/8".parse().unwrap()]),
+                ..Default::default()
+            })
+        ));
         for (name, group) in [("web", "eng"), ("db", "ops")] {
             assert!(run(
                 &mut inv,

@@ -289,6 +289,20 @@ impl RaftNode {
         m.membership_config.membership().voter_ids().collect()
     }
 
+    /// The IP address of every member (voters and learners) whose Raft
+    /// address is an IP literal.
+    pub fn member_ips(&self) -> Vec<(NodeId, std::net::IpAddr)> {
+        let m = self.raft.metrics().borrow().clone();
+        m.membership_config
+            .membership()
+            .nodes()
+            .filter_map(|(id, n)| {
+                let a: std::net::SocketAddr = n.addr.parse().ok()?;
+                Some((*id, a.ip()))
+            })
+            .collect()
+    }
+
     /// The leader's id and address, if known.
     pub fn leader(&self) -> Option<(NodeId, String)> {
         let m = self.raft.metrics().borrow().clone();

@@ -31,6 +31,10 @@ fn bad_input_is_refused_clearly_and_changes_nothing() {
         .clone();
     ctl_ok(&ep, &["pool", "add", "corp", "--cidr", "10.84.0.0/24"]);
     ctl_ok(&ep, &["pool", "add", "tiny", "--cidr", "10.85.0.0/30"]);
+    ctl_ok(
+        &ep,
+        &["settings", "set", "--routable-prefixes", "192.168.0.0/16"],
+    );
     let alice = random_key();
     ctl_ok(
         &ep,
@@ -86,6 +90,39 @@ fn bad_input_is_refused_clearly_and_changes_nothing() {
             add(&["--public-key", &k(), "--allowed-ip", "192.168.50.128/25"]),
             1,
             "overlaps peer alice/phone",
+        ),
+        // Hardening finding 2: client routes cannot take over a default
+        // route, the cluster's addresses, or anything an admin did not
+        // declare routable.
+        (
+            add(&["--public-key", &k(), "--allowed-ip", "0.0.0.0/0"]),
+            2,
+            "covers 127.0.0.1, the cluster address of gateway",
+        ),
+        (
+            add(&["--public-key", &k(), "--allowed-ip", "10.0.0.0/8"]),
+            2,
+            "outside every pool and every routable prefix",
+        ),
+        (
+            add(&["--public-key", &k(), "--allowed-ip", "172.16.0.0/24"]),
+            2,
+            "outside every pool and every routable prefix",
+        ),
+        (
+            add(&["--public-key", &k(), "--allowed-ip", "127.0.0.1/32"]),
+            2,
+            "the cluster address of gateway",
+        ),
+        (
+            argv(&["settings", "set", "--routable-prefixes", "128.0.0.0/1"]),
+            2,
+            "too broad",
+        ),
+        (
+            argv(&["settings", "set", "--routable-prefixes", "127.0.0.0/8"]),
+            2,
+            "the cluster address of gateway",
         ),
         (
             add(&["--public-key", &k(), "--address", "172.31.0.5"]),
@@ -285,6 +322,32 @@ fn bad_input_is_refused_clearly_and_changes_nothing() {
             "{}",
             e.message()
         );
+        // An operator cannot widen what is routable, nor route around it.
+        let mut settings = anygate_proto::v1::settings_service_client::SettingsServiceClient::new(
+            client_channel(&follower, "bounds-operator"),
+        );
+        let e = settings
+            .set_settings(anygate_proto::v1::SetSettingsRequest {
+                patch: Some(anygate_proto::v1::SettingsPatch {
+                    routable_prefixes: vec!["10.0.0.0/8".into()],
+                    set_routable_prefixes: true,
+                    ..Default::default()
+                }),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+        let mut default_route = spec(3000);
+        default_route.allowed_ips = vec!["0.0.0.0/0".into()];
+        default_route.pool = String::new();
+        let e = op
+            .add_peers(AddPeersRequest {
+                peers: vec![default_route],
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+        assert!(e.message().contains("covers 127.0.0.1"), "{e:?}");
         // The log is not stuck: the next write commits at once.
         let t = std::time::Instant::now();
         let ok = spec(2000);

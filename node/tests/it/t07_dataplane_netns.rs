@@ -219,6 +219,10 @@ fn three_nodes_keep_their_wireguard_go_devices_equal_to_the_inventory() {
             &public,
             "--anycast-v4",
             "198.51.100.1",
+            // Site routes, and (below) one inside the nodes' own subnet
+            // that every node must refuse to install.
+            "--routable-prefixes",
+            "172.31.0.0/16,10.77.0.128/25",
         ],
     );
     ctl_ok(&ep, &["pool", "add", "staff", "--cidr", "10.100.0.0/16"]);
@@ -324,6 +328,65 @@ fn three_nodes_keep_their_wireguard_go_devices_equal_to_the_inventory() {
     assert!(!in_ns(&ns3, &["ip", "route", "show", "dev", &if3]).contains("172.31.5.0/24"));
     in_ns(&ns3, &["ip", "link", "set", &if3, "up"]);
     route_back("route restored after the link flap");
+
+    // A client route never takes over the gateway's own reachability (a
+    // host on its cluster subnet) and never replaces a route someone else
+    // installed: node 3 has a blackhole for 172.31.9.0/24 of its own.
+    in_ns(&ns3, &["ip", "route", "add", "blackhole", "172.31.9.0/24"]);
+    for (user, net) in [("near", "10.77.0.200/32"), ("theirs", "172.31.9.0/24")] {
+        ctl_ok(
+            &ep,
+            &[
+                "peer",
+                "add",
+                "--user",
+                user,
+                "--device",
+                "r",
+                "--public-key",
+                &random_key(),
+                "--allowed-ip",
+                net,
+            ],
+        );
+    }
+    let (ns1, if1) = (topo.ns(1), topo.ifname(1));
+    eventually(
+        "node 1 routes the site, not the host on its subnet",
+        Duration::from_secs(10),
+        || {
+            let r = in_ns(&ns1, &["ip", "route", "show", "dev", &if1]);
+            let log = c.nodes.iter().find(|n| n.id == 1).unwrap().log();
+            (r.contains("172.31.9.0/24")
+                && log.contains("client route not installed")
+                && log.contains("10.77.0.200/32"))
+            .then_some(())
+        },
+    );
+    eventually(
+        "node 3 leaves the foreign route alone",
+        Duration::from_secs(10),
+        || {
+            let log = c.nodes.iter().find(|n| n.id == 3).unwrap().log();
+            log.contains("a route to it that anygate did not install exists")
+                .then_some(())
+        },
+    );
+    for ns in [&ns1, &ns3] {
+        let r = in_ns(ns, &["ip", "route", "show", "10.77.0.200"]);
+        assert!(!r.contains("proto 240"), "{ns}: {r}");
+    }
+    let r3 = in_ns(&ns3, &["ip", "route", "show", "172.31.9.0/24"]);
+    assert!(
+        r3.contains("blackhole") && !r3.contains("proto 240"),
+        "{r3}"
+    );
+    // Nodes are reachable on their cluster subnet as before.
+    status(&c.addr(3)).expect("node 3 answers on its cluster address");
+    for user in ["near", "theirs"] {
+        ctl_ok(&ep, &["peer", "remove", &format!("{user}/r")]);
+    }
+    in_ns(&ns3, &["ip", "route", "del", "blackhole", "172.31.9.0/24"]);
 
     // kill -9 node 3: its wireguard-go dies with it (the device vanishes).
     c.node(3).kill();

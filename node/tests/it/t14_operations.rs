@@ -165,6 +165,8 @@ fn backup_restores_into_a_fresh_cluster() {
             "1380",
             "--dns",
             "10.62.0.53",
+            "--routable-prefixes",
+            "192.168.0.0/16",
         ],
     );
     ctl_ok(

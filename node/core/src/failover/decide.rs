@@ -142,6 +142,13 @@ pub(crate) mod tests {
                 &mut ch,
             )
         };
+        run(
+            &mut inv,
+            Command::SetSettings(crate::model::SettingsPatch {
+                routable_prefixes: Some(vec!["10.0.0.0/16".parse().unwrap()]),
+                ..Default::default()
+            }),
+        );
         let peers = keys
             .iter()
             .enumerate()

@@ -138,6 +138,14 @@ fn settings(p: &SettingsPatch) -> Result<(), ApplyError> {
     {
         return Err(invalid(format!("at most {CLIENT_ROUTES} client routes")));
     }
+    if p.routable_prefixes
+        .as_ref()
+        .is_some_and(|r| r.len() > CLIENT_ROUTES)
+    {
+        return Err(invalid(format!(
+            "at most {CLIENT_ROUTES} routable prefixes"
+        )));
+    }
     if let Some(i) = &p.interface {
         text("interface", i, NAME_BYTES, true)?;
     }

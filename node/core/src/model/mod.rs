@@ -234,6 +234,11 @@ pub struct Settings {
     pub client_keepalive: u16,
     pub endpoint_host: Option<String>,
     pub client_routes: Vec<IpNet>,
+    /// Prefixes a peer may route (allowed IPs outside the pools). Anything
+    /// outside the pools and these is refused, so an operator cannot point
+    /// a gateway's routes at a default route, a neighbor or the cluster.
+    #[serde(default)]
+    pub routable_prefixes: Vec<IpNet>,
 }
 
 impl Default for Settings {
@@ -250,6 +255,7 @@ impl Default for Settings {
             client_keepalive: DEFAULT_KEEPALIVE,
             endpoint_host: None,
             client_routes: vec![],
+            routable_prefixes: vec![],
         }
     }
 }
@@ -269,6 +275,8 @@ pub struct SettingsPatch {
     pub client_keepalive: Option<u16>,
     pub endpoint_host: Option<Option<String>>,
     pub client_routes: Option<Vec<IpNet>>,
+    #[serde(default)]
+    pub routable_prefixes: Option<Vec<IpNet>>,
 }
 
 /// Last place a client was seen.

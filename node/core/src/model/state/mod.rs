@@ -374,7 +374,8 @@ impl Inventory {
                     return_mode,
                     client_keepalive,
                     endpoint_host,
-                    client_routes
+                    client_routes,
+                    routable_prefixes
                 );
                 validate_settings(&s)?;
                 self.settings = s;
@@ -485,6 +486,31 @@ impl Inventory {
         self.revoked.insert(key, Revocation { at_ms, index });
         ch.revoked.insert(key);
         true
+    }
+
+    /// A peer's allowed IP must lie inside a pool or inside one of the
+    /// admin's routable prefixes (which never cover a default route or an
+    /// anycast address: `validate_settings`).
+    fn routable(&self, n: &IpNet) -> Res<()> {
+        let in_pool = self
+            .pools
+            .values()
+            .any(|p| p.cidrs.iter().any(|c| c.contains(n)));
+        if in_pool
+            || self
+                .settings
+                .routable_prefixes
+                .iter()
+                .any(|r| r.contains(n))
+        {
+            return Ok(());
+        }
+        Err(err(
+            ErrorKind::OutOfRange,
+            format!(
+                "allowed IP {n} is outside every pool and every routable prefix; an admin allows client routes with `anygatectl settings set --routable-prefixes`"
+            ),
+        ))
     }
 
     fn not_revoked(&self, key: &WgKey) -> Res<()> {
@@ -632,6 +658,9 @@ impl Inventory {
             pool_name.get_or_insert_with(|| pool.name.clone());
             addresses.push(*a);
             allowed.push(ipam::host_net(*a));
+        }
+        for n in &np.allowed_ips {
+            self.routable(n)?;
         }
         allowed.extend(np.allowed_ips.iter().map(|n| n.trunc()));
 
@@ -844,6 +873,20 @@ pub fn validate_settings(s: &Settings) -> Result<(), ApplyError> {
     }
     if let Some(Err(e)) = s.endpoint_host.as_deref().map(super::check_endpoint_host) {
         return bad(e.to_string());
+    }
+    for r in &s.routable_prefixes {
+        let shortest = if r.addr().is_ipv4() { 8 } else { 16 };
+        if r.prefix_len() < shortest {
+            return bad(format!(
+                "routable prefix {r} is too broad: client routes shorter than /{shortest} would take over a gateway's default route"
+            ));
+        }
+        let anycast = [s.anycast_v4.map(IpAddr::V4), s.anycast_v6.map(IpAddr::V6)];
+        if let Some(a) = anycast.into_iter().flatten().find(|a| r.contains(a)) {
+            return bad(format!(
+                "routable prefix {r} covers the anycast address {a}"
+            ));
+        }
     }
     Ok(())
 }

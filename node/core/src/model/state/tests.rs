@@ -117,6 +117,17 @@ fn exhausted_pool_and_batch_rollback() {
 #[test]
 fn rejections_change_nothing() {
     let mut inv = inv_with_pool(&["10.8.0.0/24"]);
+    inv.apply(
+        2,
+        &req(Command::SetSettings(SettingsPatch {
+            routable_prefixes: Some(vec![
+                "192.168.0.0/16".parse().unwrap(),
+                "10.0.0.0/8".parse().unwrap(),
+            ]),
+            ..Default::default()
+        })),
+        &mut Changes::default(),
+    );
     let mut a = np(1);
     a.allowed_ips = vec!["192.168.10.0/24".parse().unwrap()];
     a.pool = Some("corp".into());
@@ -527,4 +538,71 @@ fn a_revoked_key_never_comes_back() {
     let back = Inventory::from_image(inv.to_image());
     let keys: Vec<WgKey> = back.revoked().map(|(k, _)| *k).collect();
     assert_eq!(keys, vec![key(1), key(2), key(9), key(20)]);
+}
+
+#[test]
+fn client_routes_need_a_pool_or_a_routable_prefix_and_never_cover_a_default_route() {
+    let mut inv = inv_with_pool(&["10.0.0.0/24"]);
+    let with_route = |i: u32, net: &str| {
+        let mut p = np(i);
+        p.allowed_ips = vec![net.parse().unwrap()];
+        p
+    };
+    // The finding: a default route, or any prefix outside the pools.
+    for (i, net) in ["0.0.0.0/0", "::/0", "192.168.7.0/24", "10.9.0.1/32"]
+        .iter()
+        .enumerate()
+    {
+        let e = rejected(add(&mut inv, 2 + i as u64, vec![with_route(i as u32, net)]));
+        assert_eq!(e.kind, ErrorKind::OutOfRange);
+        assert!(
+            e.message
+                .contains("outside every pool and every routable prefix"),
+            "{}",
+            e.message
+        );
+    }
+    assert_eq!(inv.peer_count(), 0);
+    let set = |inv: &mut Inventory, idx: u64, nets: &[&str], v4: Option<&str>| {
+        inv.apply(
+            idx,
+            &req(Command::SetSettings(SettingsPatch {
+                routable_prefixes: Some(nets.iter().map(|n| n.parse().unwrap()).collect()),
+                anycast_v4: v4.map(|a| Some(a.parse().unwrap())),
+                ..Default::default()
+            })),
+            &mut Changes::default(),
+        )
+    };
+    // Too broad, or covering the anycast address: refused.
+    assert!(rejected(set(&mut inv, 10, &["0.0.0.0/1"], None))
+        .message
+        .contains("too broad"));
+    assert!(rejected(set(&mut inv, 11, &["::/8"], None))
+        .message
+        .contains("too broad"));
+    let e = rejected(set(&mut inv, 12, &["192.0.2.0/24"], Some("192.0.2.10")));
+    assert!(
+        e.message.contains("covers the anycast address 192.0.2.10"),
+        "{}",
+        e.message
+    );
+    assert!(matches!(
+        set(&mut inv, 13, &["192.168.0.0/16"], None),
+        Response::Settings(_)
+    ));
+    assert!(matches!(
+        add(&mut inv, 14, vec![with_route(1, "192.168.7.0/24")]),
+        Response::Peers(_)
+    ));
+    assert!(
+        rejected(add(&mut inv, 15, vec![with_route(2, "172.16.0.0/24")]))
+            .message
+            .contains("routable prefix")
+    );
+    // Inside a pool needs no routable prefix.
+    assert!(matches!(
+        add(&mut inv, 16, vec![with_route(3, "10.0.0.128/25")]),
+        Response::Peers(_)
+    ));
 }
