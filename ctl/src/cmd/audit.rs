@@ -19,6 +19,10 @@ pub enum AuditCmd {
         actor: Option<String>,
         #[arg(long, default_value_t = 100)]
         limit: u32,
+        /// Only entries below this log index: the next (older) page starts
+        /// below the last index shown (the table prints the flag to use).
+        #[arg(long, value_name = "INDEX")]
+        before: Option<u64>,
         #[arg(long)]
         stale: bool,
     },
@@ -47,6 +51,7 @@ impl AuditCmd {
             since,
             actor,
             limit,
+            before,
             stale,
         } = self;
         let since_ms = since.as_deref().map(parse_time).transpose()?.unwrap_or(0);
@@ -55,6 +60,7 @@ impl AuditCmd {
             since_ms,
             actor: actor.unwrap_or_default(),
             limit,
+            before_index: before.unwrap_or(0),
         };
         let r = c
             .call(|ch| {
@@ -91,6 +97,9 @@ impl AuditCmd {
                 rows
             )
         );
+        if r.next_before_index > 0 {
+            println!("older entries: --before {}", r.next_before_index);
+        }
         Ok(())
     }
 }

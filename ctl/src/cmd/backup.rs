@@ -142,6 +142,10 @@ impl BackupCmd {
                         set_client_routes: true,
                         routable_prefixes: s.routable_prefixes.clone(),
                         set_routable_prefixes: true,
+                        // A backup from before retention existed has 0.
+                        audit_max_entries: (s.audit_max_entries > 0).then_some(s.audit_max_entries),
+                        audit_max_age_days: (s.audit_max_age_days > 0)
+                            .then_some(s.audit_max_age_days),
                     };
                     c.call(|ch| {
                         let patch = patch.clone();

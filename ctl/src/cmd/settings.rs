@@ -60,6 +60,13 @@ pub struct SetArgs {
     /// never covering the anycast address. Admin.
     #[arg(long, value_delimiter = ',')]
     routable_prefixes: Option<Vec<String>>,
+    /// Audit entries kept (newest first; 1000-10000000, default 100000).
+    #[arg(long)]
+    audit_max_entries: Option<u64>,
+    /// Audit entries older than this many days are deleted (1-3650,
+    /// default 90). Export what you must keep longer: `audit list --json`.
+    #[arg(long)]
+    audit_max_age_days: Option<u32>,
 }
 
 impl SettingsCmd {
@@ -99,6 +106,8 @@ impl SettingsCmd {
                     client_routes: routes.unwrap_or_default(),
                     set_routable_prefixes: routable.is_some(),
                     routable_prefixes: routable.unwrap_or_default(),
+                    audit_max_entries: a.audit_max_entries,
+                    audit_max_age_days: a.audit_max_age_days,
                 };
                 c.call(|ch| {
                     let patch = patch.clone();
@@ -137,6 +146,11 @@ impl SettingsCmd {
             vec![
                 "routable-prefixes".into(),
                 dash(&s.routable_prefixes.join(", ")),
+            ],
+            vec!["audit-max-entries".into(), s.audit_max_entries.to_string()],
+            vec![
+                "audit-max-age-days".into(),
+                s.audit_max_age_days.to_string(),
             ],
         ];
         println!("{}", table(&["SETTING", "VALUE"], rows));

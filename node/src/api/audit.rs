@@ -25,13 +25,15 @@ impl AuditService for AuditApi {
             } else {
                 r.limit.min(100_000) as usize
             },
+            before_index: r.before_index,
         };
         let view = self.0.node.view.clone();
-        let entries = tokio::task::spawn_blocking(move || view.audit(&f))
+        let page = tokio::task::spawn_blocking(move || view.audit(&f))
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
         Ok(Reply::new(ListAuditResponse {
-            entries: entries.iter().map(audit_to_pb).collect(),
+            entries: page.entries.iter().map(audit_to_pb).collect(),
+            next_before_index: page.next_before_index,
         }))
     }
 }

@@ -159,6 +159,8 @@ pub fn settings_to_pb(s: &Settings) -> pb::GatewaySettings {
         endpoint_host: s.endpoint_host.clone().unwrap_or_default(),
         client_routes: s.client_routes.iter().map(|c| c.to_string()).collect(),
         routable_prefixes: s.routable_prefixes.iter().map(|c| c.to_string()).collect(),
+        audit_max_entries: s.audit_max_entries,
+        audit_max_age_days: s.audit_max_age_days,
     }
 }
 
@@ -228,6 +230,8 @@ pub fn settings_patch(p: &pb::SettingsPatch) -> Result<SettingsPatch, Status> {
             "routable_prefixes",
             &p.routable_prefixes,
         )?,
+        audit_max_entries: p.audit_max_entries,
+        audit_max_age_days: p.audit_max_age_days,
     })
 }
 

@@ -19,7 +19,7 @@ mod sm;
 pub mod types;
 
 pub use log::LogStore;
-pub use sm::{AuditFilter, ChangeSet, StateMachine, StateView};
+pub use sm::{AuditFilter, AuditPage, ChangeSet, StateMachine, StateView};
 
 use crate::store::types::StorageError;
 use openraft::{AnyError, StorageIOError};

@@ -4,7 +4,9 @@
 //! on-disk state is always a prefix of the log.
 
 use super::*;
-use crate::model::{AuditEntry, Changes, Inventory, InventoryImage, NodeId, Response, WgKey};
+use crate::model::{
+    AuditEntry, Changes, Inventory, InventoryImage, NodeId, Response, Settings, WgKey,
+};
 use crate::store::types::{Entry, LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, RaftLogId, RaftSnapshotBuilder};
@@ -61,6 +63,23 @@ pub struct AuditFilter {
     pub since_ms: i64,
     pub actor: Option<String>,
     pub limit: usize,
+    /// Only entries below this log index (0: from the newest).
+    pub before_index: u64,
+}
+
+/// Proposers' clocks may differ: a listing `since` a time reads this much
+/// further back before it stops.
+const AUDIT_CLOCK_SKEW_MS: i64 = 60_000;
+/// Entries one listing call examines at most (the rest: next page).
+const AUDIT_SCAN_MAX: usize = 200_000;
+/// Entries one apply batch deletes at most (the rest: next batch).
+const AUDIT_PRUNE_MAX: u64 = 10_000;
+
+/// One page of the audit log, newest first.
+pub struct AuditPage {
+    pub entries: Vec<AuditEntry>,
+    /// Where the next (older) page starts; 0 when there is none.
+    pub next_before_index: u64,
 }
 
 impl StateView {
@@ -125,19 +144,32 @@ impl StateView {
         self.inner.applied.subscribe()
     }
 
-    /// Newest first.
-    pub fn audit(&self, f: &AuditFilter) -> Vec<AuditEntry> {
+    /// Newest first, from `before_index` down, stopping at `since_ms`
+    /// (less the clock skew allowance), the limit, or the scan bound; never
+    /// a scan of the whole log.
+    pub fn audit(&self, f: &AuditFilter) -> AuditPage {
         let db = &self.inner.db;
         let mut out = Vec::new();
         let limit = if f.limit == 0 { usize::MAX } else { f.limit };
-        for item in db.iterator_cf(cf(db, CF_AUDIT), IteratorMode::End) {
+        let start = be(f.before_index.saturating_sub(1));
+        let mode = match f.before_index {
+            0 => IteratorMode::End,
+            _ => IteratorMode::From(&start, rocksdb::Direction::Reverse),
+        };
+        let mut next = 0;
+        for (scanned, item) in db.iterator_cf(cf(db, CF_AUDIT), mode).enumerate() {
             let Ok((_, v)) = item else { break };
             let Ok(e) = serde_json::from_slice::<AuditEntry>(&v) else {
                 continue;
             };
+            if scanned >= AUDIT_SCAN_MAX {
+                next = e.index + 1;
+                break;
+            }
+            if e.at_ms < f.since_ms - AUDIT_CLOCK_SKEW_MS {
+                break;
+            }
             if e.at_ms < f.since_ms {
-                // Entries are in log order and stamped by proposers whose
-                // clocks may differ slightly; keep scanning a little.
                 continue;
             }
             if f.actor
@@ -148,10 +180,14 @@ impl StateView {
             }
             out.push(e);
             if out.len() >= limit {
+                next = out.last().map_or(0, |e| e.index);
                 break;
             }
         }
-        out
+        AuditPage {
+            entries: out,
+            next_before_index: next,
+        }
     }
 }
 
@@ -163,6 +199,9 @@ pub struct StateMachine {
     /// Tests only (`--test-hold-back-apply`): wait this long before
     /// applying, so a test can show a read is linearizable.
     apply_delay: Option<std::time::Duration>,
+    /// Entries in the audit column family (kept within the settings'
+    /// retention by `prune_audit`).
+    audit_count: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -245,12 +284,16 @@ impl StateMachine {
                 db: db.clone(),
             }),
         };
+        let audit_count = db
+            .iterator_cf(cf(&db, CF_AUDIT), IteratorMode::Start)
+            .count() as u64;
         Ok(StateMachine {
             apply_delay: None,
             view,
             db,
             last_applied,
             membership,
+            audit_count,
         })
     }
 
@@ -259,8 +302,8 @@ impl StateMachine {
     }
 
     /// Write what `ch` names from the in-memory state, plus the applied id.
-    fn persist(&self, inv: &Inventory, ch: Changes) -> R<()> {
-        let db = &self.db;
+    fn persist(&mut self, inv: &Inventory, ch: Changes) -> R<()> {
+        let db = &self.db.clone();
         let mut b = WriteBatch::default();
         for k in &ch.peers {
             match inv.peer(k) {
@@ -295,6 +338,10 @@ impl StateMachine {
         for a in &ch.audit {
             b.put_cf(cf(db, CF_AUDIT), be(a.index), wr(a)?);
         }
+        if let Some(newest) = ch.audit.last() {
+            self.audit_count += ch.audit.len() as u64;
+            self.prune_audit(&mut b, inv.settings(), newest.at_ms)?;
+        }
         for k in &ch.revoked {
             if let Some(r) = inv.revocation(k) {
                 b.put_cf(cf(db, CF_REVOKED), k.as_bytes(), wr(&(k, r))?);
@@ -310,6 +357,27 @@ impl StateMachine {
         b.put_cf(cf(db, CF_SM), KEY_MEMBERSHIP, wr(&self.membership)?);
         db.write(b)
             .map_err(|e| io_err(StorageIOError::write_state_machine, e))
+    }
+
+    /// Deletes the oldest audit entries beyond the settings' count, and
+    /// those older than their age limit (measured from `newest_ms`, the
+    /// log's own clock, so every node prunes the same entries).
+    fn prune_audit(&mut self, b: &mut WriteBatch, s: &Settings, newest_ms: i64) -> R<()> {
+        let db = &self.db;
+        let over = self.audit_count.saturating_sub(s.audit_max_entries);
+        let cutoff = newest_ms - i64::from(s.audit_max_age_days) * 86_400_000;
+        let mut deleted = 0;
+        for item in db.iterator_cf(cf(db, CF_AUDIT), IteratorMode::Start) {
+            let (k, v) = item.map_err(|e| io_err(StorageIOError::read_state_machine, e))?;
+            let old = rd::<AuditEntry>(&v).is_ok_and(|e| e.at_ms < cutoff);
+            if (deleted >= over && !old) || deleted >= AUDIT_PRUNE_MAX {
+                break;
+            }
+            b.delete_cf(cf(db, CF_AUDIT), k);
+            deleted += 1;
+        }
+        self.audit_count -= deleted;
+        Ok(())
     }
 
     fn read_audit_all(&self) -> R<Vec<AuditEntry>> {
@@ -482,6 +550,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         for a in &body.audit {
             b.put_cf(cf(db, CF_AUDIT), be(a.index), wr(a)?);
         }
+        self.audit_count = body.audit.len() as u64;
         for r in &img.requests {
             b.put_cf(cf(db, CF_REQUESTS), be(r.index), wr(r)?);
         }
@@ -518,7 +587,113 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
 #[cfg(test)]
 mod tests {
-    use crate::model::{Changes, Command, Inventory, Request, WgKey};
+    use super::{AuditFilter, StateMachine};
+    use crate::model::{Changes, Command, Inventory, Request, SettingsPatch, WgKey};
+
+    fn req(at_ms: i64, cmd: Command) -> Request {
+        Request {
+            actor: "t".into(),
+            at_ms,
+            request_id: None,
+            cmd,
+        }
+    }
+
+    /// Applies `cmds` at indexes from `index`, one batch each.
+    fn run(sm: &mut StateMachine, inv: &mut Inventory, index: &mut u64, cmds: Vec<(i64, Command)>) {
+        for (at, cmd) in cmds {
+            *index += 1;
+            let mut ch = Changes::default();
+            inv.apply(*index, &req(at, cmd), &mut ch);
+            sm.last_applied = Some(openraft::LogId::new(
+                openraft::CommittedLeaderId::new(1, 1),
+                *index,
+            ));
+            sm.persist(inv, ch).unwrap();
+        }
+    }
+
+    fn denied() -> Command {
+        Command::Denied {
+            method: "anygate.v1.PeerService/AddPeers".into(),
+            role: "viewer".into(),
+        }
+    }
+
+    #[test]
+    fn the_audit_log_is_bounded_by_count_and_age_and_listed_by_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_log, mut sm) = super::super::open(dir.path()).unwrap();
+        let mut inv = Inventory::default();
+        let mut i = 0;
+        let day = 86_400_000;
+        let patch = SettingsPatch {
+            audit_max_entries: Some(1_000),
+            audit_max_age_days: Some(2),
+            ..Default::default()
+        };
+        run(
+            &mut sm,
+            &mut inv,
+            &mut i,
+            vec![(0, Command::SetSettings(patch))],
+        );
+        // 1,500 refused writes (the finding: each one used to stay forever).
+        run(
+            &mut sm,
+            &mut inv,
+            &mut i,
+            (0..1_500).map(|n| (n, denied())).collect(),
+        );
+        let all = |sm: &StateMachine| {
+            sm.view().audit(&AuditFilter {
+                since_ms: 0,
+                actor: None,
+                limit: 0,
+                before_index: 0,
+            })
+        };
+        let page = all(&sm);
+        assert_eq!(page.entries.len(), 1_000);
+        assert_eq!(sm.audit_count, 1_000);
+        assert_eq!(
+            page.entries.last().unwrap().index,
+            502,
+            "the oldest went first"
+        );
+        // Three days later, everything older than two days is gone.
+        run(&mut sm, &mut inv, &mut i, vec![(3 * day, denied())]);
+        let page = all(&sm);
+        assert_eq!(page.entries.len(), 1);
+        assert_eq!(sm.audit_count, 1);
+        // Paging by index, and `since` stops the scan.
+        run(
+            &mut sm,
+            &mut inv,
+            &mut i,
+            (1..=30).map(|n| (3 * day + n, denied())).collect(),
+        );
+        let page = |before, since, limit| {
+            sm.view().audit(&AuditFilter {
+                since_ms: since,
+                actor: None,
+                limit,
+                before_index: before,
+            })
+        };
+        let first = page(0, 0, 10);
+        assert_eq!(first.entries.len(), 10);
+        let second = page(first.next_before_index, 0, 10);
+        assert_eq!(second.entries[0].index, first.entries[9].index - 1);
+        let recent = page(0, 3 * day + 21, 0);
+        assert_eq!(recent.entries.len(), 10);
+        assert_eq!(recent.next_before_index, 0);
+        // Restarted: the count is read back.
+        drop(sm);
+        drop(_log);
+        let (_log, sm) = super::super::open(dir.path()).unwrap();
+        assert_eq!(sm.audit_count, 31);
+    }
 
     #[test]
     fn revocations_survive_a_restart() {

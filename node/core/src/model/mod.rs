@@ -239,6 +239,22 @@ pub struct Settings {
     /// a gateway's routes at a default route, a neighbor or the cluster.
     #[serde(default)]
     pub routable_prefixes: Vec<IpNet>,
+    /// Audit entries kept: the newest this many, none older than this many
+    /// days (of the newest entry's time).
+    #[serde(default = "default_audit_max_entries")]
+    pub audit_max_entries: u64,
+    #[serde(default = "default_audit_max_age_days")]
+    pub audit_max_age_days: u32,
+}
+
+pub const DEFAULT_AUDIT_MAX_ENTRIES: u64 = 100_000;
+pub const DEFAULT_AUDIT_MAX_AGE_DAYS: u32 = 90;
+
+fn default_audit_max_entries() -> u64 {
+    DEFAULT_AUDIT_MAX_ENTRIES
+}
+fn default_audit_max_age_days() -> u32 {
+    DEFAULT_AUDIT_MAX_AGE_DAYS
 }
 
 impl Default for Settings {
@@ -256,6 +272,8 @@ impl Default for Settings {
             endpoint_host: None,
             client_routes: vec![],
             routable_prefixes: vec![],
+            audit_max_entries: DEFAULT_AUDIT_MAX_ENTRIES,
+            audit_max_age_days: DEFAULT_AUDIT_MAX_AGE_DAYS,
         }
     }
 }
@@ -277,6 +295,10 @@ pub struct SettingsPatch {
     pub client_routes: Option<Vec<IpNet>>,
     #[serde(default)]
     pub routable_prefixes: Option<Vec<IpNet>>,
+    #[serde(default)]
+    pub audit_max_entries: Option<u64>,
+    #[serde(default)]
+    pub audit_max_age_days: Option<u32>,
 }
 
 /// Last place a client was seen.

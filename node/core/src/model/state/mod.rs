@@ -375,7 +375,9 @@ impl Inventory {
                     client_keepalive,
                     endpoint_host,
                     client_routes,
-                    routable_prefixes
+                    routable_prefixes,
+                    audit_max_entries,
+                    audit_max_age_days
                 );
                 validate_settings(&s)?;
                 self.settings = s;
@@ -873,6 +875,18 @@ pub fn validate_settings(s: &Settings) -> Result<(), ApplyError> {
     }
     if let Some(Err(e)) = s.endpoint_host.as_deref().map(super::check_endpoint_host) {
         return bad(e.to_string());
+    }
+    if !(1_000..=10_000_000).contains(&s.audit_max_entries) {
+        return bad(format!(
+            "audit-max-entries {} is outside 1000-10000000",
+            s.audit_max_entries
+        ));
+    }
+    if !(1..=3650).contains(&s.audit_max_age_days) {
+        return bad(format!(
+            "audit-max-age-days {} is outside 1-3650",
+            s.audit_max_age_days
+        ));
     }
     for r in &s.routable_prefixes {
         let shortest = if r.addr().is_ipv4() { 8 } else { 16 };
