@@ -15,6 +15,10 @@ use tonic::{Code, Status};
 pub const LEADER_ADDR: &str = "x-anygate-leader";
 pub const ACTOR_HEADER: &str = "x-anygate-actor";
 pub const REQUEST_ID_HEADER: &str = "x-anygate-request-id";
+/// Largest answer anygatectl accepts (tonic's default is 4 MiB: about
+/// 30,000 peers or 15,000 audit entries). Peer listings and backups are
+/// streamed in pages and need far less.
+pub const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 
 pub struct Client {
     endpoints: Vec<String>,

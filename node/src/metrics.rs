@@ -230,7 +230,7 @@ impl Metrics {
         );
         r.register(
             "tls_handshakes_refused",
-            "Connections refused during the TLS handshake (no certificate, unknown CA, expired, no role)",
+            "Connections refused before or during the TLS handshake (over a connection limit, no certificate, unknown CA, expired, no role)",
             m.tls_refused.clone(),
         );
         r.register(

@@ -253,19 +253,117 @@ pub struct ConnInfo {
 
 /// A server-side connection: TLS, or plaintext in insecure dev mode.
 pub enum Conn {
-    Plain(TcpStream, Option<SocketAddr>),
-    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>, ConnInfo),
+    Plain(TcpStream, Option<SocketAddr>, Slot),
+    Tls(
+        Box<tokio_rustls::server::TlsStream<TcpStream>>,
+        ConnInfo,
+        Slot,
+    ),
+}
+
+/// Bounds on what an unauthenticated client can hold: connections in all,
+/// connections per source address, TLS handshakes in progress.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub connections: usize,
+    pub per_source: usize,
+    pub handshakes: usize,
+}
+
+impl Limits {
+    /// Connections in all: the process's file descriptor limit less a
+    /// reserve for the database, netlink, children and outgoing channels.
+    pub fn for_this_process() -> Limits {
+        Limits {
+            connections: nofile_soft().saturating_sub(CONNECTION_FD_RESERVE).max(64),
+            per_source: 64,
+            handshakes: 256,
+        }
+    }
+}
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit (a server should use
+/// what the administrator allows; systemd's default soft limit is 1024).
+pub fn raise_nofile() {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let r = getrlimit(Resource::Nofile);
+    if r.current < r.maximum {
+        let _ = setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: r.maximum,
+                maximum: r.maximum,
+            },
+        );
+    }
+}
+
+/// File descriptors kept free of client connections.
+pub const CONNECTION_FD_RESERVE: usize = 512;
+
+/// The soft RLIMIT_NOFILE (unlimited: usize::MAX).
+pub fn nofile_soft() -> usize {
+    rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX))
+}
+
+#[derive(Default)]
+struct Counts {
+    total: usize,
+    by_source: std::collections::HashMap<std::net::IpAddr, usize>,
+}
+
+/// A connection's place in the [`Limits`]; given back when it drops.
+pub struct Slot {
+    counts: Arc<Mutex<Counts>>,
+    source: std::net::IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut c = self.counts.lock().expect("connection counts poisoned");
+        c.total -= 1;
+        if let Some(n) = c.by_source.get_mut(&self.source) {
+            *n -= 1;
+            if *n == 0 {
+                c.by_source.remove(&self.source);
+            }
+        }
+    }
+}
+
+/// Takes a slot for a connection from `source`, or says which limit is full.
+fn take_slot(
+    counts: &Arc<Mutex<Counts>>,
+    limits: &Limits,
+    source: std::net::IpAddr,
+) -> Result<Slot, &'static str> {
+    let mut c = counts.lock().expect("connection counts poisoned");
+    if c.total >= limits.connections {
+        return Err("connection limit reached");
+    }
+    let n = c.by_source.entry(source).or_default();
+    if *n >= limits.per_source {
+        return Err("per-source connection limit reached");
+    }
+    *n += 1;
+    c.total += 1;
+    Ok(Slot {
+        counts: counts.clone(),
+        source,
+    })
 }
 
 impl tonic::transport::server::Connected for Conn {
     type ConnectInfo = ConnInfo;
     fn connect_info(&self) -> ConnInfo {
         match self {
-            Conn::Plain(_, remote) => ConnInfo {
+            Conn::Plain(_, remote, _) => ConnInfo {
                 remote: *remote,
                 identity: None,
             },
-            Conn::Tls(_, info) => info.clone(),
+            Conn::Tls(_, info, _) => info.clone(),
         }
     }
 }
@@ -277,8 +375,8 @@ impl AsyncRead for Conn {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
-            Conn::Plain(s, _) => Pin::new(s).poll_read(cx, buf),
-            Conn::Tls(s, _) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Conn::Plain(s, ..) => Pin::new(s).poll_read(cx, buf),
+            Conn::Tls(s, ..) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -290,20 +388,20 @@ impl AsyncWrite for Conn {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         match self.get_mut() {
-            Conn::Plain(s, _) => Pin::new(s).poll_write(cx, buf),
-            Conn::Tls(s, _) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Conn::Plain(s, ..) => Pin::new(s).poll_write(cx, buf),
+            Conn::Tls(s, ..) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
-            Conn::Plain(s, _) => Pin::new(s).poll_flush(cx),
-            Conn::Tls(s, _) => Pin::new(s.as_mut()).poll_flush(cx),
+            Conn::Plain(s, ..) => Pin::new(s).poll_flush(cx),
+            Conn::Tls(s, ..) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
-            Conn::Plain(s, _) => Pin::new(s).poll_shutdown(cx),
-            Conn::Tls(s, _) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Conn::Plain(s, ..) => Pin::new(s).poll_shutdown(cx),
+            Conn::Tls(s, ..) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
     fn poll_write_vectored(
@@ -312,14 +410,14 @@ impl AsyncWrite for Conn {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         match self.get_mut() {
-            Conn::Plain(s, _) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Conn::Tls(s, _) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            Conn::Plain(s, ..) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Conn::Tls(s, ..) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
     fn is_write_vectored(&self) -> bool {
         match self {
-            Conn::Plain(s, _) => s.is_write_vectored(),
-            Conn::Tls(s, _) => s.is_write_vectored(),
+            Conn::Plain(s, ..) => s.is_write_vectored(),
+            Conn::Tls(s, ..) => s.is_write_vectored(),
         }
     }
 }
@@ -334,10 +432,13 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub fn incoming(
     listener: TcpListener,
     tls: Option<Arc<Tls>>,
+    limits: Limits,
     refused: impl Fn(&str) + Send + Sync + 'static,
 ) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<Conn>> {
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Conn>>(64);
     let refused = Arc::new(refused);
+    let counts: Arc<Mutex<Counts>> = Default::default();
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(limits.handshakes));
     tokio::spawn(async move {
         loop {
             let (sock, remote) = tokio::select! {
@@ -352,16 +453,35 @@ pub fn incoming(
                     }
                 },
             };
+            // Over a limit: closed at once, before any TLS work, so no
+            // client can hold the file descriptors Raft and the API need.
+            let slot = match take_slot(&counts, &limits, remote.ip()) {
+                Ok(slot) => slot,
+                Err(why) => {
+                    tracing::debug!(%remote, why, "connection refused");
+                    refused(why);
+                    continue;
+                }
+            };
             let _ = sock.set_nodelay(true);
             let Some(tls) = &tls else {
-                if tx.send(Ok(Conn::Plain(sock, Some(remote)))).await.is_err() {
+                if tx
+                    .send(Ok(Conn::Plain(sock, Some(remote), slot)))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
+                continue;
+            };
+            let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+                refused("too many TLS handshakes in progress");
                 continue;
             };
             let acceptor = tokio_rustls::TlsAcceptor::from(tls.server());
             let (tx, refused) = (tx.clone(), refused.clone());
             tokio::spawn(async move {
+                let _permit = permit;
                 let res = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(sock)).await;
                 let stream = match res {
                     Ok(Ok(s)) => s,
@@ -398,7 +518,8 @@ pub fn incoming(
                     remote: Some(remote),
                     identity: Some(identity),
                 };
-                let _ = tx.send(Ok(Conn::Tls(Box::new(stream), info))).await;
+                drop(_permit);
+                let _ = tx.send(Ok(Conn::Tls(Box::new(stream), info, slot))).await;
             });
         }
     });

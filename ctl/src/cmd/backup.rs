@@ -49,9 +49,47 @@ impl BackupCmd {
         let c = &ctx.client;
         match self {
             BackupCmd::Export { file } => {
+                let bar = if ctx.json {
+                    indicatif::ProgressBar::hidden()
+                } else {
+                    indicatif::ProgressBar::new(0)
+                };
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{bar:40} {pos}/{len} peers  {per_sec}",
+                    )
+                    .expect("valid template"),
+                );
                 let b = c
-                    .call(|ch| async move { B::new(ch).export(c.req(ExportRequest {})).await })
+                    .call(|ch| {
+                        let bar = bar.clone();
+                        async move {
+                            let mut s = B::new(ch)
+                                .max_decoding_message_size(crate::client::MAX_MESSAGE)
+                                .export(c.req(ExportRequest {}))
+                                .await?
+                                .into_inner();
+                            let Some(mut b) = s.message().await? else {
+                                return Err(Status::data_loss("the node sent an empty backup"));
+                            };
+                            bar.set_position(0);
+                            bar.set_length(b.peer_count);
+                            while let Some(page) = s.message().await? {
+                                bar.inc(page.peers.len() as u64);
+                                b.peers.extend(page.peers);
+                            }
+                            if b.peers.len() as u64 != b.peer_count {
+                                return Err(Status::data_loss(format!(
+                                    "the backup stream ended after {} of {} peers",
+                                    b.peers.len(),
+                                    b.peer_count
+                                )));
+                            }
+                            Ok(tonic::Response::new(b))
+                        }
+                    })
                     .await?;
+                bar.finish_and_clear();
                 let text = serde_json::to_string_pretty(&b).expect("serialisable");
                 write_file(&file, &text, 0o600)?;
                 if ctx.json {
@@ -89,6 +127,7 @@ impl BackupCmd {
                 let peers = c
                     .call(|ch| async move {
                         P::new(ch)
+                            .max_decoding_message_size(crate::client::MAX_MESSAGE)
                             .list_peers(c.req(ListPeersRequest {
                                 read,
                                 ..Default::default()
@@ -99,6 +138,7 @@ impl BackupCmd {
                 let pools = c
                     .call(|ch| async move {
                         Pools::new(ch)
+                            .max_decoding_message_size(crate::client::MAX_MESSAGE)
                             .list_pools(c.req(ListPoolsRequest { read }))
                             .await
                     })
@@ -106,6 +146,7 @@ impl BackupCmd {
                 let policies = c
                     .call(|ch| async move {
                         Pol::new(ch)
+                            .max_decoding_message_size(crate::client::MAX_MESSAGE)
                             .list_policies(c.req(ListPoliciesRequest {
                                 read,
                                 group: String::new(),
@@ -151,6 +192,7 @@ impl BackupCmd {
                         let patch = patch.clone();
                         async move {
                             S::new(ch)
+                                .max_decoding_message_size(crate::client::MAX_MESSAGE)
                                 .set_settings(c.req(SetSettingsRequest { patch: Some(patch) }))
                                 .await
                         }
@@ -169,6 +211,7 @@ impl BackupCmd {
                         let pool = pool.clone();
                         async move {
                             Pools::new(ch)
+                                .max_decoding_message_size(crate::client::MAX_MESSAGE)
                                 .add_pool(c.req(AddPoolRequest { pool: Some(pool) }))
                                 .await
                         }
@@ -187,6 +230,7 @@ impl BackupCmd {
                         let policy = policy.clone();
                         async move {
                             Pol::new(ch)
+                                .max_decoding_message_size(crate::client::MAX_MESSAGE)
                                 .add_policy(c.req(AddPolicyRequest {
                                     policy: Some(policy),
                                 }))
@@ -208,7 +252,12 @@ impl BackupCmd {
                     };
                     c.call(|ch| {
                         let req = req.clone();
-                        async move { P::new(ch).revoke_keys(c.req(req)).await }
+                        async move {
+                            P::new(ch)
+                                .max_decoding_message_size(crate::client::MAX_MESSAGE)
+                                .revoke_keys(c.req(req))
+                                .await
+                        }
                     })
                     .await
                     .map_err(|e| Status::new(e.code(), format!("revoked keys: {}", e.message())))?;

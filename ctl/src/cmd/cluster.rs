@@ -42,7 +42,12 @@ impl ClusterCmd {
         match self {
             ClusterCmd::Init => {
                 let r = c
-                    .call(|ch| async move { C::new(ch).init(c.req(InitRequest {})).await })
+                    .call(|ch| async move {
+                        C::new(ch)
+                            .max_decoding_message_size(crate::client::MAX_MESSAGE)
+                            .init(c.req(InitRequest {}))
+                            .await
+                    })
                     .await?;
                 println!("cluster initialised; node {} is the leader", r.leader_id);
             }
@@ -52,6 +57,7 @@ impl ClusterCmd {
                         let addr = addr.clone();
                         async move {
                             C::new(ch)
+                                .max_decoding_message_size(crate::client::MAX_MESSAGE)
                                 .add_learner(c.req(AddLearnerRequest { id, addr }))
                                 .await
                         }
@@ -61,9 +67,12 @@ impl ClusterCmd {
             }
             ClusterCmd::Promote { id } => {
                 let m = c
-                    .call(
-                        |ch| async move { C::new(ch).promote(c.req(PromoteRequest { id })).await },
-                    )
+                    .call(|ch| async move {
+                        C::new(ch)
+                            .max_decoding_message_size(crate::client::MAX_MESSAGE)
+                            .promote(c.req(PromoteRequest { id }))
+                            .await
+                    })
                     .await?;
                 print_membership(ctx, &m, &format!("node {id} is now a voter"));
             }
@@ -71,6 +80,7 @@ impl ClusterCmd {
                 let m = c
                     .call(|ch| async move {
                         C::new(ch)
+                            .max_decoding_message_size(crate::client::MAX_MESSAGE)
                             .remove_node(c.req(RemoveNodeRequest { id }))
                             .await
                     })
@@ -79,7 +89,12 @@ impl ClusterCmd {
             }
             ClusterCmd::Status => {
                 let s = c
-                    .call(|ch| async move { C::new(ch).status(c.req(StatusRequest {})).await })
+                    .call(|ch| async move {
+                        C::new(ch)
+                            .max_decoding_message_size(crate::client::MAX_MESSAGE)
+                            .status(c.req(StatusRequest {}))
+                            .await
+                    })
                     .await?;
                 if ctx.json {
                     println!("{}", json(&s));
@@ -176,7 +191,10 @@ impl ClusterCmd {
             ClusterCmd::Snapshot => {
                 let r = c
                     .call(|ch| async move {
-                        C::new(ch).trigger_snapshot(c.req(SnapshotRequest {})).await
+                        C::new(ch)
+                            .max_decoding_message_size(crate::client::MAX_MESSAGE)
+                            .trigger_snapshot(c.req(SnapshotRequest {}))
+                            .await
                     })
                     .await?;
                 println!("snapshot built at index {}", r.index);

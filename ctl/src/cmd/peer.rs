@@ -323,6 +323,7 @@ impl PeerCmd {
         let settings = || async {
             c.call(|ch| async move {
                 S::new(ch)
+                    .max_decoding_message_size(crate::client::MAX_MESSAGE)
                     .get_settings(c.req(GetSettingsRequest {
                         read: read_opts(false),
                     }))
@@ -369,6 +370,7 @@ impl PeerCmd {
                         let spec = spec.clone();
                         async move {
                             P::new(ch)
+                                .max_decoding_message_size(crate::client::MAX_MESSAGE)
                                 .add_peers(c.req(AddPeersRequest { peers: vec![spec] }))
                                 .await
                         }
@@ -423,12 +425,7 @@ impl PeerCmd {
                         .map(|s| s as i32)
                         .unwrap_or(0),
                 };
-                let r = c
-                    .call(|ch| {
-                        let req = req.clone();
-                        async move { P::new(ch).list_peers(c.req(req)).await }
-                    })
-                    .await?;
+                let r = list_all(c, req).await?;
                 if ctx.json {
                     println!(
                         "{}",
@@ -490,6 +487,7 @@ impl PeerCmd {
                         let peer = peer.clone();
                         async move {
                             P::new(ch)
+                                .max_decoding_message_size(crate::client::MAX_MESSAGE)
                                 .get_peer(c.req(GetPeerRequest {
                                     read: read_opts(stale),
                                     peer,
@@ -563,6 +561,7 @@ impl PeerCmd {
                         let peer = peer.clone();
                         async move {
                             P::new(ch)
+                                .max_decoding_message_size(crate::client::MAX_MESSAGE)
                                 .remove_peer(c.req(RemovePeerRequest { peer }))
                                 .await
                         }
@@ -597,7 +596,12 @@ impl PeerCmd {
                 let p = c
                     .call(|ch| {
                         let req = req.clone();
-                        async move { P::new(ch).rotate_peer(c.req(req)).await }
+                        async move {
+                            P::new(ch)
+                                .max_decoding_message_size(crate::client::MAX_MESSAGE)
+                                .rotate_peer(c.req(req))
+                                .await
+                        }
                     })
                     .await?;
                 let cfg = client_config(
@@ -625,6 +629,7 @@ impl PeerCmd {
                 let r = c
                     .call(|ch| async move {
                         P::new(ch)
+                            .max_decoding_message_size(crate::client::MAX_MESSAGE)
                             .list_revoked_keys(c.req(ListRevokedKeysRequest { read }))
                             .await
                     })
@@ -654,12 +659,7 @@ impl PeerCmd {
                     group: group.unwrap_or_default(),
                     state: 0,
                 };
-                let r = c
-                    .call(|ch| {
-                        let req = req.clone();
-                        async move { P::new(ch).list_peers(c.req(req)).await }
-                    })
-                    .await?;
+                let r = list_all(c, req).await?;
                 let mut out = std::io::stdout().lock();
                 for p in &r.peers {
                     let _ = writeln!(
@@ -674,6 +674,31 @@ impl PeerCmd {
     }
 }
 
+/// Every peer a listing asks for, streamed in pages (any number of peers;
+/// a single answer would stop at the message limit near 30,000).
+pub async fn list_all(
+    c: &crate::client::Client,
+    req: ListPeersRequest,
+) -> Result<ListPeersResponse> {
+    c.call(|ch| {
+        let req = req.clone();
+        async move {
+            let mut s = P::new(ch)
+                .max_decoding_message_size(crate::client::MAX_MESSAGE)
+                .stream_peers(c.req(req))
+                .await?
+                .into_inner();
+            let mut all = ListPeersResponse::default();
+            while let Some(page) = s.message().await? {
+                all.applied_index = page.applied_index;
+                all.peers.extend(page.peers);
+            }
+            Ok(tonic::Response::new(all))
+        }
+    })
+    .await
+}
+
 async fn set_state(ctx: &Ctx, peer: String, state: PeerState) -> Result {
     let c = &ctx.client;
     let p = c
@@ -681,6 +706,7 @@ async fn set_state(ctx: &Ctx, peer: String, state: PeerState) -> Result {
             let peer = peer.clone();
             async move {
                 P::new(ch)
+                    .max_decoding_message_size(crate::client::MAX_MESSAGE)
                     .set_peer_state(c.req(SetPeerStateRequest {
                         peer,
                         state: state as i32,
@@ -763,7 +789,12 @@ pub async fn add_in_batches(ctx: &Ctx, specs: &[PeerSpec], batch: usize) -> Resu
         let res = c
             .call(|ch| {
                 let peers = chunk.to_vec();
-                async move { P::new(ch).add_peers(c.req(AddPeersRequest { peers })).await }
+                async move {
+                    P::new(ch)
+                        .max_decoding_message_size(crate::client::MAX_MESSAGE)
+                        .add_peers(c.req(AddPeersRequest { peers }))
+                        .await
+                }
             })
             .await;
         match res {

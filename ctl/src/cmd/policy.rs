@@ -65,6 +65,7 @@ pub async fn for_group(ctx: &Ctx, group: &str, stale: bool) -> Result<Vec<Policy
             let group = group.clone();
             async move {
                 C::new(ch)
+                    .max_decoding_message_size(crate::client::MAX_MESSAGE)
                     .list_policies(c.req(ListPoliciesRequest {
                         read: read_opts(stale),
                         group,
@@ -100,6 +101,7 @@ impl PolicyCmd {
                         let policy = policy.clone();
                         async move {
                             C::new(ch)
+                                .max_decoding_message_size(crate::client::MAX_MESSAGE)
                                 .add_policy(c.req(AddPolicyRequest {
                                     policy: Some(policy),
                                 }))
@@ -163,6 +165,7 @@ impl PolicyCmd {
                     let name = name.clone();
                     async move {
                         C::new(ch)
+                            .max_decoding_message_size(crate::client::MAX_MESSAGE)
                             .remove_policy(c.req(RemovePolicyRequest { name }))
                             .await
                     }

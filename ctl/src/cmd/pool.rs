@@ -46,6 +46,7 @@ impl PoolCmd {
                         let pool = pool.clone();
                         async move {
                             C::new(ch)
+                                .max_decoding_message_size(crate::client::MAX_MESSAGE)
                                 .add_pool(c.req(AddPoolRequest { pool: Some(pool) }))
                                 .await
                         }
@@ -66,6 +67,7 @@ impl PoolCmd {
                 let r = c
                     .call(|ch| async move {
                         C::new(ch)
+                            .max_decoding_message_size(crate::client::MAX_MESSAGE)
                             .list_pools(c.req(ListPoolsRequest {
                                 read: read_opts(stale),
                             }))
@@ -103,6 +105,7 @@ impl PoolCmd {
                     let name = name.clone();
                     async move {
                         C::new(ch)
+                            .max_decoding_message_size(crate::client::MAX_MESSAGE)
                             .remove_pool(c.req(RemovePoolRequest { name }))
                             .await
                     }

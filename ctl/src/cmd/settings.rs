@@ -76,6 +76,7 @@ impl SettingsCmd {
             SettingsCmd::Get { stale } => {
                 c.call(|ch| async move {
                     C::new(ch)
+                        .max_decoding_message_size(crate::client::MAX_MESSAGE)
                         .get_settings(c.req(GetSettingsRequest {
                             read: read_opts(stale),
                         }))
@@ -113,6 +114,7 @@ impl SettingsCmd {
                     let patch = patch.clone();
                     async move {
                         C::new(ch)
+                            .max_decoding_message_size(crate::client::MAX_MESSAGE)
                             .set_settings(c.req(SetSettingsRequest { patch: Some(patch) }))
                             .await
                     }

@@ -24,6 +24,7 @@ pub fn required(path: &str) -> Role {
         | "anygate.v1.PeerService/GetPeer"
         | "anygate.v1.PeerService/ListEndpoints"
         | "anygate.v1.PeerService/ListRevokedKeys"
+        | "anygate.v1.PeerService/StreamPeers"
         | "anygate.v1.PoolService/ListPools"
         | "anygate.v1.SettingsService/GetSettings"
         | "anygate.v1.AuditService/ListAudit"

@@ -16,21 +16,42 @@ pub struct BackupApi(pub Api);
 
 #[tonic::async_trait]
 impl BackupService for BackupApi {
-    async fn export(&self, req: Request<ExportRequest>) -> Result<Reply<Backup>, Status> {
+    type ExportStream = super::PageStream<Backup>;
+
+    /// One read of the state (everything at the same applied index), sent
+    /// as a header and then pages of peers.
+    async fn export(
+        &self,
+        req: Request<ExportRequest>,
+    ) -> Result<Reply<Self::ExportStream>, Status> {
+        self.0
+            .audit_secret_read(&req, "backup (every preshared key)".into())
+            .await?;
         self.0.read_barrier(&None).await?;
         let caller = Api::caller(&req);
-        // One read of the state: everything at the same applied index.
-        let b = self.0.node.view.read(|inv| Backup {
-            format: FORMAT.into(),
-            taken_at_ms: now_ms(),
-            applied_index: self.0.node.view.applied(),
-            settings: Some(settings_to_pb(inv.settings())),
-            pools: inv.pools().iter().map(pool_to_pb).collect(),
-            policies: inv.policies().map(policy_to_pb).collect(),
-            peers: inv.peers().map(|p| peer_to_pb(p, true)).collect(),
-            revoked: inv.revoked().map(|(k, r)| revoked_to_pb(k, r)).collect(),
+        let (head, peers) = self.0.node.view.read(|inv| {
+            let peers: Vec<crate::model::Peer> = inv.peers().cloned().collect();
+            let head = Backup {
+                format: FORMAT.into(),
+                taken_at_ms: now_ms(),
+                applied_index: self.0.node.view.applied(),
+                settings: Some(settings_to_pb(inv.settings())),
+                pools: inv.pools().iter().map(pool_to_pb).collect(),
+                policies: inv.policies().map(policy_to_pb).collect(),
+                peers: vec![],
+                revoked: inv.revoked().map(|(k, r)| revoked_to_pb(k, r)).collect(),
+                peer_count: peers.len() as u64,
+            };
+            (head, peers)
         });
-        tracing::info!(caller = %caller.name, peers = b.peers.len(), index = b.applied_index, "inventory exported (with preshared keys)");
-        Ok(Reply::new(b))
+        tracing::info!(caller = %caller.name, peers = peers.len(), index = head.applied_index, "inventory exported (with preshared keys)");
+        let rest = super::pages(peers, |chunk| Backup {
+            peers: chunk.iter().map(|p| peer_to_pb(p, true)).collect(),
+            ..Default::default()
+        });
+        Ok(Reply::new(Box::pin(futures::StreamExt::chain(
+            futures::stream::once(async move { Ok(head) }),
+            rest,
+        ))))
     }
 }

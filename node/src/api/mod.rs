@@ -194,6 +194,28 @@ impl Api {
         Ok(())
     }
 
+    /// Puts "`caller` read `object`" into the replicated audit log, and
+    /// only then lets the read go on: a secret read that cannot be audited
+    /// (no quorum, rate limit) is refused.
+    pub async fn audit_secret_read<T>(
+        &self,
+        req: &tonic::Request<T>,
+        object: String,
+    ) -> Result<(), Status> {
+        self.write(req, Command::SecretRead { object })
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                Status::new(
+                    e.code(),
+                    format!(
+                        "the secret read could not be audited, so it is refused: {}",
+                        e.message()
+                    ),
+                )
+            })
+    }
+
     /// The answer a command would have given, rebuilt from current state.
     fn replay(&self, key: Replay) -> Response {
         self.node.view.read(|inv| match key {
@@ -251,10 +273,33 @@ impl Replay {
             Command::RemovePool { .. }
             | Command::SetNodeFlags { .. }
             | Command::Denied { .. }
+            | Command::SecretRead { .. }
             | Command::RemovePolicy { .. } => Replay::Empty,
             Command::AddPolicy(p) => Replay::Policy(p.name.clone()),
         }
     }
+}
+
+/// A server stream of pages.
+pub type PageStream<T> =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// Items per page of a streamed listing (a page stays far below the
+/// message limit whatever the items hold).
+pub const PAGE: usize = 1_000;
+
+/// `items` as a stream of pages of at most [`PAGE`], each built by `page`
+/// as it is sent (so the whole answer is never encoded at once).
+pub fn pages<I, T>(items: Vec<I>, page: impl Fn(&[I]) -> T + Send + 'static) -> PageStream<T>
+where
+    I: Send + 'static,
+    T: Send + 'static,
+{
+    let mut items = items.into_iter();
+    Box::pin(futures::stream::iter(std::iter::from_fn(move || {
+        let chunk: Vec<I> = items.by_ref().take(PAGE).collect();
+        (!chunk.is_empty()).then(|| Ok(page(&chunk)))
+    })))
 }
 
 /// Response metadata naming the Raft index a write committed at: with it a

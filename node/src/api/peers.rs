@@ -26,6 +26,26 @@ fn one(r: Response) -> Result<Reply<Peer>, Status> {
         .ok_or_else(|| Status::internal("empty answer"))
 }
 
+impl PeerApi {
+    /// The peers a listing asks for, from one read of the state, and the
+    /// index it was read at.
+    async fn listed(&self, r: &ListPeersRequest) -> Result<(u64, Vec<crate::model::Peer>), Status> {
+        self.0.read_barrier(&r.read).await?;
+        let want_state = convert::state_from_pb(r.state)?;
+        let view = &self.0.node.view;
+        Ok(view.read(|inv| {
+            let peers = inv
+                .peers()
+                .filter(|p| r.user.is_empty() || p.user == r.user)
+                .filter(|p| r.group.is_empty() || p.group == r.group)
+                .filter(|p| want_state.is_none_or(|s| p.state == s))
+                .cloned()
+                .collect();
+            (view.applied(), peers)
+        }))
+    }
+}
+
 #[tonic::async_trait]
 impl PeerService for PeerApi {
     async fn add_peers(
@@ -76,23 +96,26 @@ impl PeerService for PeerApi {
         &self,
         req: Request<ListPeersRequest>,
     ) -> Result<Reply<ListPeersResponse>, Status> {
-        let r = req.get_ref();
-        self.0.read_barrier(&r.read).await?;
-        let want_state = convert::state_from_pb(r.state)?;
-        let view = &self.0.node.view;
-        let applied_index = view.applied();
-        let peers = view.read(|inv| {
-            inv.peers()
-                .filter(|p| r.user.is_empty() || p.user == r.user)
-                .filter(|p| r.group.is_empty() || p.group == r.group)
-                .filter(|p| want_state.is_none_or(|s| p.state == s))
-                .map(|p| peer_to_pb(p, false))
-                .collect()
-        });
+        let (applied_index, peers) = self.listed(req.get_ref()).await?;
         Ok(Reply::new(ListPeersResponse {
-            peers,
+            peers: peers.iter().map(|p| peer_to_pb(p, false)).collect(),
             applied_index,
         }))
+    }
+
+    type StreamPeersStream = super::PageStream<ListPeersResponse>;
+
+    async fn stream_peers(
+        &self,
+        req: Request<ListPeersRequest>,
+    ) -> Result<Reply<Self::StreamPeersStream>, Status> {
+        let (applied_index, peers) = self.listed(req.get_ref()).await?;
+        Ok(Reply::new(super::pages(peers, move |chunk| {
+            ListPeersResponse {
+                peers: chunk.iter().map(|p| peer_to_pb(p, false)).collect(),
+                applied_index,
+            }
+        })))
     }
 
     async fn get_peer(&self, req: Request<GetPeerRequest>) -> Result<Reply<Peer>, Status> {
@@ -105,6 +128,13 @@ impl PeerService for PeerApi {
                     "anygate.v1.PeerService/GetPeer?secrets",
                 )
             })?;
+            let pr = peer_ref(&r.peer)?;
+            if self.0.node.view.read(|inv| inv.resolve(&pr).is_none()) {
+                return Err(Status::not_found(format!("no peer {pr}")));
+            }
+            self.0
+                .audit_secret_read(&req, format!("preshared key of {pr}"))
+                .await?;
             tracing::info!(caller = %c.name, peer = %r.peer, "preshared key read");
         }
         let pr = peer_ref(&r.peer)?;

@@ -231,9 +231,18 @@ impl App {
                         .max_decoding_message_size(limit),
                 );
             let m = metrics.clone();
-            let incoming = anygate_proto::tls::incoming(self.grpc, tls.clone(), move |_| {
-                m.tls_refused.inc();
-            });
+            anygate_proto::tls::raise_nofile();
+            let limits = anygate_proto::tls::Limits::for_this_process();
+            info!(
+                connections = limits.connections,
+                per_source = limits.per_source,
+                handshakes = limits.handshakes,
+                "gRPC connection limits"
+            );
+            let incoming =
+                anygate_proto::tls::incoming(self.grpc, tls.clone(), limits, move |_| {
+                    m.tls_refused.inc();
+                });
             let stop = stop_api.clone();
             tasks.spawn(
                 controller.guard(

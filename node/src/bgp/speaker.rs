@@ -50,6 +50,24 @@ pub enum SpeakerError {
     BadPrefix(String),
 }
 
+/// This process's user id.
+fn process_uid() -> u32 {
+    rustix::process::getuid().as_raw()
+}
+
+/// The nftables table `inet anygate_bgp`: connections to gobgpd's API
+/// address from any local user but `uid` are reset, and from other hosts
+/// dropped. Pure.
+pub fn api_guard(api: std::net::SocketAddr, uid: u32) -> String {
+    let (fam, ip, port) = match api.ip() {
+        std::net::IpAddr::V4(a) => ("ip", a.to_string(), api.port()),
+        std::net::IpAddr::V6(a) => ("ip6", a.to_string(), api.port()),
+    };
+    format!(
+        "table inet anygate_bgp\ndelete table inet anygate_bgp\ntable inet anygate_bgp {{\n  chain output {{\n    type filter hook output priority filter; policy accept;\n    tcp dport {port} {fam} daddr {ip} meta skuid != {uid} reject with tcp reset\n  }}\n  chain input {{\n    type filter hook input priority filter; policy accept;\n    tcp dport {port} iifname != \"lo\" drop\n  }}\n}}\n"
+    )
+}
+
 pub struct Speaker {
     cfg: BgpConfig,
     node: RaftNode,
@@ -232,6 +250,12 @@ impl Speaker {
     async fn attach(&mut self) -> Result<Gobgp, SpeakerError> {
         if self.cfg.mode == BgpMode::Supervised && !self.child.running() {
             self.spawn()?;
+            // gobgpd's API has no authentication: only this node's user
+            // may reach it (nftables), never another host.
+            let script = api_guard(self.cfg.api, process_uid());
+            if let Err(e) = crate::host::nft::apply_nft(&script).await {
+                warn!(error = %e, api = %self.cfg.api, "cannot restrict gobgpd's API to this node's user; any local user can reach it");
+            }
         }
         let deadline = Instant::now() + Duration::from_secs(5);
         let api = loop {
@@ -581,5 +605,26 @@ impl Speaker {
             *s = st;
             changed
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_the_nodes_user_reaches_the_gobgpd_api() {
+        let s = super::api_guard("127.0.0.1:50051".parse().unwrap(), 998);
+        assert!(
+            s.contains(
+                "tcp dport 50051 ip daddr 127.0.0.1 meta skuid != 998 reject with tcp reset"
+            ),
+            "{s}"
+        );
+        assert!(s.contains("tcp dport 50051 iifname != \"lo\" drop"), "{s}");
+        assert!(s.starts_with("table inet anygate_bgp\ndelete table inet anygate_bgp\n"));
+        let s6 = super::api_guard("[::1]:50052".parse().unwrap(), 0);
+        assert!(
+            s6.contains("tcp dport 50052 ip6 daddr ::1 meta skuid != 0"),
+            "{s6}"
+        );
     }
 }

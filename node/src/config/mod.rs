@@ -307,9 +307,15 @@ impl BgpConfig {
             .clone()
             .or(f.api)
             .unwrap_or_else(|| "127.0.0.1:50051".into());
-        let api = api_s
+        let api: SocketAddr = api_s
             .parse()
             .map_err(|_| bad("bgp.api", format!("{api_s:?} is not ip:port")))?;
+        if f.mode.unwrap_or(BgpMode::Supervised) == BgpMode::Supervised && !api.ip().is_loopback() {
+            return Err(bad(
+                "bgp.api",
+                format!("{api} is not a loopback address: gobgpd's API has no authentication, so the gobgpd this node starts listens on loopback only"),
+            ));
+        }
         let listen_port = f.listen_port.unwrap_or(179);
         if !(-1..=65535).contains(&listen_port) || listen_port == 0 {
             return Err(bad(

@@ -17,3 +17,4 @@ mod t11_bgp_ipv6;
 mod t12_react;
 mod t13_security;
 mod t14_operations;
+mod t15_hundred_thousand;

@@ -224,6 +224,33 @@ fn anycast_follows_health_drain_and_failures() {
     let b = bgp_status(&ep, 2).unwrap();
     assert_eq!(b["gobgpd_restarts"], 1, "{b}");
 
+    // gobgpd's API (no authentication) answers the node's user only, also
+    // after the restart: another local user is reset (hardening finding 13).
+    let root = Command::new("ip")
+        .args(["netns", "exec", &lab.gw(2), "gobgp", "global"])
+        .output()
+        .unwrap();
+    assert!(root.status.success(), "{root:?}");
+    let connect = |user: &str| {
+        Command::new("ip")
+            .args(["netns", "exec", &lab.gw(2), "setpriv"])
+            .args([
+                format!("--reuid={user}"),
+                format!("--regid={user}"),
+                "--clear-groups".into(),
+            ])
+            .args(["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/50051"])
+            .output()
+            .unwrap()
+    };
+    let other = connect("65534");
+    assert!(!other.status.success(), "{other:?}");
+    let err = String::from_utf8_lossy(&other.stderr);
+    assert!(err.contains("Connection refused"), "{err}");
+    // The same connect as root (the node's user here) goes through.
+    let own = connect("0");
+    assert!(own.status.success(), "{own:?}");
+
     // Kill node 3's wireguard-go: the node withdraws (no black hole) and
     // announces again once a device is back and reprogrammed.
     let t0 = Instant::now();

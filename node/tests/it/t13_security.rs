@@ -7,7 +7,7 @@ use anygate_proto::tls::Role;
 use anygate_proto::v1::pool_service_client::PoolServiceClient;
 use anygate_proto::v1::{AddPoolRequest, Pool};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 /// A certificate from `ca`, valid for an hour.
 fn cert(
@@ -481,4 +481,76 @@ fn unsafe_files_and_wrong_certificates_stop_the_node_before_it_serves() {
     refused(run(&dir.path().join("d2"), &oc, &ok), "needs role node");
     // A key that is not the certificate's.
     refused(run(&dir.path().join("d3"), &nc, &ok), "does not match");
+}
+
+/// Hardening finding 11: 3,000 idle connections from one source (no TLS
+/// handshake, the cheapest attack there is) hold at most the per-source
+/// limit of the node's file descriptors; Raft and the API keep working.
+#[test]
+fn idle_connections_cannot_starve_raft_or_the_api() {
+    let mut c = Cluster::start(3, &[]);
+    c.form();
+    let ep = c.all_endpoints();
+    let target: std::net::SocketAddr = c.addr(1).parse().unwrap();
+    let pid = c.node(1).child.as_ref().unwrap().id();
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count()
+    };
+    let before = fds();
+    anygate_proto::tls::raise_nofile();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let socks = rt.block_on(async {
+        let mut v = Vec::new();
+        for _ in 0..3_000 {
+            let s = tokio::net::TcpSocket::new_v4().unwrap();
+            s.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+            if let Ok(conn) = s.connect(target).await {
+                v.push(conn.into_std().unwrap());
+            }
+        }
+        v
+    });
+    assert!(
+        socks.len() > 2_000,
+        "the attack must have connected: {}",
+        socks.len()
+    );
+    // The node closed all but its per-source limit at once.
+    let closed = eventually(
+        "connections over the limit closed",
+        Duration::from_secs(10),
+        || {
+            let closed = socks
+                .iter()
+                .filter(|s| {
+                    use std::io::Read;
+                    let mut b = [0u8; 1];
+                    let mut s: &std::net::TcpStream = s;
+                    !matches!(s.read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+                })
+                .count();
+            (closed >= socks.len() - 64).then_some(closed)
+        },
+    );
+    assert!(closed <= socks.len());
+    let held = fds();
+    assert!(
+        held < before + 100,
+        "node 1 holds {held} fds (was {before})"
+    );
+    // Raft and the API through node 1 work, and a write commits at once.
+    let t = Instant::now();
+    ctl_ok(
+        &c.addr(1),
+        &["pool", "add", "after", "--cidr", "10.91.0.0/24"],
+    );
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    assert_eq!(
+        ctl_json(&ep, &["pool", "list"]).as_array().unwrap().len(),
+        1
+    );
+    assert!(status(&c.addr(1)).is_some());
+    drop(socks);
 }

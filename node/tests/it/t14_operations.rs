@@ -318,6 +318,19 @@ fn backup_restores_into_a_fresh_cluster() {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&backup).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600, "the backup holds preshared keys");
+    // Both secret reads are in the replicated audit log, not only in one
+    // node's log file.
+    let audit = ctl_json(&ea, &["audit", "list"]);
+    for object in ["preshared key of psk/d", "backup (every preshared key)"] {
+        assert!(
+            audit
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["action"] == "secret.read" && e["object"] == object && e["error"] == ""),
+            "{object}: {audit}"
+        );
+    }
 
     let mut b = Cluster::start(1, &[]);
     b.form();

@@ -215,6 +215,7 @@ pub fn check_command(cmd: &Command) -> Result<(), ApplyError> {
             format!("revoke 1-{PEERS_PER_REQUEST} keys per request"),
         )),
         Command::RevokeKeys(_) => Ok(()),
+        Command::SecretRead { object } => text("object", object, NAME_BYTES * 2, true),
     }
 }
 

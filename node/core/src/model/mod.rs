@@ -389,6 +389,11 @@ pub enum Command {
     /// leaked key; a restore carrying the old cluster's revocations). A
     /// peer holding one becomes revoked.
     RevokeKeys(Vec<WgKey>),
+    /// A secret was read (a preshared key, a backup): changes nothing; in
+    /// the replicated audit log before the secret is handed out.
+    SecretRead {
+        object: String,
+    },
 }
 
 impl Command {
@@ -425,6 +430,7 @@ impl Command {
             Command::RemovePolicy { name } => ("policy.remove", name.clone()),
             Command::RevokeKeys(k) if k.len() == 1 => ("key.revoke", k[0].to_string()),
             Command::RevokeKeys(k) => ("key.revoke", format!("{} keys", k.len())),
+            Command::SecretRead { object } => ("secret.read", object.clone()),
         }
     }
 }

@@ -459,6 +459,7 @@ impl Inventory {
                 }
                 None => Err(err(ErrorKind::NotFound, format!("no policy {name:?}"))),
             },
+            Command::SecretRead { .. } => Ok(Response::Empty),
             Command::Denied { method, role } => Err(err(
                 ErrorKind::PermissionDenied,
                 format!("permission denied: role {role} may not call {method}"),
