@@ -10,6 +10,8 @@ pub mod convert;
 pub mod peers;
 pub mod policies;
 pub mod pools;
+#[cfg(test)]
+mod requests_prop;
 pub mod settings;
 pub mod status;
 
