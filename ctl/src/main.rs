@@ -109,7 +109,7 @@ async fn main() -> ExitCode {
         .unwrap_or_else(|| "anygatectl".into());
     // Local commands need no connection.
     let cmd = match cli.cmd {
-        Cmd::Pki(c) => return finish(c.run(cli.json)),
+        Cmd::Pki(c) if c.is_local() => return finish(c.run(cli.json)),
         Cmd::Config(c) => return finish(c.run(cli.json)),
         other => other,
     };
@@ -151,7 +151,8 @@ async fn main() -> ExitCode {
         Cmd::Audit(c) => c.run(&ctx).await,
         Cmd::Policy(c) => c.run(&ctx).await,
         Cmd::Backup(c) => c.run(&ctx).await,
-        Cmd::Pki(_) | Cmd::Config(_) => unreachable!("handled above"),
+        Cmd::Pki(c) => c.run_remote(&ctx).await,
+        Cmd::Config(_) => unreachable!("handled above"),
     };
     finish(res)
 }

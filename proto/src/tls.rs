@@ -64,6 +64,11 @@ pub struct Identity {
     pub role: Role,
     /// Unix seconds.
     pub not_after: i64,
+    /// The certificate's serial number, lowercase hex (what a revocation
+    /// names).
+    pub serial: String,
+    /// Its subject alternative names: DNS names and IP addresses as text.
+    pub sans: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -105,10 +110,35 @@ pub fn identity_of(der: &[u8]) -> Result<Identity, TlsError> {
             "organizational unit {ou:?} is not a role (node, admin, operator, viewer)"
         ))
     })?;
+    let serial = cert
+        .tbs_certificate
+        .raw_serial()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let mut sans = Vec::new();
+    if let Ok(Some(ext)) = cert.subject_alternative_name() {
+        for n in &ext.value.general_names {
+            match n {
+                x509_parser::extensions::GeneralName::DNSName(d) => sans.push(d.to_string()),
+                x509_parser::extensions::GeneralName::IPAddress(b) => {
+                    let ip = match b.len() {
+                        4 => <[u8; 4]>::try_from(*b).ok().map(std::net::IpAddr::from),
+                        16 => <[u8; 16]>::try_from(*b).ok().map(std::net::IpAddr::from),
+                        _ => None,
+                    };
+                    sans.extend(ip.map(|i| i.to_string()));
+                }
+                _ => {}
+            }
+        }
+    }
     Ok(Identity {
         name,
         role,
         not_after: cert.validity().not_after.timestamp(),
+        serial,
+        sans,
     })
 }
 

@@ -58,8 +58,21 @@ pub enum PkiCmd {
         #[arg(long)]
         force: bool,
     },
-    /// Show who a certificate names, its role and when it expires.
+    /// Show who a certificate names, its role, serial, addresses and
+    /// when it expires.
     Show { file: PathBuf },
+    /// Revoke certificates on every node (admin; contacts the cluster):
+    /// each CERT is a certificate file or a serial number (hex, as `pki
+    /// show` prints it). Refused from the next request on, open
+    /// connections included; for good. Also revoke a removed node's
+    /// certificate (a removed node already loses Raft at once: its
+    /// certificate names no member's address).
+    Revoke {
+        #[arg(required = true)]
+        certs: Vec<String>,
+    },
+    /// List the revoked certificate serials (contacts the cluster).
+    Revoked,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -194,18 +207,117 @@ impl PkiCmd {
                 if json {
                     println!(
                         "{}",
-                        serde_json::json!({"name": id.name, "role": id.role.as_str(), "not_after": id.not_after})
+                        serde_json::json!({"name": id.name, "role": id.role.as_str(), "not_after": id.not_after, "serial": id.serial, "sans": id.sans})
                     );
                 } else {
                     println!(
-                        "{}  role {}  expires {}",
+                        "{}  role {}  serial {}  expires {}{}",
                         id.name,
                         id.role,
-                        humantime::format_rfc3339_seconds(expires)
+                        id.serial,
+                        humantime::format_rfc3339_seconds(expires),
+                        if id.sans.is_empty() {
+                            String::new()
+                        } else {
+                            format!("  addresses {}", id.sans.join(", "))
+                        }
                     );
                 }
                 Ok(())
             }
+            PkiCmd::Revoke { .. } | PkiCmd::Revoked => {
+                unreachable!("remote commands run through run_remote")
+            }
         }
+    }
+}
+
+impl PkiCmd {
+    /// Whether the command works on local files only (no connection).
+    pub fn is_local(&self) -> bool {
+        !matches!(self, PkiCmd::Revoke { .. } | PkiCmd::Revoked)
+    }
+
+    /// `pki revoke` and `pki revoked`, through the cluster.
+    pub async fn run_remote(self, ctx: &crate::Ctx) -> Result {
+        use anygate_proto::v1::cluster_service_client::ClusterServiceClient as C;
+        use anygate_proto::v1::*;
+        let c = &ctx.client;
+        match self {
+            PkiCmd::Revoke { certs } => {
+                let mut serials = Vec::new();
+                for s in certs {
+                    let p = std::path::Path::new(&s);
+                    if p.exists() {
+                        let der = CertificateDer::from_pem_slice(read(p)?.as_bytes())
+                            .map_err(|e| bad(format!("{s}: {e}")))?;
+                        serials.push(
+                            identity_of(&der)
+                                .map_err(|e| bad(format!("{s}: {e}")))?
+                                .serial,
+                        );
+                    } else {
+                        serials.push(s);
+                    }
+                }
+                let req = RevokeCertificatesRequest {
+                    serials: serials.clone(),
+                };
+                let r = c
+                    .call(|ch| {
+                        let req = req.clone();
+                        async move {
+                            C::new(ch)
+                                .max_decoding_message_size(crate::client::MAX_MESSAGE)
+                                .revoke_certificates(c.req(req))
+                                .await
+                        }
+                    })
+                    .await?;
+                if ctx.json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"serials": serials, "newly_revoked": r.revoked})
+                    );
+                } else {
+                    println!(
+                        "revoked {} ({} new): refused by every node from its next request",
+                        serials.join(", "),
+                        r.revoked
+                    );
+                }
+            }
+            PkiCmd::Revoked => {
+                let r = c
+                    .call(|ch| async move {
+                        C::new(ch)
+                            .max_decoding_message_size(crate::client::MAX_MESSAGE)
+                            .list_revoked_certificates(c.req(ListRevokedCertificatesRequest {}))
+                            .await
+                    })
+                    .await?;
+                if ctx.json {
+                    println!("{}", crate::output::json(&r.certificates));
+                } else {
+                    let rows = r
+                        .certificates
+                        .iter()
+                        .map(|k| {
+                            vec![
+                                k.serial.clone(),
+                                crate::output::when(k.revoked_at_ms),
+                                k.index.to_string(),
+                            ]
+                        })
+                        .collect();
+                    println!(
+                        "{}",
+                        crate::output::table(&["SERIAL", "REVOKED", "LOG INDEX"], rows)
+                    );
+                }
+            }
+            _ => unreachable!("local commands run through run"),
+        }
+        Ok(())
     }
 }

@@ -30,7 +30,8 @@ pub fn required(path: &str) -> Role {
         | "anygate.v1.AuditService/ListAudit"
         | "anygate.v1.PolicyService/ListPolicies"
         | "anygate.v1.ClusterService/Status"
-        | "anygate.v1.ClusterService/NodeInfo" => Role::Viewer,
+        | "anygate.v1.ClusterService/NodeInfo"
+        | "anygate.v1.ClusterService/ListRevokedCertificates" => Role::Viewer,
         "anygate.v1.PeerService/AddPeers"
         | "anygate.v1.PeerService/SetPeerState"
         | "anygate.v1.PeerService/RemovePeer"
@@ -69,7 +70,13 @@ pub struct Denied {
     pub method: String,
 }
 
+/// Why a verified certificate may no longer call `path` (revoked; a node
+/// that is not a member calling Raft), or None.
+pub type IdentityCheck =
+    Arc<dyn Fn(&anygate_proto::tls::Identity, &str) -> Option<String> + Send + Sync>;
+
 pub struct Gate {
+    pub identity_check: Option<IdentityCheck>,
     pub metrics: Metrics,
     pub denied: tokio::sync::mpsc::Sender<Denied>,
     /// How far the node has got in stopping (a [`Stopping`] as u8).
@@ -134,6 +141,10 @@ impl Gate {
             // Plaintext connections exist only with --insecure-dev.
             return Ok(());
         };
+        if let Some(why) = self.identity_check.as_ref().and_then(|f| f(id, path)) {
+            tracing::warn!(caller = %id.name, serial = %id.serial, reason = %why, "certificate refused");
+            return Err(Status::unauthenticated(why));
+        }
         let need = required(path);
         if id.role >= need {
             return Ok(());

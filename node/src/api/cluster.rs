@@ -107,6 +107,51 @@ impl ClusterApi {
 
 #[tonic::async_trait]
 impl ClusterService for ClusterApi {
+    async fn revoke_certificates(
+        &self,
+        req: Request<RevokeCertificatesRequest>,
+    ) -> Result<Reply<RevokeCertificatesResponse>, Status> {
+        let serials = req
+            .get_ref()
+            .serials
+            .iter()
+            .map(|s| {
+                s.trim()
+                    .trim_start_matches("0x")
+                    .replace(':', "")
+                    .to_ascii_lowercase()
+            })
+            .collect();
+        let w = self
+            .0
+            .write(&req, crate::model::Command::RevokeCertificates(serials))
+            .await?;
+        match w.response {
+            crate::model::Response::Count(revoked) => Ok(super::committed(
+                w.index,
+                RevokeCertificatesResponse { revoked },
+            )),
+            other => Err(super::unexpected(other)),
+        }
+    }
+
+    async fn list_revoked_certificates(
+        &self,
+        _req: Request<ListRevokedCertificatesRequest>,
+    ) -> Result<Reply<ListRevokedCertificatesResponse>, Status> {
+        self.0.read_barrier(&None).await?;
+        let certificates = self.0.node.view.read(|inv| {
+            inv.revoked_certs()
+                .map(|(s, r)| RevokedCertificate {
+                    serial: s.clone(),
+                    revoked_at_ms: r.at_ms,
+                    index: r.index,
+                })
+                .collect()
+        });
+        Ok(Reply::new(ListRevokedCertificatesResponse { certificates }))
+    }
+
     async fn init(&self, _req: Request<InitRequest>) -> Result<Reply<InitResponse>, Status> {
         let node = &self.0.node;
         if node

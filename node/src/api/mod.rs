@@ -269,9 +269,10 @@ impl Replay {
             Command::RemovePeer { .. } => Replay::Peers(vec![]),
             Command::AddPool { name, .. } => Replay::Pool(name.clone()),
             Command::SetSettings(_) => Replay::Settings,
-            Command::ExpirePeers | Command::UpdateEndpoints(_) | Command::RevokeKeys(_) => {
-                Replay::Count
-            }
+            Command::ExpirePeers
+            | Command::UpdateEndpoints(_)
+            | Command::RevokeKeys(_)
+            | Command::RevokeCertificates(_) => Replay::Count,
             Command::RemovePool { .. }
             | Command::SetNodeFlags { .. }
             | Command::Denied { .. }

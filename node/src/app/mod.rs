@@ -179,6 +179,7 @@ impl App {
         };
         let (denied_tx, denied_rx) = tokio::sync::mpsc::channel(256);
         let gate = Arc::new(Gate {
+            identity_check: Some(identity_check(node.clone())),
             metrics: metrics.clone(),
             denied: denied_tx,
             stopping: Default::default(),
@@ -421,4 +422,36 @@ fn check_private(p: &std::path::Path, key: &str) -> Result<(), AppError> {
         ))),
         None => Ok(()),
     }
+}
+
+/// A revoked certificate serial is refused on every call; a node
+/// certificate calling Raft (or forwarding a write) must name one of the
+/// current members' addresses, so a removed node keeps no Raft rights.
+/// Until this node knows its membership (a node being added) any node
+/// certificate may call Raft.
+fn identity_check(node: crate::raft::RaftNode) -> crate::api::authz::IdentityCheck {
+    Arc::new(move |id, path| {
+        if let Some(r) = node
+            .view
+            .read(|inv| inv.cert_revocation(&id.serial).cloned())
+        {
+            return Some(format!(
+                "certificate {:?} (serial {}) was revoked at log index {}",
+                id.name, id.serial, r.index
+            ));
+        }
+        let raft = path.trim_start_matches('/').starts_with("anygate.raft.v1.");
+        if !raft || id.role != anygate_proto::tls::Role::Node {
+            return None;
+        }
+        let hosts = node.member_hosts();
+        if hosts.is_empty() || id.sans.iter().any(|s| hosts.contains(s)) {
+            return None;
+        }
+        Some(format!(
+            "node certificate {:?} names none of the members' addresses ({}): only a current member may speak Raft",
+            id.name,
+            hosts.into_iter().collect::<Vec<_>>().join(", ")
+        ))
+    })
 }

@@ -303,6 +303,21 @@ impl RaftNode {
             .collect()
     }
 
+    /// The host part of every member's Raft address (`10.0.0.1`,
+    /// `gw1.example.net`, `fd00::1`), without copying the metrics.
+    pub fn member_hosts(&self) -> std::collections::BTreeSet<String> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.membership_config
+            .membership()
+            .nodes()
+            .map(|(_, n)| {
+                let host = n.addr.rsplit_once(':').map_or(n.addr.as_str(), |(h, _)| h);
+                host.trim_matches(['[', ']']).to_string()
+            })
+            .collect()
+    }
+
     /// The leader's id and address, if known.
     pub fn leader(&self) -> Option<(NodeId, String)> {
         let m = self.raft.metrics().borrow().clone();

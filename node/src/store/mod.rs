@@ -39,6 +39,7 @@ pub(crate) const CF_AUDIT: &str = "audit";
 pub(crate) const CF_SNAPSHOT: &str = "snapshot";
 pub(crate) const CF_REQUESTS: &str = "requests";
 pub(crate) const CF_REVOKED: &str = "revoked";
+pub(crate) const CF_REVOKED_CERTS: &str = "revoked_certs";
 
 /// Raft's own column families; the state machine's are [`SM_CFS`].
 const RAFT_CFS: &[&str] = &[CF_LOG, CF_RAFT, CF_SNAPSHOT];
@@ -54,6 +55,7 @@ pub(crate) const SM_CFS: &[&str] = &[
     CF_AUDIT,
     CF_REQUESTS,
     CF_REVOKED,
+    CF_REVOKED_CERTS,
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -272,6 +272,9 @@ impl StateMachine {
         for (_, v) in all(CF_REVOKED)? {
             img.revoked.push(rd(&v)?);
         }
+        for (_, v) in all(CF_REVOKED_CERTS)? {
+            img.revoked_certs.push(rd(&v)?);
+        }
         let (applied, _) = watch::channel(last_applied.map(|l| l.index).unwrap_or(0));
         let view = StateView {
             inner: Arc::new(Shared {
@@ -345,6 +348,11 @@ impl StateMachine {
         for k in &ch.revoked {
             if let Some(r) = inv.revocation(k) {
                 b.put_cf(cf(db, CF_REVOKED), k.as_bytes(), wr(&(k, r))?);
+            }
+        }
+        for s in &ch.revoked_certs {
+            if let Some(r) = inv.cert_revocation(s) {
+                b.put_cf(cf(db, CF_REVOKED_CERTS), s.as_bytes(), wr(&(s, r))?);
             }
         }
         for r in &ch.requests_added {
@@ -556,6 +564,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         for r in &img.revoked {
             b.put_cf(cf(db, CF_REVOKED), r.0.as_bytes(), wr(r)?);
+        }
+        for r in &img.revoked_certs {
+            b.put_cf(cf(db, CF_REVOKED_CERTS), r.0.as_bytes(), wr(r)?);
         }
         b.put_cf(cf(db, CF_SM), KEY_APPLIED, wr(&meta.last_log_id)?);
         b.put_cf(cf(db, CF_SM), KEY_MEMBERSHIP, wr(&meta.last_membership)?);

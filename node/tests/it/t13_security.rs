@@ -554,3 +554,82 @@ fn idle_connections_cannot_starve_raft_or_the_api() {
     assert!(status(&c.addr(1)).is_some());
     drop(socks);
 }
+
+/// Hardening finding 10: a revoked certificate is refused on every node at
+/// its next call, on a connection that was already open; a node
+/// certificate that names no member's address has no Raft rights.
+#[test]
+fn revoked_certificates_and_non_members_are_refused() {
+    let mut c = Cluster::start(3, &[]);
+    c.form();
+    let ep = c.all_endpoints();
+    let (a1, a2) = (c.addr(1), c.addr(2));
+    let p = pki();
+    let (cert, _) = p.issue("leaver", Role::Operator, vec![], None);
+    p.issue("stranger-node", Role::Node, vec!["127.0.0.9".into()], None);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _in_rt = rt.enter();
+    let list = |ch: tonic::transport::Channel| async move {
+        PoolServiceClient::new(ch)
+            .list_pools(anygate_proto::v1::ListPoolsRequest { read: None })
+            .await
+    };
+    // One channel (one connection) to node 2, used before and after.
+    let ch = client_channel(&a2, "leaver");
+    rt.block_on(list(ch.clone()))
+        .expect("the operator works before");
+    let out = ctl_ok(&ep, &["--json", "pki", "revoke", cert.to_str().unwrap()]);
+    let serial = serde_json::from_str::<serde_json::Value>(&out).unwrap()["serials"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let e = eventually(
+        "node 2 refuses the revoked certificate",
+        Duration::from_secs(5),
+        || rt.block_on(list(ch.clone())).err(),
+    );
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e}");
+    assert!(
+        e.message()
+            .contains(&format!("(serial {serial}) was revoked")),
+        "{e}"
+    );
+    // Every node, new connections too.
+    let e = rt
+        .block_on(list(client_channel(&a1, "leaver")))
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e}");
+    let listed = ctl_json(&ep, &["pki", "revoked"]);
+    assert_eq!(listed[0]["serial"], serial, "{listed}");
+    // Others are unaffected.
+    ctl_ok(&ep, &["pool", "add", "still", "--cidr", "10.92.0.0/24"]);
+
+    // A node certificate for an address that is no member's.
+    rt.block_on(async {
+        let vote = |name: &'static str| {
+            let a = a1.clone();
+            async move {
+                anygate_proto::raft::v1::raft_service_client::RaftServiceClient::new(
+                    client_channel(&a, name),
+                )
+                .vote(anygate_proto::raft::v1::RaftPayload {
+                    data: b"{}".to_vec(),
+                })
+                .await
+                .unwrap_err()
+            }
+        };
+        let e = vote("stranger-node").await;
+        assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e}");
+        assert!(
+            e.message().contains("names none of the members' addresses"),
+            "{e}"
+        );
+        // A member's certificate gets past the gate (and fails on the
+        // garbage payload instead).
+        let member = c.nodes[1].addr.rsplit_once(':').unwrap().1.to_string();
+        let name = format!("node-2-127.0.0.1-{member}");
+        let e = vote(Box::leak(name.into_boxed_str())).await;
+        assert_ne!(e.code(), tonic::Code::Unauthenticated, "{e}");
+    });
+}

@@ -216,6 +216,23 @@ pub fn check_command(cmd: &Command) -> Result<(), ApplyError> {
         )),
         Command::RevokeKeys(_) => Ok(()),
         Command::SecretRead { object } => text("object", object, NAME_BYTES * 2, true),
+        Command::RevokeCertificates(s) if s.is_empty() || s.len() > 100 => Err(invalid(
+            "revoke 1-100 certificate serials per request".into(),
+        )),
+        Command::RevokeCertificates(serials) => {
+            for s in serials {
+                let hex = s
+                    .chars()
+                    .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c));
+                if s.is_empty() || s.len() > 40 || !hex {
+                    return Err(invalid(format!(
+                        "certificate serial {:?} must be 1-40 lowercase hex digits",
+                        short(s)
+                    )));
+                }
+            }
+            Ok(())
+        }
     }
 }
 
@@ -422,6 +439,15 @@ mod tests {
         // A normal 5,000-peer import is far below it.
         let r = req(Command::AddPeers((0..5_000).map(peer).collect()));
         assert!(encoded_len(&r) < ENTRY_BYTES / 4, "{}", encoded_len(&r));
+    }
+
+    #[test]
+    fn certificate_serials_are_hex() {
+        let ok = Command::RevokeCertificates(vec!["1f".into(), "a".repeat(40)]);
+        assert!(check_request(&req(ok)).is_ok());
+        refused(Command::RevokeCertificates(vec!["1F".into()]), "lowercase hex");
+        refused(Command::RevokeCertificates(vec!["a".repeat(41)]), "1-40 lowercase hex");
+        refused(Command::RevokeCertificates(vec![]), "1-100 certificate serials");
     }
 
     #[test]

@@ -394,6 +394,9 @@ pub enum Command {
     SecretRead {
         object: String,
     },
+    /// Refuse these certificate serials (lowercase hex) on every node, at
+    /// the next request, open connections included. For good.
+    RevokeCertificates(Vec<String>),
 }
 
 impl Command {
@@ -431,6 +434,7 @@ impl Command {
             Command::RevokeKeys(k) if k.len() == 1 => ("key.revoke", k[0].to_string()),
             Command::RevokeKeys(k) => ("key.revoke", format!("{} keys", k.len())),
             Command::SecretRead { object } => ("secret.read", object.clone()),
+            Command::RevokeCertificates(s) => ("cert.revoke", s.join(",")),
         }
     }
 }

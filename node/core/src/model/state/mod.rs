@@ -19,6 +19,8 @@ pub struct Changes {
     pub nodes: BTreeSet<NodeId>,
     /// Keys newly revoked (revocations are never lifted).
     pub revoked: BTreeSet<WgKey>,
+    /// Certificate serials newly revoked.
+    pub revoked_certs: BTreeSet<String>,
     /// The access policies changed.
     pub policies: bool,
     pub audit: Vec<AuditEntry>,
@@ -49,6 +51,8 @@ pub struct InventoryImage {
     pub policies: Vec<super::policy::Policy>,
     #[serde(default)]
     pub revoked: Vec<(WgKey, Revocation)>,
+    #[serde(default)]
+    pub revoked_certs: Vec<(String, Revocation)>,
 }
 
 #[derive(Debug, Default)]
@@ -64,6 +68,7 @@ pub struct Inventory {
     request_order: BTreeMap<u64, String>,
     policies: BTreeMap<String, super::policy::Policy>,
     revoked: BTreeMap<WgKey, Revocation>,
+    revoked_certs: BTreeMap<String, Revocation>,
 }
 
 type Res<T> = Result<T, ApplyError>;
@@ -104,6 +109,7 @@ impl Inventory {
                 .map(|p| (p.name.clone(), p))
                 .collect(),
             revoked: img.revoked.into_iter().collect(),
+            revoked_certs: img.revoked_certs.into_iter().collect(),
             ..Default::default()
         };
         for p in img.peers {
@@ -135,6 +141,11 @@ impl Inventory {
                 .collect(),
             policies: self.policies.values().cloned().collect(),
             revoked: self.revoked.iter().map(|(k, r)| (*k, r.clone())).collect(),
+            revoked_certs: self
+                .revoked_certs
+                .iter()
+                .map(|(k, r)| (k.clone(), r.clone()))
+                .collect(),
         }
     }
 
@@ -164,6 +175,13 @@ impl Inventory {
     }
     pub fn revocation(&self, key: &WgKey) -> Option<&Revocation> {
         self.revoked.get(key)
+    }
+    /// Every revoked certificate serial.
+    pub fn revoked_certs(&self) -> impl Iterator<Item = (&String, &Revocation)> {
+        self.revoked_certs.iter()
+    }
+    pub fn cert_revocation(&self, serial: &str) -> Option<&Revocation> {
+        self.revoked_certs.get(serial)
     }
     pub fn settings(&self) -> &Settings {
         &self.settings
@@ -460,6 +478,21 @@ impl Inventory {
                 None => Err(err(ErrorKind::NotFound, format!("no policy {name:?}"))),
             },
             Command::SecretRead { .. } => Ok(Response::Empty),
+            Command::RevokeCertificates(serials) => {
+                let mut n = 0;
+                for s in serials {
+                    if !self.revoked_certs.contains_key(s) {
+                        let r = Revocation {
+                            at_ms: req.at_ms,
+                            index,
+                        };
+                        self.revoked_certs.insert(s.clone(), r);
+                        ch.revoked_certs.insert(s.clone());
+                        n += 1;
+                    }
+                }
+                Ok(Response::Count(n))
+            }
             Command::Denied { method, role } => Err(err(
                 ErrorKind::PermissionDenied,
                 format!("permission denied: role {role} may not call {method}"),
