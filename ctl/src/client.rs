@@ -20,6 +20,15 @@ pub const REQUEST_ID_HEADER: &str = "x-anygate-request-id";
 /// streamed in pages and need far less.
 pub const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 
+/// A gRPC client of type `$client` on channel `$ch` that accepts answers
+/// up to [`MAX_MESSAGE`].
+#[macro_export]
+macro_rules! grpc {
+    ($client:ident, $ch:expr) => {
+        $client::new($ch).max_decoding_message_size($crate::client::MAX_MESSAGE)
+    };
+}
+
 pub struct Client {
     endpoints: Vec<String>,
     tls: Option<Arc<Tls>>,

@@ -65,12 +65,7 @@ impl AuditCmd {
         let r = c
             .call(|ch| {
                 let req = req.clone();
-                async move {
-                    C::new(ch)
-                        .max_decoding_message_size(crate::client::MAX_MESSAGE)
-                        .list_audit(c.req(req))
-                        .await
-                }
+                async move { crate::grpc!(C, ch).list_audit(c.req(req)).await }
             })
             .await?;
         if ctx.json {

@@ -64,8 +64,7 @@ impl BackupCmd {
                     .call(|ch| {
                         let bar = bar.clone();
                         async move {
-                            let mut s = B::new(ch)
-                                .max_decoding_message_size(crate::client::MAX_MESSAGE)
+                            let mut s = crate::grpc!(B, ch)
                                 .export(c.req(ExportRequest {}))
                                 .await?
                                 .into_inner();
@@ -126,8 +125,7 @@ impl BackupCmd {
                 let read = Some(ReadOptions { stale: false });
                 let peers = c
                     .call(|ch| async move {
-                        P::new(ch)
-                            .max_decoding_message_size(crate::client::MAX_MESSAGE)
+                        crate::grpc!(P, ch)
                             .list_peers(c.req(ListPeersRequest {
                                 read,
                                 ..Default::default()
@@ -137,16 +135,14 @@ impl BackupCmd {
                     .await?;
                 let pools = c
                     .call(|ch| async move {
-                        Pools::new(ch)
-                            .max_decoding_message_size(crate::client::MAX_MESSAGE)
+                        crate::grpc!(Pools, ch)
                             .list_pools(c.req(ListPoolsRequest { read }))
                             .await
                     })
                     .await?;
                 let policies = c
                     .call(|ch| async move {
-                        Pol::new(ch)
-                            .max_decoding_message_size(crate::client::MAX_MESSAGE)
+                        crate::grpc!(Pol, ch)
                             .list_policies(c.req(ListPoliciesRequest {
                                 read,
                                 group: String::new(),
@@ -191,8 +187,7 @@ impl BackupCmd {
                     c.call(|ch| {
                         let patch = patch.clone();
                         async move {
-                            S::new(ch)
-                                .max_decoding_message_size(crate::client::MAX_MESSAGE)
+                            crate::grpc!(S, ch)
                                 .set_settings(c.req(SetSettingsRequest { patch: Some(patch) }))
                                 .await
                         }
@@ -210,8 +205,7 @@ impl BackupCmd {
                     c.call(|ch| {
                         let pool = pool.clone();
                         async move {
-                            Pools::new(ch)
-                                .max_decoding_message_size(crate::client::MAX_MESSAGE)
+                            crate::grpc!(Pools, ch)
                                 .add_pool(c.req(AddPoolRequest { pool: Some(pool) }))
                                 .await
                         }
@@ -229,8 +223,7 @@ impl BackupCmd {
                     c.call(|ch| {
                         let policy = policy.clone();
                         async move {
-                            Pol::new(ch)
-                                .max_decoding_message_size(crate::client::MAX_MESSAGE)
+                            crate::grpc!(Pol, ch)
                                 .add_policy(c.req(AddPolicyRequest {
                                     policy: Some(policy),
                                 }))
@@ -252,12 +245,7 @@ impl BackupCmd {
                     };
                     c.call(|ch| {
                         let req = req.clone();
-                        async move {
-                            P::new(ch)
-                                .max_decoding_message_size(crate::client::MAX_MESSAGE)
-                                .revoke_keys(c.req(req))
-                                .await
-                        }
+                        async move { crate::grpc!(P, ch).revoke_keys(c.req(req)).await }
                     })
                     .await
                     .map_err(|e| Status::new(e.code(), format!("revoked keys: {}", e.message())))?;

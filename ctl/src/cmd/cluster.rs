@@ -42,12 +42,7 @@ impl ClusterCmd {
         match self {
             ClusterCmd::Init => {
                 let r = c
-                    .call(|ch| async move {
-                        C::new(ch)
-                            .max_decoding_message_size(crate::client::MAX_MESSAGE)
-                            .init(c.req(InitRequest {}))
-                            .await
-                    })
+                    .call(|ch| async move { crate::grpc!(C, ch).init(c.req(InitRequest {})).await })
                     .await?;
                 println!("cluster initialised; node {} is the leader", r.leader_id);
             }
@@ -56,8 +51,7 @@ impl ClusterCmd {
                     .call(|ch| {
                         let addr = addr.clone();
                         async move {
-                            C::new(ch)
-                                .max_decoding_message_size(crate::client::MAX_MESSAGE)
+                            crate::grpc!(C, ch)
                                 .add_learner(c.req(AddLearnerRequest { id, addr }))
                                 .await
                         }
@@ -68,8 +62,7 @@ impl ClusterCmd {
             ClusterCmd::Promote { id } => {
                 let m = c
                     .call(|ch| async move {
-                        C::new(ch)
-                            .max_decoding_message_size(crate::client::MAX_MESSAGE)
+                        crate::grpc!(C, ch)
                             .promote(c.req(PromoteRequest { id }))
                             .await
                     })
@@ -79,8 +72,7 @@ impl ClusterCmd {
             ClusterCmd::Remove { id } => {
                 let m = c
                     .call(|ch| async move {
-                        C::new(ch)
-                            .max_decoding_message_size(crate::client::MAX_MESSAGE)
+                        crate::grpc!(C, ch)
                             .remove_node(c.req(RemoveNodeRequest { id }))
                             .await
                     })
@@ -88,12 +80,9 @@ impl ClusterCmd {
                 print_membership(ctx, &m, &format!("node {id} removed"));
             }
             ClusterCmd::Status => {
-                let s = c
-                    .call(|ch| async move {
-                        C::new(ch)
-                            .max_decoding_message_size(crate::client::MAX_MESSAGE)
-                            .status(c.req(StatusRequest {}))
-                            .await
+                let s =
+                    c.call(|ch| async move {
+                        crate::grpc!(C, ch).status(c.req(StatusRequest {})).await
                     })
                     .await?;
                 if ctx.json {
@@ -191,8 +180,7 @@ impl ClusterCmd {
             ClusterCmd::Snapshot => {
                 let r = c
                     .call(|ch| async move {
-                        C::new(ch)
-                            .max_decoding_message_size(crate::client::MAX_MESSAGE)
+                        crate::grpc!(C, ch)
                             .trigger_snapshot(c.req(SnapshotRequest {}))
                             .await
                     })

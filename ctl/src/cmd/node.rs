@@ -39,8 +39,7 @@ impl NodeCmd {
         let c = &ctx.client;
         let r = c
             .call(|ch| async move {
-                C::new(ch)
-                    .max_decoding_message_size(crate::client::MAX_MESSAGE)
+                crate::grpc!(C, ch)
                     .drain(c.req(DrainRequest { id, drained }))
                     .await
             })
@@ -66,12 +65,7 @@ impl NodeCmd {
         let deadline = Instant::now() + c.timeout;
         let last = loop {
             let s = c
-                .call(|ch| async move {
-                    C::new(ch)
-                        .max_decoding_message_size(crate::client::MAX_MESSAGE)
-                        .status(c.req(StatusRequest {}))
-                        .await
-                })
+                .call(|ch| async move { crate::grpc!(C, ch).status(c.req(StatusRequest {})).await })
                 .await?;
             let n = s.nodes.into_iter().find(|n| n.id == id);
             let bgp = n.as_ref().and_then(|n| n.bgp.clone()).unwrap_or_default();

@@ -322,8 +322,7 @@ impl PeerCmd {
         let c = &ctx.client;
         let settings = || async {
             c.call(|ch| async move {
-                S::new(ch)
-                    .max_decoding_message_size(crate::client::MAX_MESSAGE)
+                crate::grpc!(S, ch)
                     .get_settings(c.req(GetSettingsRequest {
                         read: read_opts(false),
                     }))
@@ -369,8 +368,7 @@ impl PeerCmd {
                     .call(|ch| {
                         let spec = spec.clone();
                         async move {
-                            P::new(ch)
-                                .max_decoding_message_size(crate::client::MAX_MESSAGE)
+                            crate::grpc!(P, ch)
                                 .add_peers(c.req(AddPeersRequest { peers: vec![spec] }))
                                 .await
                         }
@@ -486,8 +484,7 @@ impl PeerCmd {
                     .call(|ch| {
                         let peer = peer.clone();
                         async move {
-                            P::new(ch)
-                                .max_decoding_message_size(crate::client::MAX_MESSAGE)
+                            crate::grpc!(P, ch)
                                 .get_peer(c.req(GetPeerRequest {
                                     read: read_opts(stale),
                                     peer,
@@ -560,8 +557,7 @@ impl PeerCmd {
                     .call(|ch| {
                         let peer = peer.clone();
                         async move {
-                            P::new(ch)
-                                .max_decoding_message_size(crate::client::MAX_MESSAGE)
+                            crate::grpc!(P, ch)
                                 .remove_peer(c.req(RemovePeerRequest { peer }))
                                 .await
                         }
@@ -596,12 +592,7 @@ impl PeerCmd {
                 let p = c
                     .call(|ch| {
                         let req = req.clone();
-                        async move {
-                            P::new(ch)
-                                .max_decoding_message_size(crate::client::MAX_MESSAGE)
-                                .rotate_peer(c.req(req))
-                                .await
-                        }
+                        async move { crate::grpc!(P, ch).rotate_peer(c.req(req)).await }
                     })
                     .await?;
                 let cfg = client_config(
@@ -628,8 +619,7 @@ impl PeerCmd {
                 let read = read_opts(stale);
                 let r = c
                     .call(|ch| async move {
-                        P::new(ch)
-                            .max_decoding_message_size(crate::client::MAX_MESSAGE)
+                        crate::grpc!(P, ch)
                             .list_revoked_keys(c.req(ListRevokedKeysRequest { read }))
                             .await
                     })
@@ -683,8 +673,7 @@ pub async fn list_all(
     c.call(|ch| {
         let req = req.clone();
         async move {
-            let mut s = P::new(ch)
-                .max_decoding_message_size(crate::client::MAX_MESSAGE)
+            let mut s = crate::grpc!(P, ch)
                 .stream_peers(c.req(req))
                 .await?
                 .into_inner();
@@ -705,8 +694,7 @@ async fn set_state(ctx: &Ctx, peer: String, state: PeerState) -> Result {
         .call(|ch| {
             let peer = peer.clone();
             async move {
-                P::new(ch)
-                    .max_decoding_message_size(crate::client::MAX_MESSAGE)
+                crate::grpc!(P, ch)
                     .set_peer_state(c.req(SetPeerStateRequest {
                         peer,
                         state: state as i32,
@@ -790,8 +778,7 @@ pub async fn add_in_batches(ctx: &Ctx, specs: &[PeerSpec], batch: usize) -> Resu
             .call(|ch| {
                 let peers = chunk.to_vec();
                 async move {
-                    P::new(ch)
-                        .max_decoding_message_size(crate::client::MAX_MESSAGE)
+                    crate::grpc!(P, ch)
                         .add_peers(c.req(AddPeersRequest { peers }))
                         .await
                 }

@@ -266,12 +266,7 @@ impl PkiCmd {
                 let r = c
                     .call(|ch| {
                         let req = req.clone();
-                        async move {
-                            C::new(ch)
-                                .max_decoding_message_size(crate::client::MAX_MESSAGE)
-                                .revoke_certificates(c.req(req))
-                                .await
-                        }
+                        async move { crate::grpc!(C, ch).revoke_certificates(c.req(req)).await }
                     })
                     .await?;
                 if ctx.json {
@@ -290,8 +285,7 @@ impl PkiCmd {
             PkiCmd::Revoked => {
                 let r = c
                     .call(|ch| async move {
-                        C::new(ch)
-                            .max_decoding_message_size(crate::client::MAX_MESSAGE)
+                        crate::grpc!(C, ch)
                             .list_revoked_certificates(c.req(ListRevokedCertificatesRequest {}))
                             .await
                     })

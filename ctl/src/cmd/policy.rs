@@ -64,8 +64,7 @@ pub async fn for_group(ctx: &Ctx, group: &str, stale: bool) -> Result<Vec<Policy
         .call(|ch| {
             let group = group.clone();
             async move {
-                C::new(ch)
-                    .max_decoding_message_size(crate::client::MAX_MESSAGE)
+                crate::grpc!(C, ch)
                     .list_policies(c.req(ListPoliciesRequest {
                         read: read_opts(stale),
                         group,
@@ -100,8 +99,7 @@ impl PolicyCmd {
                     .call(|ch| {
                         let policy = policy.clone();
                         async move {
-                            C::new(ch)
-                                .max_decoding_message_size(crate::client::MAX_MESSAGE)
+                            crate::grpc!(C, ch)
                                 .add_policy(c.req(AddPolicyRequest {
                                     policy: Some(policy),
                                 }))
@@ -164,8 +162,7 @@ impl PolicyCmd {
                 c.call(|ch| {
                     let name = name.clone();
                     async move {
-                        C::new(ch)
-                            .max_decoding_message_size(crate::client::MAX_MESSAGE)
+                        crate::grpc!(C, ch)
                             .remove_policy(c.req(RemovePolicyRequest { name }))
                             .await
                     }

@@ -45,8 +45,7 @@ impl PoolCmd {
                     .call(|ch| {
                         let pool = pool.clone();
                         async move {
-                            C::new(ch)
-                                .max_decoding_message_size(crate::client::MAX_MESSAGE)
+                            crate::grpc!(C, ch)
                                 .add_pool(c.req(AddPoolRequest { pool: Some(pool) }))
                                 .await
                         }
@@ -66,8 +65,7 @@ impl PoolCmd {
             PoolCmd::List { stale } => {
                 let r = c
                     .call(|ch| async move {
-                        C::new(ch)
-                            .max_decoding_message_size(crate::client::MAX_MESSAGE)
+                        crate::grpc!(C, ch)
                             .list_pools(c.req(ListPoolsRequest {
                                 read: read_opts(stale),
                             }))
@@ -104,8 +102,7 @@ impl PoolCmd {
                 c.call(|ch| {
                     let name = name.clone();
                     async move {
-                        C::new(ch)
-                            .max_decoding_message_size(crate::client::MAX_MESSAGE)
+                        crate::grpc!(C, ch)
                             .remove_pool(c.req(RemovePoolRequest { name }))
                             .await
                     }

@@ -75,8 +75,7 @@ impl SettingsCmd {
         let s = match self {
             SettingsCmd::Get { stale } => {
                 c.call(|ch| async move {
-                    C::new(ch)
-                        .max_decoding_message_size(crate::client::MAX_MESSAGE)
+                    crate::grpc!(C, ch)
                         .get_settings(c.req(GetSettingsRequest {
                             read: read_opts(stale),
                         }))
@@ -113,8 +112,7 @@ impl SettingsCmd {
                 c.call(|ch| {
                     let patch = patch.clone();
                     async move {
-                        C::new(ch)
-                            .max_decoding_message_size(crate::client::MAX_MESSAGE)
+                        crate::grpc!(C, ch)
                             .set_settings(c.req(SetSettingsRequest { patch: Some(patch) }))
                             .await
                     }

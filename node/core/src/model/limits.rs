@@ -445,9 +445,18 @@ mod tests {
     fn certificate_serials_are_hex() {
         let ok = Command::RevokeCertificates(vec!["1f".into(), "a".repeat(40)]);
         assert!(check_request(&req(ok)).is_ok());
-        refused(Command::RevokeCertificates(vec!["1F".into()]), "lowercase hex");
-        refused(Command::RevokeCertificates(vec!["a".repeat(41)]), "1-40 lowercase hex");
-        refused(Command::RevokeCertificates(vec![]), "1-100 certificate serials");
+        refused(
+            Command::RevokeCertificates(vec!["1F".into()]),
+            "lowercase hex",
+        );
+        refused(
+            Command::RevokeCertificates(vec!["a".repeat(41)]),
+            "1-40 lowercase hex",
+        );
+        refused(
+            Command::RevokeCertificates(vec![]),
+            "1-100 certificate serials",
+        );
     }
 
     #[test]
