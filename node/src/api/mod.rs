@@ -185,7 +185,12 @@ impl Api {
         field: &str,
         nets: impl IntoIterator<Item = &'a ipnet::IpNet>,
     ) -> Result<(), Status> {
-        let members = self.node.member_ips();
+        let members: Vec<(u64, std::net::IpAddr)> = self
+            .node
+            .member_hosts()
+            .into_iter()
+            .filter_map(|(id, h)| Some((id, h.parse().ok()?)))
+            .collect();
         for n in nets {
             if let Some((id, ip)) = members.iter().find(|(_, ip)| n.contains(ip)) {
                 return Err(status::invalid(format!(

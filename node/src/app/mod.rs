@@ -444,14 +444,14 @@ fn identity_check(node: crate::raft::RaftNode) -> crate::api::authz::IdentityChe
         if !raft || id.role != anygate_proto::tls::Role::Node {
             return None;
         }
-        let hosts = node.member_hosts();
+        let hosts: Vec<String> = node.member_hosts().into_iter().map(|(_, h)| h).collect();
         if hosts.is_empty() || id.sans.iter().any(|s| hosts.contains(s)) {
             return None;
         }
         Some(format!(
             "node certificate {:?} names none of the members' addresses ({}): only a current member may speak Raft",
             id.name,
-            hosts.into_iter().collect::<Vec<_>>().join(", ")
+            hosts.join(", ")
         ))
     })
 }

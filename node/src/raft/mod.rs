@@ -289,31 +289,18 @@ impl RaftNode {
         m.membership_config.membership().voter_ids().collect()
     }
 
-    /// The IP address of every member (voters and learners) whose Raft
-    /// address is an IP literal.
-    pub fn member_ips(&self) -> Vec<(NodeId, std::net::IpAddr)> {
-        let m = self.raft.metrics().borrow().clone();
-        m.membership_config
-            .membership()
-            .nodes()
-            .filter_map(|(id, n)| {
-                let a: std::net::SocketAddr = n.addr.parse().ok()?;
-                Some((*id, a.ip()))
-            })
-            .collect()
-    }
-
-    /// The host part of every member's Raft address (`10.0.0.1`,
-    /// `gw1.example.net`, `fd00::1`), without copying the metrics.
-    pub fn member_hosts(&self) -> std::collections::BTreeSet<String> {
+    /// Every member (voters and learners) with the host part of its Raft
+    /// address (`10.0.0.1`, `gw1.example.net`, `fd00::1`), read without
+    /// copying the metrics.
+    pub fn member_hosts(&self) -> Vec<(NodeId, String)> {
         let m = self.raft.metrics();
         let m = m.borrow();
         m.membership_config
             .membership()
             .nodes()
-            .map(|(_, n)| {
+            .map(|(id, n)| {
                 let host = n.addr.rsplit_once(':').map_or(n.addr.as_str(), |(h, _)| h);
-                host.trim_matches(['[', ']']).to_string()
+                (*id, host.trim_matches(['[', ']']).to_string())
             })
             .collect()
     }
