@@ -41,6 +41,7 @@ pub struct Metrics {
     pub bgp_path_repairs: Counter,
     pub bgp_errors: Counter,
     pub react_kicks: Family<ReasonLabels, Counter>,
+    pub react_spared: Counter,
     pub loser_flushes: Counter,
     pub takeover_kicks: Counter,
     pub react_read_seconds: Histogram,
@@ -155,6 +156,7 @@ impl Metrics {
             bgp_path_repairs: Counter::default(),
             bgp_errors: Counter::default(),
             react_kicks: Family::default(),
+            react_spared: Counter::default(),
             loser_flushes: Counter::default(),
             takeover_kicks: Counter::default(),
             react_read_seconds: pass_histogram(),
@@ -247,6 +249,11 @@ impl Metrics {
             "react_handshakes",
             "Handshakes started to clients whose data arrived here without a working session (failover react), by reason: no_session | stalled",
             m.react_kicks.clone(),
+        );
+        r.register(
+            "react_spared",
+            "Stalled-looking sessions kept: payload from the client's endpoint did not decrypt, but nothing authenticated (a newer handshake elsewhere) says the client moved, e.g. spoofed packets (each react read that saw one)",
+            m.react_spared.clone(),
         );
         r.register(
             "loser_flushes",

@@ -25,7 +25,7 @@ use crate::raft::RaftNode;
 use crate::time::now_ms;
 use decide::Kicked;
 use react::Why;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -75,6 +75,12 @@ pub struct Failover {
     index: react::Index,
     /// When each peer was last kicked, and how often in a row.
     kicked: BTreeMap<WgKey, Kicked>,
+    /// Peers whose index handshake time is a kick's assumption, not yet
+    /// confirmed by a device read: if that handshake did not complete, the
+    /// stall rule may retry it without other corroboration.
+    assumed: BTreeSet<WgKey>,
+    /// When a kept (spared) stalled session was last logged, per peer.
+    spared_logged: BTreeMap<WgKey, Instant>,
     /// No set read before this (duty-cycle bound).
     next_read_at: Instant,
     /// When each peer's moved-away session was last dropped here.
@@ -107,6 +113,8 @@ impl Failover {
             metrics,
             index: Default::default(),
             kicked: BTreeMap::new(),
+            assumed: BTreeSet::new(),
+            spared_logged: BTreeMap::new(),
             next_read_at: Instant::now(),
             flushed: BTreeMap::new(),
             queue: None,
@@ -126,6 +134,7 @@ impl Failover {
     /// A full device read: the index starts over from it.
     pub fn learn(&mut self, observed: &Observed) {
         self.index = react::index(observed);
+        self.assumed.clear();
     }
 
     /// Before a commit's actions are applied to the belief: drop the
@@ -144,6 +153,7 @@ impl Failover {
     /// announces.
     pub fn relearn(&mut self, belief: &Observed, touched: &[WgKey]) {
         for k in touched {
+            self.assumed.remove(k);
             if let Some(o) = belief.peers.get(k) {
                 if let Some(ep) = o.config.endpoint {
                     let hs = o.stats.last_handshake_ms();
@@ -168,17 +178,27 @@ impl Failover {
                 .react_read_seconds
                 .observe(now.elapsed().as_secs_f64());
             match read {
-                Ok(seen) => kicks.extend(
-                    react::orphans(&seen, &self.index, now_ms())
-                        .into_iter()
-                        .map(|(peer, config, src, why)| Kick {
-                            peer,
-                            config,
-                            src,
-                            why,
-                            via: "poll",
-                        }),
-                ),
+                Ok(seen) => {
+                    let found = self.node.view.read(|inv| {
+                        react::orphans(&seen, &self.index, now_ms(), |k, hs| {
+                            self.assumed.contains(k)
+                                || decide::moved_elsewhere(inv, k, hs, self.node.id)
+                        })
+                    });
+                    self.spare(&found.spared);
+                    kicks.extend(
+                        found
+                            .orphans
+                            .into_iter()
+                            .map(|(peer, config, src, why)| Kick {
+                                peer,
+                                config,
+                                src,
+                                why,
+                                via: "poll",
+                            }),
+                    );
+                }
                 Err(e) => debug!(error = %e, "react: cannot read the nftables sets"),
             }
         }
@@ -186,6 +206,26 @@ impl Failover {
             kicks.extend(self.takeover());
         }
         kicks
+    }
+
+    /// Stalled-looking sessions kept because nothing authenticated says the
+    /// client moved: counted, and logged once per peer per hold-off.
+    fn spare(&mut self, spared: &[(WgKey, SocketAddr)]) {
+        let now = Instant::now();
+        for (peer, src) in spared {
+            self.metrics.react_spared.inc();
+            if self
+                .spared_logged
+                .get(peer)
+                .is_some_and(|t| now.duration_since(*t) < decide::FORGET)
+            {
+                continue;
+            }
+            self.spared_logged.insert(*peer, now);
+            info!(%peer, endpoint = %src, "react: payload that does not decrypt, but no sign the client moved: session kept (spoofed or stray packets?)");
+        }
+        self.spared_logged
+            .retain(|_, t| now.duration_since(*t) < decide::FORGET);
     }
 
     /// React's event path: the first data packet of a source this gateway
@@ -223,6 +263,7 @@ impl Failover {
         // complete, the stall rule finds it.
         if let Some(e) = self.index.get_mut(&k.src) {
             e.2 = now_ms();
+            self.assumed.insert(k.peer);
         }
         if k.why == Why::Takeover {
             self.metrics.takeover_kicks.inc();
@@ -315,6 +356,17 @@ impl Failover {
                 .flushed
                 .get(&k)
                 .is_some_and(|t| now.duration_since(*t) < decide::HOLDOFF)
+            {
+                continue;
+            }
+            // A peer kicked within its hold-off has a handshake in flight
+            // (the kick already dropped the old session): flushing it now
+            // would throw that handshake away and cost the client the
+            // hold-off (seen in a silent drill's failback: 1.25 s).
+            if self
+                .kicked
+                .get(&k)
+                .is_some_and(|r| now.duration_since(r.at) < r.holdoff())
             {
                 continue;
             }

@@ -119,65 +119,116 @@ fn without_react_the_client_waits_for_its_own_timers() {
     );
 }
 
+/// Two gateways behind BIRD, one wireguard-go client talking to the
+/// anycast address, and which gateway serves it. Fields drop in order:
+/// the client, its namespace, the router, the namespaces, the nodes.
+struct TwoGateways {
+    client: WgClient,
+    cns: ClientNs,
+    bird: Bird,
+    topo: Topology,
+    c: Cluster,
+    ifname: Box<dyn Fn(u32) -> String>,
+    client_public: String,
+    client_if: String,
+    /// The gateway holding the client's session.
+    k: u32,
+}
+
+impl TwoGateways {
+    fn start(dataplane: file::Dataplane) -> TwoGateways {
+        // Tests may run at once: their namespaces and interfaces differ.
+        static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut c = Cluster::empty();
+        let topo = Topology::create(&format!("agt12-{}-{run}", std::process::id()), 2).unwrap();
+        let bird = Bird::start(&topo, c.dir(), &["198.51.100.0/24"]).unwrap();
+        set_ctl_netns(Some(&topo.ns(1)));
+        let (keyfile, gw_public, _) = wg_keyfile(c.dir());
+        let tag = (std::process::id() % 10_000) * 10 + run;
+        let ifname = move |k: u32| format!("agk{tag}-{k}");
+        for k in 1..=2u32 {
+            c.add_gateway(Gateway {
+                k,
+                ns: topo.ns(k),
+                bgp: Default::default(),
+                dataplane: dataplane.clone(),
+                ifname: ifname(k),
+                key: &keyfile,
+                supervise: true,
+                extra: &["--observe-interval", "300ms"],
+            });
+        }
+        c.form();
+        let ep = c.all_endpoints();
+        set_identity_and_anycast(&ep, &gw_public, &["--anycast-v4", ANYCAST]);
+        ctl_ok(&ep, &["pool", "add", "staff", "--cidr", "10.100.0.0/16"]);
+        let client_dir = c.dir().join("client");
+        std::fs::create_dir_all(&client_dir).unwrap();
+        let (client_key, client_public, _) = wg_keyfile(&client_dir);
+        ctl_ok(
+            &ep,
+            &[
+                "peer",
+                "add",
+                "--user",
+                "dave",
+                "--device",
+                "laptop",
+                "--public-key",
+                &client_public,
+            ],
+        );
+        let both = ["10.78.1.2", "10.78.2.2"].map(String::from).into();
+        bird.wait_hops(ANYCAST, &both, Duration::from_secs(30))
+            .unwrap();
+        let client_if = format!("agk{tag}c");
+        let cns = ClientNs::create(&topo);
+        let client = WgClient::start(&cns.0, &client_if, &client_key, &gw_public, ANYCAST);
+        eventually("client reaches a gateway", Duration::from_secs(10), || {
+            client.ping().then_some(())
+        });
+        let k = eventually("the serving gateway", Duration::from_secs(5), || {
+            serving(&topo, ifname, &client_public)
+        });
+        TwoGateways {
+            client,
+            cns,
+            bird,
+            topo,
+            c,
+            ifname: Box::new(ifname),
+            client_public,
+            client_if,
+            k,
+        }
+    }
+
+    /// `wg show IF latest-handshakes` for the client on gateway `g`.
+    fn handshake(&self, g: u32) -> String {
+        in_ns(
+            &self.topo.ns(g),
+            &["wg", "show", &(self.ifname)(g), "latest-handshakes"],
+        )
+        .lines()
+        .find(|l| l.starts_with(&self.client_public))
+        .unwrap_or_default()
+        .to_string()
+    }
+}
+
+impl Drop for TwoGateways {
+    fn drop(&mut self) {
+        set_ctl_netns(None);
+    }
+}
+
 /// Two gateways, one wireguard-go client; kill -9 the gateway serving it
 /// and time until its pings flow through the survivor. The outage and the
 /// survivor's log.
 fn crash_the_serving_gateway(dataplane: file::Dataplane) -> (Duration, String) {
-    // Both tests may run at once: their namespaces and interfaces differ.
-    static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let mut c = Cluster::empty();
-    let topo = Topology::create(&format!("agt12-{}-{run}", std::process::id()), 2).unwrap();
-    let bird = Bird::start(&topo, c.dir(), &["198.51.100.0/24"]).unwrap();
-    set_ctl_netns(Some(&topo.ns(1)));
-    let (keyfile, gw_public, _) = wg_keyfile(c.dir());
-    let tag = (std::process::id() % 10_000) * 10 + run;
-    let ifname = move |k: u32| format!("agk{tag}-{k}");
-    for k in 1..=2u32 {
-        c.add_gateway(Gateway {
-            k,
-            ns: topo.ns(k),
-            bgp: Default::default(),
-            dataplane: dataplane.clone(),
-            ifname: ifname(k),
-            key: &keyfile,
-            supervise: true,
-            extra: &["--observe-interval", "300ms"],
-        });
-    }
-    c.form();
-    let ep = c.all_endpoints();
-    set_identity_and_anycast(&ep, &gw_public, &["--anycast-v4", ANYCAST]);
-    ctl_ok(&ep, &["pool", "add", "staff", "--cidr", "10.100.0.0/16"]);
-    let client_dir = c.dir().join("client");
-    std::fs::create_dir_all(&client_dir).unwrap();
-    let (client_key, client_public, _) = wg_keyfile(&client_dir);
-    ctl_ok(
-        &ep,
-        &[
-            "peer",
-            "add",
-            "--user",
-            "dave",
-            "--device",
-            "laptop",
-            "--public-key",
-            &client_public,
-        ],
-    );
-    let both = ["10.78.1.2", "10.78.2.2"].map(String::from).into();
-    bird.wait_hops(ANYCAST, &both, Duration::from_secs(30))
-        .unwrap();
-    let client_if = format!("agk{tag}c");
-    let cns = ClientNs::create(&topo);
-    let client = WgClient::start(&cns.0, &client_if, &client_key, &gw_public, ANYCAST);
-    eventually("client reaches a gateway", Duration::from_secs(10), || {
-        client.ping().then_some(())
-    });
-    let k = eventually("the serving gateway", Duration::from_secs(5), || {
-        serving(&topo, ifname, &client_public)
-    });
-    let other = 3 - k;
+    let mut lab = TwoGateways::start(dataplane);
+    let (k, other) = (lab.k, 3 - lab.k);
     // The survivor learns the client's endpoint from the replicated map
     // (its device must know where the client is to reach it).
     eventually(
@@ -185,8 +236,8 @@ fn crash_the_serving_gateway(dataplane: file::Dataplane) -> (Duration, String) {
         Duration::from_secs(10),
         || {
             in_ns(
-                &topo.ns(other),
-                &["wg", "show", &ifname(other), "endpoints"],
+                &lab.topo.ns(other),
+                &["wg", "show", &(lab.ifname)(other), "endpoints"],
             )
             .contains("10.80.1.2:")
             .then_some(())
@@ -196,19 +247,99 @@ fn crash_the_serving_gateway(dataplane: file::Dataplane) -> (Duration, String) {
     // Crash the serving gateway's node (its gobgpd and wireguard-go die
     // with it); time the client's outage.
     let t0 = Instant::now();
-    c.node(k as u64).kill();
+    lab.c.node(k as u64).kill();
     let one = [format!("10.78.{other}.2")].into();
-    bird.wait_hops(ANYCAST, &one, Duration::from_secs(2))
+    lab.bird
+        .wait_hops(ANYCAST, &one, Duration::from_secs(2))
         .unwrap();
     eventually(
         "client reaches the survivor",
         Duration::from_secs(40),
-        || client.ping_within("0.2").then_some(()),
+        || lab.client.ping_within("0.2").then_some(()),
     );
     let outage = t0.elapsed();
     eprintln!("client outage after the crash of gateway {k}: {outage:?}");
-    let log = c.node(other as u64).log();
-    drop(client);
-    set_ctl_netns(None);
+    let log = lab.c.node(other as u64).log();
     (outage, log)
+}
+
+/// Sends UDP from the client's own address and port (a raw socket: the
+/// client's WireGuard holds the port) to the anycast listen port: what
+/// looks like WireGuard transport data (type 4, a receiver index nobody
+/// issued, counter, 64 bytes of "ciphertext"), every 20 ms for `secs`.
+const SPOOF: &str = r#"
+import os, socket, struct, sys, time
+sport, dst, secs = int(sys.argv[1]), sys.argv[2], float(sys.argv[3])
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP)
+sent, end = 0, time.monotonic() + secs
+while time.monotonic() < end:
+    data = struct.pack("<IIQ", 4, 0x5ca1ab1e, sent) + os.urandom(64)
+    s.sendto(struct.pack("!HHHH", sport, 51820, 8 + len(data), 0) + data, (dst, 0))
+    sent += 1
+    time.sleep(0.02)
+print(sent)
+"#;
+
+/// Finding 12 of the hardening issue: react used to take payload that does
+/// not decrypt, arriving from a client's endpoint, as proof that the
+/// client's session had moved, and flushed the session. Anyone who can
+/// send UDP with the client's source address and port could tear down a
+/// working session that way. Now a stall is only acted on with
+/// authenticated corroboration (a newer handshake elsewhere in the endpoint
+/// map): the session stays, the client keeps talking without a handshake.
+#[test]
+fn spoofed_data_does_not_tear_down_a_working_session() {
+    let mut lab = TwoGateways::start(file::Dataplane::default());
+    let k = lab.k;
+    // The client goes idle: its decrypted packets leave gateway k's react
+    // set (2 s). That also makes the session over a second old, so a new
+    // handshake would show in the whole-second handshake time.
+    let before = lab.handshake(k);
+    assert!(!before.is_empty(), "gateway {k} holds the client's session");
+    eventually(
+        "the idle client's inner address leaves the react set",
+        Duration::from_secs(10),
+        || {
+            let set = in_ns(
+                &lab.topo.ns(k),
+                &["nft", "list", "set", "inet", "anygate", "wg_in4"],
+            );
+            (set.contains("wg_in4") && !set.contains("10.100.0.2")).then_some(())
+        },
+    );
+    let port = in_ns(&lab.cns.0, &["wg", "show", &lab.client_if, "listen-port"])
+        .trim()
+        .to_string();
+    assert!(port.parse::<u16>().is_ok(), "client listen port: {port:?}");
+    let sent = in_ns(&lab.cns.0, &["python3", "-c", SPOOF, &port, ANYCAST, "1.5"]);
+    assert!(
+        sent.trim().parse::<u32>().is_ok_and(|n| n > 20),
+        "spoofed packets sent: {sent:?}"
+    );
+    // The fault happened: gateway k judged the spoofed payload, either way.
+    let log = eventually(
+        "gateway k judges the payload that does not decrypt",
+        Duration::from_secs(5),
+        || {
+            let log = lab.c.node(k as u64).log();
+            (log.contains("no sign the client moved: session kept")
+                || log.contains("handshake started to take the client over"))
+            .then_some(log)
+        },
+    );
+    assert!(
+        !log.contains("handshake started to take the client over"),
+        "a spoofed packet made gateway {k} flush the client's session:\n{log}"
+    );
+    assert_eq!(
+        lab.handshake(k),
+        before,
+        "the session on gateway {k} was replaced"
+    );
+    // And the session still carries the client's traffic, at once.
+    assert!(
+        lab.client.ping_within("0.5"),
+        "the client's session no longer works"
+    );
+    assert_eq!(lab.handshake(k), before, "the ping needed a new handshake");
 }

@@ -90,13 +90,18 @@ pub fn lost_sessions(inv: &Inventory, observed: &Observed, node: u64, now_ms: i6
         .iter()
         .filter(|(k, p)| {
             let hs = p.stats.last_handshake_ms();
-            react::live(hs, now_ms)
-                && inv
-                    .endpoint(k)
-                    .is_some_and(|r| r.observed_by != node && r.last_handshake_ms > hs)
+            react::live(hs, now_ms) && moved_elsewhere(inv, k, hs, node)
         })
         .map(|(k, _)| *k)
         .collect()
+}
+
+/// The endpoint map shows the client handshaking with another node after
+/// this node's session made at `hs_ms`: authenticated proof (a handshake)
+/// that the client's session is no longer this one. Pure.
+pub fn moved_elsewhere(inv: &Inventory, peer: &WgKey, hs_ms: i64, node: u64) -> bool {
+    inv.endpoint(peer)
+        .is_some_and(|r| r.observed_by != node && r.last_handshake_ms > hs_ms)
 }
 
 /// The clients a lost node held within the session lifetime, that this

@@ -31,6 +31,15 @@
 //! For an orphan the node flushes the peer and re-adds it with persistent
 //! keepalive 1, which makes the device send a handshake initiation at once;
 //! the next device read restores the configured keepalive (drift repair).
+//!
+//! The sets see packets before WireGuard authenticates them, so anyone who
+//! can send UDP from a client's address and port can put it there. Data
+//! with no session here may start a handshake (that is all it does). A
+//! stalled session is only flushed when something authenticated says the
+//! client's session is elsewhere (`corroborated`: the endpoint map shows a
+//! newer handshake with another gateway, or the session is one this node's
+//! own kick assumed and no device read has confirmed): a spoofed payload
+//! packet never tears down a session the client is using.
 
 use crate::dataplane::{Observed, PeerConfig};
 use crate::model::WgKey;
@@ -153,13 +162,27 @@ fn inner_age(seen: &Seen, cfg: &PeerConfig) -> Option<u64> {
     best
 }
 
-/// Peers to start a handshake with (see the module doc). Pure.
+/// What one look at the sets found.
+#[derive(Debug, Default)]
+pub struct Found {
+    /// Peers to start a handshake with.
+    pub orphans: Vec<(WgKey, PeerConfig, SocketAddr, Why)>,
+    /// Stalled-looking sessions kept: nothing authenticated says the client
+    /// moved (unauthenticated payload alone, e.g. spoofed).
+    pub spared: Vec<(WgKey, SocketAddr)>,
+}
+
+/// Peers to start a handshake with (see the module doc). `corroborated(peer,
+/// hs)`: something authenticated says the client's session is no longer the
+/// one this device made at `hs`. Pure.
 pub fn orphans(
     seen: &Seen,
     index: &Index,
     now_ms: i64,
-) -> Vec<(WgKey, PeerConfig, SocketAddr, Why)> {
-    let mut out = Vec::new();
+    corroborated: impl Fn(&WgKey, i64) -> bool,
+) -> Found {
+    let mut found = Found::default();
+    let out = &mut found.orphans;
     for (src, (k, cfg, hs)) in index {
         if !live(*hs, now_ms) {
             if seen.data.contains_key(src) {
@@ -177,11 +200,16 @@ pub fn orphans(
         // A session younger than the stall window has not had the chance
         // to carry anything yet.
         if stalled && now_ms - hs > STALL_MS as i64 {
-            out.push((*k, cfg.clone(), *src, Why::Stalled));
+            if corroborated(k, *hs) {
+                out.push((*k, cfg.clone(), *src, Why::Stalled));
+            } else {
+                found.spared.push((*k, *src));
+            }
         }
     }
-    out.sort_by_key(|(k, ..)| *k);
-    out
+    found.orphans.sort_by_key(|(k, ..)| *k);
+    found.spared.sort();
+    found
 }
 
 #[cfg(test)]
@@ -226,7 +254,8 @@ mod tests {
     }
 
     fn found(seen: &Seen, o: &Observed) -> Vec<(u8, Why)> {
-        orphans(seen, &index(o), 1_000_000)
+        orphans(seen, &index(o), 1_000_000, |_, _| true)
+            .orphans
             .iter()
             .map(|(k, _, _, w)| (k.0[0], *w))
             .collect()
@@ -273,5 +302,28 @@ mod tests {
             (k, p)
         }]);
         assert_eq!(found(&seen, &young), []);
+    }
+
+    #[test]
+    fn a_stall_needs_corroboration_a_missing_session_does_not() {
+        let mut o = Observed::default();
+        o.peers.extend([peer(1, 0), peer(2, 990), peer(3, 990)]);
+        let mut seen = Seen::default();
+        let ep = |k: u8| format!("192.0.2.{k}:{k}").parse::<SocketAddr>().unwrap();
+        // 1: no session, data arrives: a handshake, whatever is said.
+        seen.data.insert(ep(1), 10);
+        // 2 and 3: payload that never decrypts, e.g. spoofed.
+        for k in [2, 3] {
+            seen.data.insert(ep(k), 10);
+            seen.load.insert(ep(k), 10);
+        }
+        // Only 3's move is corroborated (say, a newer handshake elsewhere).
+        let f = orphans(&seen, &index(&o), 1_000_000, |k, hs| {
+            assert_eq!(hs, 990_000, "the device's own handshake time");
+            k.0[0] == 3
+        });
+        let got: Vec<_> = f.orphans.iter().map(|(k, .., w)| (k.0[0], *w)).collect();
+        assert_eq!(got, [(1, Why::NoSession), (3, Why::Stalled)]);
+        assert_eq!(f.spared, [(WgKey([2; 32]), ep(2))]);
     }
 }
