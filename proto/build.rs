@@ -63,6 +63,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ".anygate.v1.PeerSpec.state",
             "#[serde(with = \"crate::enum_names::peer_state\")]",
         )
+        .field_attribute(
+            ".anygate.v1.IdpMapping.role",
+            "#[serde(with = \"crate::enum_names::console_role\")]",
+        )
         .compile_fds(fds)?;
     Ok(())
 }

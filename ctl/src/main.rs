@@ -81,6 +81,9 @@ enum Cmd {
     /// Access policies: which destinations each group of peers may reach.
     #[command(subcommand)]
     Policy(cmd::policy::PolicyCmd),
+    /// Identity-provider groups: what their members may enroll and do.
+    #[command(subcommand)]
+    Idp(cmd::idp::IdpCmd),
     /// Who changed what, and when.
     #[command(subcommand)]
     Audit(cmd::audit::AuditCmd),
@@ -150,6 +153,7 @@ async fn main() -> ExitCode {
         Cmd::Settings(c) => c.run(&ctx).await,
         Cmd::Audit(c) => c.run(&ctx).await,
         Cmd::Policy(c) => c.run(&ctx).await,
+        Cmd::Idp(c) => c.run(&ctx).await,
         Cmd::Backup(c) => c.run(&ctx).await,
         Cmd::Pki(c) => c.run_remote(&ctx).await,
         Cmd::Config(_) => unreachable!("handled above"),

@@ -49,6 +49,7 @@ names! {
     withdraw_reason => crate::v1::WithdrawReason, "WITHDRAW_REASON_";
     dataplane_backend => crate::v1::DataplaneBackend, "DATAPLANE_BACKEND_";
     peer_state => crate::v1::PeerState, "PEER_STATE_";
+    console_role => crate::v1::ConsoleRole, "CONSOLE_ROLE_";
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ use super::Result;
 use crate::output::json;
 use crate::Ctx;
 use anygate_proto::v1::backup_service_client::BackupServiceClient as B;
+use anygate_proto::v1::identity_service_client::IdentityServiceClient as Idp;
 use anygate_proto::v1::peer_service_client::PeerServiceClient as P;
 use anygate_proto::v1::policy_service_client::PolicyServiceClient as Pol;
 use anygate_proto::v1::pool_service_client::PoolServiceClient as Pools;
@@ -21,15 +22,16 @@ const FORMAT: &str = "anygate-backup/1";
 
 #[derive(Subcommand)]
 pub enum BackupCmd {
-    /// Write the whole inventory (settings, pools, policies, peers with
-    /// their preshared keys) at one Raft index to FILE (mode 0600). Admin.
+    /// Write the whole inventory (settings, pools, policies, IdP group
+    /// mappings, peers with their preshared keys) at one Raft index to FILE (mode 0600). Admin.
     ///
     /// Not in it: the gateways' WireGuard private key (a file on each
     /// gateway: back it up with the node's config), the endpoint map and
     /// the audit log.
     Export { file: PathBuf },
     /// Restore FILE into an empty cluster (just initialised: no peers,
-    /// pools or policies): settings, pools, policies, the revoked keys,
+    /// pools or policies): settings, pools, policies, IdP group mappings,
+    /// the revoked keys,
     /// then peers in batches with their addresses, keys and states (each
     /// peer and its state in one write).
     Restore {
@@ -233,6 +235,29 @@ impl BackupCmd {
                     .await
                     .map_err(|e| {
                         Status::new(e.code(), format!("policy {}: {}", p.name, e.message()))
+                    })?;
+                }
+                for m in &b.idp_mappings {
+                    let mapping = IdpMapping {
+                        revision: 0,
+                        ..m.clone()
+                    };
+                    c.call(|ch| {
+                        let mapping = mapping.clone();
+                        async move {
+                            crate::grpc!(Idp, ch)
+                                .map_idp_group(c.req(MapIdpGroupRequest {
+                                    mapping: Some(mapping),
+                                }))
+                                .await
+                        }
+                    })
+                    .await
+                    .map_err(|e| {
+                        Status::new(
+                            e.code(),
+                            format!("IdP mapping {:?}: {}", m.idp_group, e.message()),
+                        )
                     })?;
                 }
                 // Revocations first: a key the old cluster revoked (even one

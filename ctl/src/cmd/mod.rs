@@ -4,6 +4,7 @@ pub mod audit;
 pub mod backup;
 pub mod cluster;
 pub mod config;
+pub mod idp;
 pub mod node;
 pub mod peer;
 pub mod pki;

@@ -29,6 +29,7 @@ pub fn required(path: &str) -> Role {
         | "anygate.v1.SettingsService/GetSettings"
         | "anygate.v1.AuditService/ListAudit"
         | "anygate.v1.PolicyService/ListPolicies"
+        | "anygate.v1.IdentityService/ListIdpMappings"
         | "anygate.v1.ClusterService/Status"
         | "anygate.v1.ClusterService/NodeInfo"
         | "anygate.v1.ClusterService/ListRevokedCertificates" => Role::Viewer,
@@ -240,6 +241,9 @@ mod tests {
             ("/anygate.v1.SettingsService/SetSettings", Admin),
             ("/anygate.v1.PolicyService/AddPolicy", Admin),
             ("/anygate.v1.PolicyService/ListPolicies", Viewer),
+            ("/anygate.v1.IdentityService/MapIdpGroup", Admin),
+            ("/anygate.v1.IdentityService/UnmapIdpGroup", Admin),
+            ("/anygate.v1.IdentityService/ListIdpMappings", Viewer),
             ("/anygate.v1.Nope/Nothing", Admin),
         ];
         for (path, need) in cases {

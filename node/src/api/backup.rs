@@ -41,6 +41,10 @@ impl BackupService for BackupApi {
                 peers: vec![],
                 revoked: inv.revoked().map(|(k, r)| revoked_to_pb(k, r)).collect(),
                 peer_count: peers.len() as u64,
+                idp_mappings: inv
+                    .idp_mappings()
+                    .map(super::identity::mapping_to_pb)
+                    .collect(),
             };
             (head, peers)
         });

@@ -7,6 +7,7 @@ pub mod authz;
 pub mod backup;
 pub mod cluster;
 pub mod convert;
+pub mod identity;
 pub mod peers;
 pub mod policies;
 pub mod pools;
@@ -239,6 +240,10 @@ impl Api {
                 Some(p) => Response::Policy(p.clone()),
                 None => Response::Empty,
             },
+            Replay::Idp(claim) => match inv.idp_mappings().find(|m| m.claim == claim) {
+                Some(m) => Response::IdpMapping(m.clone()),
+                None => Response::Empty,
+            },
             Replay::Count => Response::Count(0),
             Replay::Empty => Response::Empty,
         })
@@ -260,6 +265,7 @@ enum Replay {
     PeerRef(crate::model::PeerRef),
     Pool(String),
     Policy(String),
+    Idp(String),
     Settings,
     Count,
     Empty,
@@ -282,8 +288,10 @@ impl Replay {
             | Command::SetNodeFlags { .. }
             | Command::Denied { .. }
             | Command::SecretRead { .. }
+            | Command::UnmapIdpGroup { .. }
             | Command::RemovePolicy { .. } => Replay::Empty,
             Command::AddPolicy(p) => Replay::Policy(p.name.clone()),
+            Command::MapIdpGroup(m) => Replay::Idp(m.claim.clone()),
         }
     }
 }

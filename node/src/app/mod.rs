@@ -25,6 +25,7 @@ use anygate_proto::tls::{Role, Tls};
 use anygate_proto::v1::audit_service_server::AuditServiceServer;
 use anygate_proto::v1::backup_service_server::BackupServiceServer;
 use anygate_proto::v1::cluster_service_server::ClusterServiceServer;
+use anygate_proto::v1::identity_service_server::IdentityServiceServer;
 use anygate_proto::v1::peer_service_server::PeerServiceServer;
 use anygate_proto::v1::policy_service_server::PolicyServiceServer;
 use anygate_proto::v1::pool_service_server::PoolServiceServer;
@@ -215,6 +216,10 @@ impl App {
                 )
                 .add_service(
                     PolicyServiceServer::new(api::policies::PolicyApi(api.clone()))
+                        .max_decoding_message_size(limit),
+                )
+                .add_service(
+                    IdentityServiceServer::new(api::identity::IdentityApi(api.clone()))
                         .max_decoding_message_size(limit),
                 )
                 .add_service(

@@ -20,6 +20,7 @@ const KEY_APPLIED: &[u8] = b"applied";
 const KEY_MEMBERSHIP: &[u8] = b"membership";
 const KEY_SETTINGS: &[u8] = b"settings";
 const KEY_POLICIES: &[u8] = b"policies";
+const KEY_IDP: &[u8] = b"idp_mappings";
 const KEY_SNAP_META: &[u8] = b"meta";
 const KEY_SNAP_DATA: &[u8] = b"data";
 
@@ -249,9 +250,14 @@ impl StateMachine {
             .map(|b| rd(&b))
             .transpose()?
             .unwrap_or_default();
+        let idp_mappings = get(CF_SETTINGS, KEY_IDP)?
+            .map(|b| rd(&b))
+            .transpose()?
+            .unwrap_or_default();
         let mut img = InventoryImage {
             settings,
             policies,
+            idp_mappings,
             ..Default::default()
         };
         for (_, v) in all(CF_PEERS)? {
@@ -326,6 +332,10 @@ impl StateMachine {
         if ch.policies {
             let all: Vec<_> = inv.policies().cloned().collect();
             b.put_cf(cf(db, CF_SETTINGS), KEY_POLICIES, wr(&all)?);
+        }
+        if ch.idp {
+            let all: Vec<_> = inv.idp_mappings().cloned().collect();
+            b.put_cf(cf(db, CF_SETTINGS), KEY_IDP, wr(&all)?);
         }
         for k in &ch.endpoints {
             match inv.endpoint(k) {
@@ -549,6 +559,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         b.put_cf(cf(db, CF_SETTINGS), KEY_SETTINGS, wr(&img.settings)?);
         b.put_cf(cf(db, CF_SETTINGS), KEY_POLICIES, wr(&img.policies)?);
+        b.put_cf(cf(db, CF_SETTINGS), KEY_IDP, wr(&img.idp_mappings)?);
         for e in &img.endpoints {
             b.put_cf(cf(db, CF_ENDPOINTS), e.0.as_bytes(), wr(e)?);
         }

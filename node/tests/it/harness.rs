@@ -745,3 +745,27 @@ impl Drop for WgClient {
         let _ = std::fs::remove_file(format!("/var/run/wireguard/{}.sock", self.ifname));
     }
 }
+
+/// anygatectl presenting DIR/NAME.pem, trusting `ca`.
+pub fn ctl_as(
+    ep: &str,
+    ca: &std::path::Path,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    args: &[&str],
+) -> std::process::Output {
+    let mut a = vec![
+        "--ca",
+        ca.to_str().unwrap(),
+        "--cert",
+        cert.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+    ];
+    a.extend_from_slice(args);
+    ctl(ep, &a)
+}
+
+pub fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}

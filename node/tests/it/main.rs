@@ -18,3 +18,4 @@ mod t12_react;
 mod t13_security;
 mod t14_operations;
 mod t15_hundred_thousand;
+mod t16_idp;

@@ -20,24 +20,6 @@ fn cert(
     anygate_proto::pki::issue(ca, &req).unwrap()
 }
 
-/// anygatectl presenting DIR/NAME.pem, trusting `ca`.
-fn ctl_as(ep: &str, ca: &Path, cert: &Path, key: &Path, args: &[&str]) -> std::process::Output {
-    let mut a = vec![
-        "--ca",
-        ca.to_str().unwrap(),
-        "--cert",
-        cert.to_str().unwrap(),
-        "--key",
-        key.to_str().unwrap(),
-    ];
-    a.extend_from_slice(args);
-    ctl(ep, &a)
-}
-
-fn stderr(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
 /// A TLS client that trusts the cluster CA but presents no certificate.
 fn handshake_without_certificate(addr: &str) -> String {
     use rustls::pki_types::pem::PemObject;

@@ -313,6 +313,23 @@ fn backup_restores_into_a_fresh_cluster() {
         .any(|l| l.contains("\"user\":\"u1\"") && l.contains("\"state\":\"disabled\"")));
     let psk = ctl_json(&ea, &["peer", "show", "psk/d", "--secrets"])["preshared_key"].clone();
 
+    ctl_ok(
+        &ea,
+        &[
+            "idp",
+            "map",
+            "/staff/eng",
+            "--group",
+            "eng",
+            "--role",
+            "viewer",
+            "--lifetime",
+            "30d",
+            "--max-devices",
+            "3",
+            "--require-mfa",
+        ],
+    );
     let backup = a.dir().join("backup.json");
     ctl_ok(&ea, &["backup", "export", backup.to_str().unwrap()]);
     use std::os::unix::fs::PermissionsExt;
@@ -384,6 +401,11 @@ fn backup_restores_into_a_fresh_cluster() {
         strip(ctl_json(&ea, &["policy", "list"])),
         strip(ctl_json(&eb, &["policy", "list"]))
     );
+    assert_eq!(
+        strip(ctl_json(&ea, &["idp", "list"])),
+        strip(ctl_json(&eb, &["idp", "list"]))
+    );
+    assert_eq!(ctl_json(&eb, &["idp", "list"])[0]["role"], "viewer");
     assert_eq!(
         ctl_json(&ea, &["pool", "list"]),
         ctl_json(&eb, &["pool", "list"])

@@ -216,6 +216,10 @@ pub fn check_command(cmd: &Command) -> Result<(), ApplyError> {
         )),
         Command::RevokeKeys(_) => Ok(()),
         Command::SecretRead { object } => text("object", object, NAME_BYTES * 2, true),
+        Command::MapIdpGroup(m) => m.validate().map_err(|e| invalid(e.to_string())),
+        Command::UnmapIdpGroup { claim } => {
+            super::idp::check_claim(claim).map_err(|e| invalid(e.to_string()))
+        }
         Command::RevokeCertificates(s) if s.is_empty() || s.len() > 100 => Err(invalid(
             "revoke 1-100 certificate serials per request".into(),
         )),

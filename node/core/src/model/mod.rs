@@ -2,6 +2,7 @@
 //! machine logic ([`Inventory::apply`]). Nothing here does IO, spawns tasks or
 //! reads the clock: time arrives inside [`Request`], stamped by the proposer.
 
+pub mod idp;
 pub mod ipam;
 pub mod key;
 pub mod limits;
@@ -397,6 +398,12 @@ pub enum Command {
     /// Refuse these certificate serials (lowercase hex) on every node, at
     /// the next request, open connections included. For good.
     RevokeCertificates(Vec<String>),
+    /// Map an identity-provider group: what its members get. Replaces the
+    /// group's earlier mapping, if any.
+    MapIdpGroup(idp::IdpMapping),
+    UnmapIdpGroup {
+        claim: String,
+    },
 }
 
 impl Command {
@@ -435,6 +442,8 @@ impl Command {
             Command::RevokeKeys(k) => ("key.revoke", format!("{} keys", k.len())),
             Command::SecretRead { object } => ("secret.read", object.clone()),
             Command::RevokeCertificates(s) => ("cert.revoke", s.join(",")),
+            Command::MapIdpGroup(m) => ("idp.map", m.claim.clone()),
+            Command::UnmapIdpGroup { claim } => ("idp.unmap", claim.clone()),
         }
     }
 }
@@ -486,6 +495,7 @@ pub enum Response {
     Settings(Settings),
     Count(u64),
     Policy(policy::Policy),
+    IdpMapping(idp::IdpMapping),
     Rejected(ApplyError),
     /// The request id was already applied at `index`; nothing changed now.
     Duplicate {

@@ -23,6 +23,8 @@ pub struct Changes {
     pub revoked_certs: BTreeSet<String>,
     /// The access policies changed.
     pub policies: bool,
+    /// The identity-provider group mappings changed.
+    pub idp: bool,
     pub audit: Vec<AuditEntry>,
     /// Request ids remembered (index, id, outcome) and forgotten (index).
     pub requests_added: Vec<RememberedRequest>,
@@ -53,6 +55,8 @@ pub struct InventoryImage {
     pub revoked: Vec<(WgKey, Revocation)>,
     #[serde(default)]
     pub revoked_certs: Vec<(String, Revocation)>,
+    #[serde(default)]
+    pub idp_mappings: Vec<super::idp::IdpMapping>,
 }
 
 #[derive(Debug, Default)]
@@ -69,6 +73,7 @@ pub struct Inventory {
     policies: BTreeMap<String, super::policy::Policy>,
     revoked: BTreeMap<WgKey, Revocation>,
     revoked_certs: BTreeMap<String, Revocation>,
+    idp_mappings: BTreeMap<String, super::idp::IdpMapping>,
 }
 
 type Res<T> = Result<T, ApplyError>;
@@ -110,6 +115,11 @@ impl Inventory {
                 .collect(),
             revoked: img.revoked.into_iter().collect(),
             revoked_certs: img.revoked_certs.into_iter().collect(),
+            idp_mappings: img
+                .idp_mappings
+                .into_iter()
+                .map(|m| (m.claim.clone(), m))
+                .collect(),
             ..Default::default()
         };
         for p in img.peers {
@@ -146,6 +156,7 @@ impl Inventory {
                 .iter()
                 .map(|(k, r)| (k.clone(), r.clone()))
                 .collect(),
+            idp_mappings: self.idp_mappings.values().cloned().collect(),
         }
     }
 
@@ -200,6 +211,11 @@ impl Inventory {
     }
     pub fn policies(&self) -> impl Iterator<Item = &super::policy::Policy> {
         self.policies.values()
+    }
+
+    /// The identity-provider group mappings, by IdP group.
+    pub fn idp_mappings(&self) -> impl Iterator<Item = &super::idp::IdpMapping> {
+        self.idp_mappings.values()
     }
     pub fn node_flags(&self, id: NodeId) -> Option<&NodeFlags> {
         self.nodes.get(&id)
@@ -478,6 +494,32 @@ impl Inventory {
                 None => Err(err(ErrorKind::NotFound, format!("no policy {name:?}"))),
             },
             Command::SecretRead { .. } => Ok(Response::Empty),
+            Command::MapIdpGroup(m) => {
+                m.validate()
+                    .map_err(|e| err(ErrorKind::InvalidArgument, e.to_string()))?;
+                let new = !self.idp_mappings.contains_key(&m.claim);
+                if new && self.idp_mappings.len() >= super::idp::MAX_MAPPINGS {
+                    return Err(err(
+                        ErrorKind::ResourceExhausted,
+                        format!("at most {} IdP group mappings", super::idp::MAX_MAPPINGS),
+                    ));
+                }
+                let mut m = m.clone();
+                m.revision = index;
+                self.idp_mappings.insert(m.claim.clone(), m.clone());
+                ch.idp = true;
+                Ok(Response::IdpMapping(m))
+            }
+            Command::UnmapIdpGroup { claim } => match self.idp_mappings.remove(claim) {
+                Some(m) => {
+                    ch.idp = true;
+                    Ok(Response::IdpMapping(m))
+                }
+                None => Err(err(
+                    ErrorKind::NotFound,
+                    format!("IdP group {claim:?} is not mapped"),
+                )),
+            },
             Command::RevokeCertificates(serials) => {
                 let mut n = 0;
                 for s in serials {

@@ -606,3 +606,65 @@ fn client_routes_need_a_pool_or_a_routable_prefix_and_never_cover_a_default_rout
         Response::Peers(_)
     ));
 }
+
+#[test]
+fn idp_mappings_replace_unmap_and_survive_the_image() {
+    use crate::model::idp::{ConsoleRole, IdpMapping};
+    let mut inv = Inventory::default();
+    let mut ch = Changes::default();
+    let eng = IdpMapping {
+        group: Some("eng".into()),
+        ..IdpMapping::new("/staff/eng")
+    };
+    match inv.apply(7, &req(Command::MapIdpGroup(eng.clone())), &mut ch) {
+        Response::IdpMapping(m) => assert_eq!(m.revision, 7),
+        other => panic!("{other:?}"),
+    }
+    assert!(ch.idp);
+    // Mapping again replaces (one mapping per IdP group).
+    let admin = IdpMapping {
+        role: Some(ConsoleRole::Admin),
+        ..IdpMapping::new("/staff/eng")
+    };
+    inv.apply(
+        8,
+        &req(Command::MapIdpGroup(admin)),
+        &mut Changes::default(),
+    );
+    let all: Vec<_> = inv.idp_mappings().cloned().collect();
+    assert_eq!(all.len(), 1);
+    assert_eq!(
+        (all[0].group.clone(), all[0].role),
+        (None, Some(ConsoleRole::Admin))
+    );
+    // A raw entry that skipped the API's checks is refused by apply too.
+    let bad = IdpMapping::new("nothing-granted");
+    let e = rejected(inv.apply(9, &req(Command::MapIdpGroup(bad)), &mut Changes::default()));
+    assert_eq!(e.kind, ErrorKind::InvalidArgument);
+    // The image carries the mappings.
+    let copy = Inventory::from_image(inv.to_image());
+    assert_eq!(copy.idp_mappings().cloned().collect::<Vec<_>>(), all);
+    // Unmap; unmapping again is NotFound and changes nothing.
+    let mut ch = Changes::default();
+    assert!(matches!(
+        inv.apply(
+            10,
+            &req(Command::UnmapIdpGroup {
+                claim: "/staff/eng".into()
+            }),
+            &mut ch
+        ),
+        Response::IdpMapping(_)
+    ));
+    assert!(ch.idp && inv.idp_mappings().next().is_none());
+    let mut ch = Changes::default();
+    let e = rejected(inv.apply(
+        11,
+        &req(Command::UnmapIdpGroup {
+            claim: "/staff/eng".into(),
+        }),
+        &mut ch,
+    ));
+    assert_eq!(e.kind, ErrorKind::NotFound);
+    assert!(!ch.idp);
+}
