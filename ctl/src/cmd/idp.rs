@@ -70,12 +70,11 @@ pub enum IdpCmd {
     Unmap { idp_group: String },
 }
 
-fn role_name(m: &IdpMapping) -> &'static str {
+/// "operator" (as `--json` prints it), "-" for no role.
+fn role_name(m: &IdpMapping) -> String {
     match m.role() {
-        ConsoleRole::None => "-",
-        ConsoleRole::Viewer => "viewer",
-        ConsoleRole::Operator => "operator",
-        ConsoleRole::Admin => "admin",
+        ConsoleRole::None => "-".into(),
+        r => anygate_proto::enum_names::short_name(r.as_str_name(), "CONSOLE_ROLE_"),
     }
 }
 
@@ -169,7 +168,7 @@ impl IdpCmd {
                             } else {
                                 m.group.clone()
                             },
-                            role_name(m).into(),
+                            role_name(m),
                             lifetime(m),
                             m.max_devices.to_string(),
                             if m.require_mfa { "yes" } else { "no" }.into(),

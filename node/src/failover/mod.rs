@@ -363,11 +363,7 @@ impl Failover {
             // (the kick already dropped the old session): flushing it now
             // would throw that handshake away and cost the client the
             // hold-off (seen in a silent drill's failback: 1.25 s).
-            if self
-                .kicked
-                .get(&k)
-                .is_some_and(|r| now.duration_since(r.at) < r.holdoff())
-            {
+            if self.kicked.get(&k).is_some_and(|r| r.holding(now)) {
                 continue;
             }
             if let Some(p) = observed.peers.get(&k) {

@@ -32,9 +32,15 @@ impl Kicked {
 
     /// May the peer last kicked as `prev` be kicked at `now`? Some(the new
     /// record) if so: a kick soon after the hold-off escalates.
+    /// Still within the hold-off at `now`: the kick's handshake may be in
+    /// flight, so nothing else should touch the peer's session.
+    pub fn holding(&self, now: std::time::Instant) -> bool {
+        now.duration_since(self.at) < self.holdoff()
+    }
+
     pub fn next(prev: Option<&Kicked>, now: std::time::Instant) -> Option<Kicked> {
         let strikes = match prev {
-            Some(p) if now.duration_since(p.at) < p.holdoff() => return None,
+            Some(p) if p.holding(now) => return None,
             Some(p) if now.duration_since(p.at) < p.holdoff() * 4 => p.strikes + 1,
             _ => 0,
         };

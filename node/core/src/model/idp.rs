@@ -34,29 +34,6 @@ pub enum ConsoleRole {
     Admin,
 }
 
-impl ConsoleRole {
-    pub const ALL: [ConsoleRole; 3] = [
-        ConsoleRole::Viewer,
-        ConsoleRole::Operator,
-        ConsoleRole::Admin,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ConsoleRole::Viewer => "viewer",
-            ConsoleRole::Operator => "operator",
-            ConsoleRole::Admin => "admin",
-        }
-    }
-
-    pub fn parse(s: &str) -> Result<ConsoleRole, IdpError> {
-        ConsoleRole::ALL
-            .into_iter()
-            .find(|r| r.as_str() == s)
-            .ok_or_else(|| IdpError::Role(s.chars().take(40).collect()))
-    }
-}
-
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IdpMapping {
     /// The group as the identity provider names it in the groups claim.
@@ -93,8 +70,6 @@ pub enum IdpError {
     Nothing,
     #[error("group: 1-128 bytes, printable, not \"*\"")]
     Group,
-    #[error("role {0:?} is not one of: viewer, operator, admin")]
-    Role(String),
     #[error("lifetime {0}: between 10 minutes and 365 days")]
     Lifetime(String),
     #[error("max devices {0}: between 1 and {MAX_DEVICES}")]
@@ -246,11 +221,6 @@ mod tests {
             .validate()
             .is_ok());
         assert!(m("ops", None, Some(ConsoleRole::Admin)).validate().is_ok());
-        assert_eq!(
-            ConsoleRole::parse("node"),
-            Err(IdpError::Role("node".into()))
-        );
-        assert_eq!(ConsoleRole::parse("operator"), Ok(ConsoleRole::Operator));
     }
 
     #[test]
