@@ -331,7 +331,13 @@ mod tests {
         assert!(plan(&want, &have).is_empty(), "{}", plan(&want, &have));
         // Hint newer than the device's last handshake: use it.
         have.peers.get_mut(&k(1)).unwrap().stats.last_handshake = (1_000, 0);
-        assert_eq!(plan(&want, &have).actions.len(), 1);
+        let p = plan(&want, &have);
+        assert_eq!(p.actions.len(), 1);
+        // A moved client is not drift; a hand-edited allowed IP is.
+        assert!(p.actions[0].endpoint_only());
+        have.peers.get_mut(&k(1)).unwrap().config.allowed_ips =
+            vec!["10.9.9.9/32".parse().unwrap()];
+        assert!(!plan(&want, &have).actions[0].endpoint_only());
     }
 
     #[test]

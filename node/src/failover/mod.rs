@@ -29,7 +29,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 /// How often the react sets are read at most.
 pub const REACT_INTERVAL: Duration = Duration::from_millis(100);
@@ -129,6 +129,20 @@ impl Failover {
     /// React's event path is wanted.
     pub fn reacts(&self) -> bool {
         self.react
+    }
+
+    /// The device was programmed without a belief (just created, or after
+    /// a failure it may not have survived): forget what the react sets saw.
+    pub async fn device_new(&mut self) {
+        if !self.react {
+            return;
+        }
+        match react::forget(crate::host::net::NFT_TABLE).await {
+            Ok(()) => info!("react: sets emptied for a new device"),
+            Err(e) => {
+                warn!(error = %e, "react: cannot empty the sets; stale sources may cause early handshakes")
+            }
+        }
     }
 
     /// A full device read: the index starts over from it.

@@ -33,6 +33,20 @@ fn ages<K: std::hash::Hash + Eq>(
     Ok(out)
 }
 
+/// Empty the six sets: what they hold was seen by a device that may not
+/// exist any more (a device re-created, a node restarted). A stale entry
+/// would make react kick a client the router is not sending here (yet),
+/// and its hold-off would then delay the kick that counts; with the sets
+/// empty, the client's first packet that does arrive is a new source and
+/// takes the event path at once. A rare event, so `nft` itself runs it.
+pub async fn forget(table: &str) -> Result<(), crate::host::nft::NftError> {
+    let script: String = [SET_DATA4, SET_DATA6, SET_LOAD4, SET_LOAD6, SET_IN4, SET_IN6]
+        .iter()
+        .map(|set| format!("flush set inet {table} {set}\n"))
+        .collect();
+    crate::host::nft::apply_nft(&script).await
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
     #[error("set {0}: {1}")]

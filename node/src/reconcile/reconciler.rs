@@ -448,9 +448,12 @@ impl Reconciler {
             self.failed(format!("programming {}: {e}", self.ifname));
             return;
         }
-        if had_belief && !p.is_empty() {
+        let drift = p.actions.iter().filter(|a| !a.endpoint_only()).count();
+        if had_belief && drift > 0 {
             warn!(plan = %p, "device differed from the replicated state (hand edit?); repaired");
-            self.metrics.drift_repairs.inc_by(p.actions.len() as u64);
+            self.metrics.drift_repairs.inc_by(drift as u64);
+        } else if had_belief && !p.is_empty() {
+            debug!(plan = %p, "endpoints taken from the replicated endpoint map");
         } else if !p.is_empty() {
             info!(plan = %p, "device programmed");
         }
@@ -481,6 +484,10 @@ impl Reconciler {
         self.endpoints.offer(proposals);
         if let Some(host) = &mut self.host {
             host.reconcile(&net, full).await;
+            // After the table check, so the sets exist on a first start.
+            if !had_belief {
+                self.failover.device_new().await;
+            }
         }
         self.sync_policy(full).await;
         if let Some(host) = &mut self.host {

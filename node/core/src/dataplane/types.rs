@@ -88,6 +88,22 @@ pub enum Action {
 }
 
 impl Action {
+    /// Only the endpoint changes: the replicated endpoint map saw the
+    /// client at a newer address than this device did (a client moved
+    /// between gateways), not a difference anyone made by hand.
+    pub fn endpoint_only(&self) -> bool {
+        matches!(
+            self,
+            Action::UpdatePeer {
+                endpoint: Some(_),
+                preshared_key: None,
+                persistent_keepalive: None,
+                allowed_ips: None,
+                ..
+            }
+        )
+    }
+
     /// The peer the action is about (None for device settings).
     pub fn peer(&self) -> Option<WgKey> {
         match self {
