@@ -13,6 +13,7 @@ pub mod failover;
 pub mod health;
 pub mod host;
 pub mod metrics;
+pub mod portal;
 pub use anygate_core::model;
 pub mod raft;
 pub mod reconcile;

@@ -68,6 +68,19 @@ fn main() -> ExitCode {
             },
             None => None,
         };
+        let portal = match &cfg.portal {
+            Some(pc) => match tokio::net::TcpListener::bind(pc.listen).await {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    eprintln!(
+                        "anygate: cannot listen on {} (portal.listen): {e}",
+                        pc.listen
+                    );
+                    return ExitCode::from(EX_UNAVAILABLE);
+                }
+            },
+            None => None,
+        };
         let shutdown = CancellationToken::new();
         let s = shutdown.clone();
         tokio::spawn(async move {
@@ -85,6 +98,7 @@ fn main() -> ExitCode {
             cfg,
             grpc,
             admin,
+            portal,
             identity,
         })
         .run(shutdown)

@@ -41,6 +41,10 @@ pub struct Metrics {
     pub bgp_path_repairs: Counter,
     pub bgp_errors: Counter,
     pub react_kicks: Family<ReasonLabels, Counter>,
+    /// Portal sign-ins by result (`ok`, or why they were refused).
+    pub portal_signins: Family<ReasonLabels, Counter>,
+    /// Devices enrolled at the portal (this node's requests).
+    pub portal_enrollments: Counter,
     pub react_spared: Counter,
     pub loser_flushes: Counter,
     pub takeover_kicks: Counter,
@@ -156,6 +160,8 @@ impl Metrics {
             bgp_path_repairs: Counter::default(),
             bgp_errors: Counter::default(),
             react_kicks: Family::default(),
+            portal_signins: Family::default(),
+            portal_enrollments: Counter::default(),
             react_spared: Counter::default(),
             loser_flushes: Counter::default(),
             takeover_kicks: Counter::default(),
@@ -299,6 +305,16 @@ impl Metrics {
             "bgp_errors",
             "Failed gobgpd API calls or connections (retried with backoff)",
             m.bgp_errors.clone(),
+        );
+        r.register(
+            "portal_signins",
+            "Portal sign-ins at this node by result (ok, or the reason they were refused)",
+            m.portal_signins.clone(),
+        );
+        r.register(
+            "portal_enrollments",
+            "Devices enrolled through this node's portal",
+            m.portal_enrollments.clone(),
         );
         r.register(
             "writes",

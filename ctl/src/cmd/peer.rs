@@ -5,7 +5,6 @@ use super::{read_opts, Result};
 use crate::keys;
 use crate::output::{json, table, when};
 use crate::Ctx;
-use anygate_core::wgquick::Writer;
 use anygate_proto::v1::peer_service_client::PeerServiceClient as P;
 use anygate_proto::v1::settings_service_client::SettingsServiceClient as S;
 use anygate_proto::v1::*;
@@ -224,82 +223,36 @@ pub fn to_spec(p: &Peer) -> PeerSpec {
 }
 
 /// A wg-quick config for the client, written through the one writer
-/// (`anygate_core::wgquick`): a setting that could end its line (a node
-/// that stored one before settings were checked, or a node that lies) is
-/// refused instead of becoming a line of its own, e.g. a `PostUp` hook.
+/// (`anygate_core::wgquick::client`).
 fn client_config(
     p: &Peer,
     s: &GatewaySettings,
     private_key: Option<&str>,
     psk: Option<&str>,
 ) -> std::result::Result<String, Status> {
-    let bad = |e: anygate_core::wgquick::ValueError| {
+    anygate_core::wgquick::client(&anygate_core::wgquick::Client {
+        title: format!("{}/{}", p.user, p.device),
+        public_key: p.public_key.clone(),
+        private_key,
+        preshared_key: psk,
+        addresses: p.addresses.clone(),
+        dns: s.dns.clone(),
+        mtu: s.mtu,
+        server_public_key: s.server_public_key.clone(),
+        hosts: [
+            s.endpoint_host.clone(),
+            s.anycast_v4.clone(),
+            s.anycast_v6.clone(),
+        ],
+        listen_port: s.listen_port,
+        routes: s.client_routes.clone(),
+        keepalive: p.persistent_keepalive,
+    })
+    .map_err(|e| {
         Status::failed_precondition(format!(
             "{e}; fix the setting with `anygatectl settings set`"
         ))
-    };
-    let mut w = Writer::new();
-    w.comment(&format!(
-        "anygate client config for {}/{}",
-        p.user, p.device
-    ));
-    w.section("Interface");
-    match private_key {
-        Some(k) => {
-            w.key("PrivateKey", k).map_err(bad)?;
-        }
-        None => {
-            w.comment(&format!(
-                "PrivateKey = <the private key that belongs to {}>",
-                p.public_key
-            ));
-        }
-    }
-    let addrs = host_routes(p);
-    if !addrs.is_empty() {
-        w.key("Address", &addrs.join(", ")).map_err(bad)?;
-    }
-    if !s.dns.is_empty() {
-        w.key("DNS", &s.dns.join(", ")).map_err(bad)?;
-    }
-    w.key("MTU", &s.mtu.to_string()).map_err(bad)?;
-    w.section("Peer");
-    if s.server_public_key.is_empty() {
-        w.comment("PublicKey unknown: set it with `anygatectl settings set --server-public-key`");
-    } else {
-        w.key("PublicKey", &s.server_public_key).map_err(bad)?;
-    }
-    if let Some(k) = psk {
-        w.key("PresharedKey", k).map_err(bad)?;
-    }
-    let bracket = |h: &str| match h.contains(':') {
-        true => format!("[{h}]"),
-        false => h.to_string(),
-    };
-    let host = [&s.endpoint_host, &s.anycast_v4, &s.anycast_v6]
-        .into_iter()
-        .find(|h| !h.is_empty())
-        .map(|h| bracket(h));
-    match host {
-        Some(h) => {
-            w.key("Endpoint", &format!("{h}:{}", s.listen_port))
-                .map_err(bad)?;
-        }
-        None => {
-            w.comment("Endpoint unknown: set `anygatectl settings set --anycast-v4 ADDR`");
-        }
-    }
-    let routes = if s.client_routes.is_empty() {
-        "0.0.0.0/0, ::/0".to_string()
-    } else {
-        s.client_routes.join(", ")
-    };
-    w.key("AllowedIPs", &routes).map_err(bad)?;
-    if p.persistent_keepalive > 0 {
-        w.key("PersistentKeepalive", &p.persistent_keepalive.to_string())
-            .map_err(bad)?;
-    }
-    Ok(w.finish())
+    })
 }
 
 /// Refuses settings no config can be written from, before a write that

@@ -73,6 +73,50 @@ pub struct File {
     pub api: Api,
     #[serde(default)]
     pub raft: Raft,
+    /// `[portal]`; absent = this node serves no portal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub portal: Option<Portal>,
+}
+
+/// The user portal: an HTTPS listener where people sign in at the
+/// company's identity provider (OpenID Connect) and enroll their devices.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Portal {
+    /// ip:port of the HTTPS listener (e.g. `0.0.0.0:443`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    /// PEM certificate chain and key the portal presents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+    /// The URL people open (the same on every gateway: the anycast name);
+    /// the redirect URI registered at the provider is `<url>/portal/callback`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// The provider's issuer URL (its discovery document is
+    /// `<issuer>/.well-known/openid-configuration`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// A file (mode 0600) holding the client secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret_file: Option<PathBuf>,
+    /// The ID-token claim that lists the user's groups (default `groups`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groups_claim: Option<String>,
+    /// ID-token signature algorithms accepted (default RS256, ES256).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub algorithms: Option<Vec<String>>,
+    /// How long a portal sign-in lasts (default 8h).
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub session_lifetime: Option<Duration>,
 }
 
 /// `[dataplane]`

@@ -84,6 +84,98 @@ impl Writer {
     }
 }
 
+/// What a client config is made of, as text (the CLI has the API's
+/// messages, the portal the replicated model; both write through here).
+#[derive(Debug, Clone, Default)]
+pub struct Client<'a> {
+    /// `user/device`, for the heading comment.
+    pub title: String,
+    /// The client's public key (named where the private key goes when
+    /// the writer does not have it).
+    pub public_key: String,
+    pub private_key: Option<&'a str>,
+    pub preshared_key: Option<&'a str>,
+    /// The client's tunnel addresses (bare, as allocated).
+    pub addresses: Vec<String>,
+    pub dns: Vec<String>,
+    pub mtu: u32,
+    pub server_public_key: String,
+    /// The host clients dial: the endpoint host, else the IPv4 anycast
+    /// address, else the IPv6 one (the first not empty).
+    pub hosts: [String; 3],
+    pub listen_port: u32,
+    /// Routed into the tunnel; empty = everything.
+    pub routes: Vec<String>,
+    pub keepalive: u32,
+}
+
+/// Where the private key goes when the writer does not have it: the
+/// portal's page puts the key its browser made in place of this line.
+pub fn private_key_placeholder(public_key: &str) -> String {
+    format!("PrivateKey = <the private key that belongs to {public_key}>")
+}
+
+/// A wg-quick config for a client. A value that could end its line (a
+/// setting stored before settings were checked, a node that lies) is
+/// refused instead of becoming a line of its own, e.g. a `PostUp` hook.
+pub fn client(c: &Client) -> Result<String, ValueError> {
+    let mut w = Writer::new();
+    w.comment(&format!("anygate client config for {}", c.title));
+    w.section("Interface");
+    match c.private_key {
+        Some(k) => {
+            w.key("PrivateKey", k)?;
+        }
+        None => {
+            w.comment(&private_key_placeholder(&c.public_key));
+        }
+    }
+    let addrs: Vec<String> = c
+        .addresses
+        .iter()
+        .map(|a| match a.contains(':') {
+            true => format!("{a}/128"),
+            false => format!("{a}/32"),
+        })
+        .collect();
+    if !addrs.is_empty() {
+        w.key("Address", &addrs.join(", "))?;
+    }
+    if !c.dns.is_empty() {
+        w.key("DNS", &c.dns.join(", "))?;
+    }
+    w.key("MTU", &c.mtu.to_string())?;
+    w.section("Peer");
+    if c.server_public_key.is_empty() {
+        w.comment("PublicKey unknown: set it with `anygatectl settings set --server-public-key`");
+    } else {
+        w.key("PublicKey", &c.server_public_key)?;
+    }
+    if let Some(k) = c.preshared_key {
+        w.key("PresharedKey", k)?;
+    }
+    match c.hosts.iter().find(|h| !h.is_empty()) {
+        Some(h) if h.contains(':') => {
+            w.key("Endpoint", &format!("[{h}]:{}", c.listen_port))?;
+        }
+        Some(h) => {
+            w.key("Endpoint", &format!("{h}:{}", c.listen_port))?;
+        }
+        None => {
+            w.comment("Endpoint unknown: set `anygatectl settings set --anycast-v4 ADDR`");
+        }
+    }
+    let routes = match c.routes.is_empty() {
+        true => "0.0.0.0/0, ::/0".to_string(),
+        false => c.routes.join(", "),
+    };
+    w.key("AllowedIPs", &routes)?;
+    if c.keepalive > 0 {
+        w.key("PersistentKeepalive", &c.keepalive.to_string())?;
+    }
+    Ok(w.finish())
+}
+
 /// Why [`check`] refuses a config.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CheckError {

@@ -275,6 +275,8 @@ impl Replay {
     fn of(cmd: &Command) -> Replay {
         match cmd {
             Command::AddPeers(list) => Replay::Peers(list.iter().map(|p| p.public_key).collect()),
+            Command::Enroll { peer, .. } => Replay::Peers(vec![peer.public_key]),
+            Command::RenewUser { .. } => Replay::Peers(vec![]),
             Command::SetPeerState { peer, .. } => Replay::PeerRef(peer.clone()),
             Command::RotatePeer { new_key, .. } => Replay::Peers(vec![*new_key]),
             Command::RemovePeer { .. } => Replay::Peers(vec![]),
@@ -289,6 +291,8 @@ impl Replay {
             | Command::Denied { .. }
             | Command::SecretRead { .. }
             | Command::UnmapIdpGroup { .. }
+            | Command::SignIn { .. }
+            | Command::InitPortalKey(_)
             | Command::RemovePolicy { .. } => Replay::Empty,
             Command::AddPolicy(p) => Replay::Policy(p.name.clone()),
             Command::MapIdpGroup(m) => Replay::Idp(m.claim.clone()),

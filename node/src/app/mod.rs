@@ -63,6 +63,8 @@ pub struct App {
     pub cfg: Config,
     pub grpc: TcpListener,
     pub admin: Option<TcpListener>,
+    /// The portal's listener (`[portal] listen`).
+    pub portal: Option<TcpListener>,
     /// The WireGuard identity (None when the dataplane is off).
     pub identity: Option<Identity>,
 }
@@ -273,6 +275,16 @@ impl App {
                 "admin HTTP",
                 stop_api.clone(),
                 admin_http(l, m, n, stop).instrument(tracing::info_span!("admin")),
+            ));
+        }
+        if let (Some(l), Some(pc)) = (self.portal, cfg.portal.clone()) {
+            let pc =
+                crate::portal::prepare(pc).map_err(|e| AppError::Tls(format!("portal: {e}")))?;
+            let (m, n, stop) = (metrics.clone(), node.clone(), stop_api.clone());
+            tasks.spawn(controller.guard(
+                "portal",
+                stop_api.clone(),
+                crate::portal::serve(pc, l, n, m, stop).instrument(tracing::info_span!("portal")),
             ));
         }
         tasks.spawn(

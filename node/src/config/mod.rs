@@ -481,6 +481,121 @@ pub struct Config {
     pub raft: RaftTimings,
     /// Tests only (hidden flag `--test-hold-back-apply`).
     pub hold_back_apply: Option<std::time::Duration>,
+    /// `[portal]`; None = no portal on this node.
+    pub portal: Option<PortalConfig>,
+}
+
+/// Validated `[portal]` section.
+#[derive(Clone)]
+pub struct PortalConfig {
+    pub listen: SocketAddr,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// The base URL people open, without a trailing slash.
+    pub url: String,
+    pub issuer: String,
+    pub client_id: String,
+    pub client_secret: String,
+    pub groups_claim: String,
+    pub algorithms: Vec<String>,
+    pub session_lifetime: Duration,
+}
+
+impl std::fmt::Debug for PortalConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PortalConfig")
+            .field("listen", &self.listen)
+            .field("url", &self.url)
+            .field("issuer", &self.issuer)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+/// The ID-token signature algorithms the portal can check.
+pub const PORTAL_ALGORITHMS: &[&str] = &[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+];
+
+impl PortalConfig {
+    fn load(f: file::Portal) -> Result<PortalConfig, ConfigError> {
+        let listen_s = f.listen.unwrap_or_else(|| "0.0.0.0:443".into());
+        let listen = listen_s
+            .parse()
+            .map_err(|_| bad("portal.listen", format!("{listen_s:?} is not ip:port")))?;
+        let cert = f
+            .cert
+            .ok_or_else(|| bad("portal.cert", "is required (a PEM certificate chain)"))?;
+        let key = f
+            .key
+            .ok_or_else(|| bad("portal.key", "is required (the certificate's PEM key)"))?;
+        let url = f.url.ok_or_else(|| {
+            bad(
+                "portal.url",
+                "is required (the URL people open, e.g. https://vpn.example.com)",
+            )
+        })?;
+        let url = url.trim_end_matches('/').to_string();
+        let parsed = url::Url::parse(&url)
+            .map_err(|e| bad("portal.url", format!("{url:?} is not a URL: {e}")))?;
+        if !matches!(parsed.scheme(), "https" | "http") || parsed.host().is_none() {
+            return Err(bad(
+                "portal.url",
+                format!("{url:?} must be https://host[:port]"),
+            ));
+        }
+        let issuer = f.issuer.ok_or_else(|| {
+            bad(
+                "portal.issuer",
+                "is required (the identity provider's issuer URL)",
+            )
+        })?;
+        url::Url::parse(&issuer)
+            .map_err(|e| bad("portal.issuer", format!("{issuer:?} is not a URL: {e}")))?;
+        let client_id = f
+            .client_id
+            .filter(|c| !c.is_empty())
+            .ok_or_else(|| bad("portal.client-id", "is required"))?;
+        let secret_path = f
+            .client_secret_file
+            .ok_or_else(|| bad("portal.client-secret-file", "is required (a 0600 file)"))?;
+        let client_secret = secret_file("portal.client-secret-file", &secret_path)?;
+        let groups_claim = f.groups_claim.unwrap_or_else(|| "groups".into());
+        if groups_claim.is_empty() {
+            return Err(bad("portal.groups-claim", "must not be empty"));
+        }
+        let algorithms = f
+            .algorithms
+            .unwrap_or_else(|| vec!["RS256".into(), "ES256".into()]);
+        if algorithms.is_empty() {
+            return Err(bad("portal.algorithms", "must name at least one algorithm"));
+        }
+        for a in &algorithms {
+            if !PORTAL_ALGORITHMS.contains(&a.as_str()) {
+                return Err(bad(
+                    "portal.algorithms",
+                    format!("{a:?} is not one of {}", PORTAL_ALGORITHMS.join(", ")),
+                ));
+            }
+        }
+        let session_lifetime = f.session_lifetime.unwrap_or(Duration::from_secs(8 * 3600));
+        if session_lifetime < Duration::from_secs(60) {
+            return Err(bad("portal.session-lifetime", "must be at least 1m"));
+        }
+        Ok(PortalConfig {
+            listen,
+            cert,
+            key,
+            url,
+            issuer,
+            client_id,
+            client_secret,
+            groups_claim,
+            algorithms,
+            session_lifetime,
+        })
+    }
 }
 
 impl Config {
@@ -577,7 +692,9 @@ impl Config {
         let write_burst = file.api.write_burst.unwrap_or(write_rate * 2).max(1);
         let raft = RaftTimings::load(file.raft)?;
         let hold_back_apply = cli.test_hold_back_apply;
+        let portal = file.portal.map(PortalConfig::load).transpose()?;
         Ok(Config {
+            portal,
             hold_back_apply,
             raft,
             dataplane,

@@ -21,6 +21,7 @@ const KEY_MEMBERSHIP: &[u8] = b"membership";
 const KEY_SETTINGS: &[u8] = b"settings";
 const KEY_POLICIES: &[u8] = b"policies";
 const KEY_IDP: &[u8] = b"idp_mappings";
+const KEY_PORTAL: &[u8] = b"portal_key";
 const KEY_SNAP_META: &[u8] = b"meta";
 const KEY_SNAP_DATA: &[u8] = b"data";
 
@@ -254,10 +255,12 @@ impl StateMachine {
             .map(|b| rd(&b))
             .transpose()?
             .unwrap_or_default();
+        let portal_key = get(CF_SETTINGS, KEY_PORTAL)?.map(|b| b.to_vec());
         let mut img = InventoryImage {
             settings,
             policies,
             idp_mappings,
+            portal_key,
             ..Default::default()
         };
         for (_, v) in all(CF_PEERS)? {
@@ -336,6 +339,9 @@ impl StateMachine {
         if ch.idp {
             let all: Vec<_> = inv.idp_mappings().cloned().collect();
             b.put_cf(cf(db, CF_SETTINGS), KEY_IDP, wr(&all)?);
+            if let Some(k) = inv.portal_key() {
+                b.put_cf(cf(db, CF_SETTINGS), KEY_PORTAL, k);
+            }
         }
         for k in &ch.endpoints {
             match inv.endpoint(k) {
@@ -560,6 +566,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         b.put_cf(cf(db, CF_SETTINGS), KEY_SETTINGS, wr(&img.settings)?);
         b.put_cf(cf(db, CF_SETTINGS), KEY_POLICIES, wr(&img.policies)?);
         b.put_cf(cf(db, CF_SETTINGS), KEY_IDP, wr(&img.idp_mappings)?);
+        match &img.portal_key {
+            Some(k) => b.put_cf(cf(db, CF_SETTINGS), KEY_PORTAL, k),
+            None => b.delete_cf(cf(db, CF_SETTINGS), KEY_PORTAL),
+        }
         for e in &img.endpoints {
             b.put_cf(cf(db, CF_ENDPOINTS), e.0.as_bytes(), wr(e)?);
         }

@@ -262,6 +262,12 @@ impl Drop for Cluster {
         if std::thread::panicking() {
             for n in &self.nodes {
                 let log = n.log();
+                // A panic's message matters more than its backtrace.
+                if let Some(at) = log.find("panicked at") {
+                    let start = log[..at].rfind('\n').map_or(0, |i| i + 1);
+                    let lines: Vec<&str> = log[start..].lines().take(4).collect();
+                    eprintln!("---- node {} panicked ----\n{}", n.id, lines.join("\n"));
+                }
                 let tail: Vec<&str> = log.lines().rev().take(40).collect();
                 eprintln!("---- node {} log (last {} lines) ----", n.id, tail.len());
                 for l in tail.iter().rev() {

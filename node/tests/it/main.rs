@@ -2,6 +2,7 @@
 //! the real `anygatectl`. One test binary (link time); files `tNN_what.rs`.
 
 mod harness;
+mod oidc;
 
 mod t01_formation;
 mod t02_crash_and_restart;
@@ -19,3 +20,4 @@ mod t13_security;
 mod t14_operations;
 mod t15_hundred_thousand;
 mod t16_idp;
+mod t17_portal;

@@ -220,6 +220,16 @@ pub fn check_command(cmd: &Command) -> Result<(), ApplyError> {
         Command::UnmapIdpGroup { claim } => {
             super::idp::check_claim(claim).map_err(|e| invalid(e.to_string()))
         }
+        Command::Enroll { peer, .. } => check_new_peer(peer),
+        Command::RenewUser { user, .. } => text("user", user, NAME_BYTES, true),
+        Command::SignIn { subject, error } => {
+            text("subject", subject, NAME_BYTES * 2, true)?;
+            match error {
+                Some(e) => text("reason", e, NAME_BYTES * 2, true),
+                None => Ok(()),
+            }
+        }
+        Command::InitPortalKey(_) => Ok(()),
         Command::RevokeCertificates(s) if s.is_empty() || s.len() > 100 => Err(invalid(
             "revoke 1-100 certificate serials per request".into(),
         )),

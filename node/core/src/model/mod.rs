@@ -10,7 +10,7 @@ pub mod policy;
 mod state;
 
 pub use key::{KeyError, WgKey};
-pub use state::{Changes, Inventory, InventoryImage, RememberedRequest};
+pub use state::{Changes, Inventory, InventoryImage, RememberedRequest, PORTAL_KEY_BYTES};
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -404,6 +404,41 @@ pub enum Command {
     UnmapIdpGroup {
         claim: String,
     },
+    /// A device a user enrolled at the portal after signing in at the
+    /// identity provider: added like one peer, refused when the user
+    /// already has `max_devices` enrolled devices (checked here, so two
+    /// gateways enrolling at once cannot both pass the limit).
+    Enroll {
+        peer: NewPeer,
+        max_devices: u32,
+    },
+    /// The user signed in again: the expiry of each of their enrolled
+    /// devices moves out to `until_ms` (never in). Disabled and revoked
+    /// devices stay as they are.
+    RenewUser {
+        user: String,
+        until_ms: i64,
+    },
+    /// A sign-in at the portal: changes nothing, recorded in the
+    /// replicated audit (`error` is why it was refused).
+    SignIn {
+        subject: String,
+        error: Option<String>,
+    },
+    /// The key that signs the portal's cookies (64 random bytes), set by
+    /// the first portal that needs one; later proposals change nothing, so
+    /// every gateway signs with the same key.
+    InitPortalKey(Vec<u8>),
+}
+
+/// The label an enrolled (signed-in, self-service) device carries.
+pub const ENROLLED_LABEL: (&str, &str) = ("enrolled", "sso");
+
+impl Peer {
+    /// Enrolled by its user at the portal (not added by an operator).
+    pub fn enrolled(&self) -> bool {
+        self.labels.get(ENROLLED_LABEL.0).map(String::as_str) == Some(ENROLLED_LABEL.1)
+    }
 }
 
 impl Command {
@@ -444,6 +479,12 @@ impl Command {
             Command::RevokeCertificates(s) => ("cert.revoke", s.join(",")),
             Command::MapIdpGroup(m) => ("idp.map", m.claim.clone()),
             Command::UnmapIdpGroup { claim } => ("idp.unmap", claim.clone()),
+            Command::Enroll { peer, .. } => {
+                ("device.enroll", format!("{}/{}", peer.user, peer.device))
+            }
+            Command::RenewUser { user, .. } => ("device.renew", user.clone()),
+            Command::SignIn { subject, .. } => ("signin", subject.clone()),
+            Command::InitPortalKey(_) => ("portal.key", String::new()),
         }
     }
 }

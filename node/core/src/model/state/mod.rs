@@ -57,6 +57,8 @@ pub struct InventoryImage {
     pub revoked_certs: Vec<(String, Revocation)>,
     #[serde(default)]
     pub idp_mappings: Vec<super::idp::IdpMapping>,
+    #[serde(default)]
+    pub portal_key: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Default)]
@@ -74,6 +76,7 @@ pub struct Inventory {
     revoked: BTreeMap<WgKey, Revocation>,
     revoked_certs: BTreeMap<String, Revocation>,
     idp_mappings: BTreeMap<String, super::idp::IdpMapping>,
+    portal_key: Option<Vec<u8>>,
 }
 
 type Res<T> = Result<T, ApplyError>;
@@ -93,6 +96,9 @@ fn bounded(mut s: String) -> String {
     }
     s
 }
+
+/// The portal's cookie key: 32 bytes to sign, 32 to encrypt.
+pub const PORTAL_KEY_BYTES: usize = 64;
 
 /// Policies per cluster (each becomes a rule on every gateway).
 pub const MAX_POLICIES: usize = 1000;
@@ -120,6 +126,7 @@ impl Inventory {
                 .into_iter()
                 .map(|m| (m.claim.clone(), m))
                 .collect(),
+            portal_key: img.portal_key,
             ..Default::default()
         };
         for p in img.peers {
@@ -157,6 +164,7 @@ impl Inventory {
                 .map(|(k, r)| (k.clone(), r.clone()))
                 .collect(),
             idp_mappings: self.idp_mappings.values().cloned().collect(),
+            portal_key: self.portal_key.clone(),
         }
     }
 
@@ -216,6 +224,21 @@ impl Inventory {
     /// The identity-provider group mappings, by IdP group.
     pub fn idp_mappings(&self) -> impl Iterator<Item = &super::idp::IdpMapping> {
         self.idp_mappings.values()
+    }
+
+    /// The portal's cookie-signing key, once a portal set it.
+    pub fn portal_key(&self) -> Option<&[u8]> {
+        self.portal_key.as_deref()
+    }
+
+    /// The devices `user` enrolled at the portal.
+    pub fn enrolled_devices<'a>(&'a self, user: &'a str) -> impl Iterator<Item = &'a Peer> + 'a {
+        // by_user_device is keyed by (user, device): a range scan would
+        // need an ordered map; users hold a handful of devices, and the
+        // portal reads this once per page.
+        self.peers
+            .values()
+            .filter(move |p| p.user == user && p.enrolled())
     }
     pub fn node_flags(&self, id: NodeId) -> Option<&NodeFlags> {
         self.nodes.get(&id)
@@ -534,6 +557,68 @@ impl Inventory {
                     }
                 }
                 Ok(Response::Count(n))
+            }
+            Command::Enroll { peer, max_devices } => {
+                let have = self.enrolled_devices(&peer.user).count();
+                if have >= *max_devices as usize {
+                    return Err(err(
+                        ErrorKind::ResourceExhausted,
+                        format!(
+                            "{} already has {have} enrolled devices, the most their groups allow is {max_devices}; remove one first",
+                            peer.user
+                        ),
+                    ));
+                }
+                let mut peer = peer.clone();
+                peer.labels
+                    .insert(ENROLLED_LABEL.0.into(), ENROLLED_LABEL.1.into());
+                if peer.expires_at_ms.is_none() {
+                    return Err(err(
+                        ErrorKind::InvalidArgument,
+                        "an enrolled device needs an expiry",
+                    ));
+                }
+                self.add_peers(index, req.at_ms, &[peer], ch)
+            }
+            Command::RenewUser { user, until_ms } => {
+                if *until_ms <= req.at_ms {
+                    return Err(err(ErrorKind::InvalidArgument, "renewal is in the past"));
+                }
+                let keys: Vec<WgKey> = self
+                    .enrolled_devices(user)
+                    .filter(|p| p.state == PeerState::Active)
+                    .filter(|p| {
+                        p.expires_at_ms
+                            .is_some_and(|t| t < *until_ms && t > req.at_ms)
+                    })
+                    .map(|p| p.public_key)
+                    .collect();
+                let mut out = Vec::with_capacity(keys.len());
+                for k in keys {
+                    let p = self.peers.get_mut(&k).expect("listed");
+                    p.expires_at_ms = Some(*until_ms);
+                    p.revision = index;
+                    out.push(p.clone());
+                    ch.peers.insert(k);
+                }
+                Ok(Response::Peers(out))
+            }
+            Command::SignIn { error, .. } => match error {
+                None => Ok(Response::Empty),
+                Some(e) => Err(err(ErrorKind::PermissionDenied, e.clone())),
+            },
+            Command::InitPortalKey(key) => {
+                if key.len() != PORTAL_KEY_BYTES {
+                    return Err(err(
+                        ErrorKind::InvalidArgument,
+                        format!("a portal key is {PORTAL_KEY_BYTES} bytes"),
+                    ));
+                }
+                if self.portal_key.is_none() {
+                    self.portal_key = Some(key.clone());
+                    ch.idp = true;
+                }
+                Ok(Response::Empty)
             }
             Command::Denied { method, role } => Err(err(
                 ErrorKind::PermissionDenied,

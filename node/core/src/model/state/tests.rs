@@ -668,3 +668,163 @@ fn idp_mappings_replace_unmap_and_survive_the_image() {
     assert_eq!(e.kind, ErrorKind::NotFound);
     assert!(!ch.idp);
 }
+
+fn enroll(i: u32, user: &str, device: &str, expires: i64) -> Command {
+    let mut p = np(i);
+    p.user = user.into();
+    p.device = device.into();
+    p.expires_at_ms = Some(expires);
+    Command::Enroll {
+        peer: p,
+        max_devices: 2,
+    }
+}
+
+#[test]
+fn enrollment_counts_the_users_devices_and_renewal_only_extends() {
+    let mut inv = inv_with_pool(&["10.8.0.0/24"]);
+    let mut ch = Changes::default();
+    let r = inv.apply(2, &req(enroll(1, "alice", "laptop", 50_000)), &mut ch);
+    let Response::Peers(p) = r else {
+        panic!("{r:?}")
+    };
+    assert!(p[0].enrolled(), "labelled as enrolled");
+    assert_eq!(p[0].addresses[0], "10.8.0.2".parse::<IpAddr>().unwrap());
+    assert!(ch.peers.contains(&key(1)));
+    // An operator's peer for the same user does not count against the limit.
+    let mut op = np(9);
+    op.user = "alice".into();
+    op.device = "server".into();
+    assert!(matches!(add(&mut inv, 3, vec![op]), Response::Peers(_)));
+    let r = inv.apply(
+        4,
+        &req(enroll(2, "alice", "phone", 60_000)),
+        &mut Changes::default(),
+    );
+    assert!(matches!(r, Response::Peers(_)), "{r:?}");
+    let e = rejected(inv.apply(
+        5,
+        &req(enroll(3, "alice", "tablet", 60_000)),
+        &mut Changes::default(),
+    ));
+    assert_eq!(e.kind, ErrorKind::ResourceExhausted);
+    assert!(
+        e.message.contains("already has 2 enrolled devices"),
+        "{}",
+        e.message
+    );
+    assert!(inv.peer(&key(3)).is_none(), "nothing half-applied");
+    // Another user is not affected by alice's limit.
+    let r = inv.apply(
+        6,
+        &req(enroll(4, "bob", "laptop", 60_000)),
+        &mut Changes::default(),
+    );
+    assert!(matches!(r, Response::Peers(_)), "{r:?}");
+    // No expiry: refused.
+    let mut c = enroll(5, "bob", "phone", 0);
+    if let Command::Enroll { peer, .. } = &mut c {
+        peer.expires_at_ms = None;
+    }
+    assert_eq!(
+        rejected(inv.apply(7, &req(c), &mut Changes::default())).kind,
+        ErrorKind::InvalidArgument
+    );
+
+    // Renewal: alice's enrolled devices move out to 90 s; the operator's
+    // peer and bob's devices do not change; a shorter renewal changes nothing.
+    let mut ch = Changes::default();
+    let r = inv.apply(
+        8,
+        &req(Command::RenewUser {
+            user: "alice".into(),
+            until_ms: 90_000,
+        }),
+        &mut ch,
+    );
+    let Response::Peers(p) = r else {
+        panic!("{r:?}")
+    };
+    assert_eq!(p.len(), 2);
+    assert_eq!(inv.peer(&key(1)).unwrap().expires_at_ms, Some(90_000));
+    assert_eq!(inv.peer(&key(2)).unwrap().expires_at_ms, Some(90_000));
+    assert_eq!(inv.peer(&key(9)).unwrap().expires_at_ms, None);
+    assert_eq!(inv.peer(&key(4)).unwrap().expires_at_ms, Some(60_000));
+    assert_eq!(ch.peers.len(), 2);
+    let r = inv.apply(
+        9,
+        &req(Command::RenewUser {
+            user: "alice".into(),
+            until_ms: 70_000,
+        }),
+        &mut Changes::default(),
+    );
+    assert!(matches!(r, Response::Peers(p) if p.is_empty()));
+    assert_eq!(inv.peer(&key(1)).unwrap().expires_at_ms, Some(90_000));
+    // A disabled device is not renewed.
+    let r = inv.apply(
+        10,
+        &req(Command::SetPeerState {
+            peer: PeerRef::Key(key(2)),
+            state: PeerState::Disabled,
+        }),
+        &mut Changes::default(),
+    );
+    assert!(matches!(r, Response::Peers(_)));
+    inv.apply(
+        11,
+        &req(Command::RenewUser {
+            user: "alice".into(),
+            until_ms: 99_000,
+        }),
+        &mut Changes::default(),
+    );
+    assert_eq!(inv.peer(&key(1)).unwrap().expires_at_ms, Some(99_000));
+    assert_eq!(inv.peer(&key(2)).unwrap().expires_at_ms, Some(90_000));
+}
+
+#[test]
+fn sign_ins_are_audited_and_the_portal_key_is_set_once() {
+    let mut inv = Inventory::default();
+    let mut ch = Changes::default();
+    let ok = Command::SignIn {
+        subject: "alice".into(),
+        error: None,
+    };
+    assert!(matches!(inv.apply(1, &req(ok), &mut ch), Response::Empty));
+    assert_eq!(ch.audit[0].action, "signin");
+    assert_eq!(ch.audit[0].error, None);
+    let mut ch = Changes::default();
+    let bad = Command::SignIn {
+        subject: "mallory".into(),
+        error: Some("no mapped group".into()),
+    };
+    let e = rejected(inv.apply(2, &req(bad), &mut ch));
+    assert_eq!(e.kind, ErrorKind::PermissionDenied);
+    assert_eq!(ch.audit[0].error.as_deref(), Some("no mapped group"));
+
+    assert!(inv.portal_key().is_none());
+    let e = rejected(inv.apply(
+        3,
+        &req(Command::InitPortalKey(vec![1; 10])),
+        &mut Changes::default(),
+    ));
+    assert_eq!(e.kind, ErrorKind::InvalidArgument);
+    let mut ch = Changes::default();
+    inv.apply(
+        4,
+        &req(Command::InitPortalKey(vec![7; PORTAL_KEY_BYTES])),
+        &mut ch,
+    );
+    assert!(ch.idp, "stored");
+    let mut ch = Changes::default();
+    inv.apply(
+        5,
+        &req(Command::InitPortalKey(vec![8; PORTAL_KEY_BYTES])),
+        &mut ch,
+    );
+    assert!(!ch.idp, "the first key stays");
+    assert_eq!(inv.portal_key(), Some(&[7u8; PORTAL_KEY_BYTES][..]));
+    let back = Inventory::from_image(inv.to_image());
+    assert_eq!(back.portal_key(), Some(&[7u8; PORTAL_KEY_BYTES][..]));
+}
