@@ -381,13 +381,12 @@ impl Portal {
             match node.write(req.clone()).await {
                 Ok(w) => break w,
                 Err(crate::raft::NodeError::Rejected(e)) => return Err(rejected(e)),
-                Err(e) if tokio::time::Instant::now() >= deadline => return Err(refuse(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
-                    format!(
+                Err(e) if tokio::time::Instant::now() >= deadline => {
+                    let why = format!(
                         "the cluster cannot take the change right now ({e}); try again in a moment"
-                    ),
-                )),
+                    );
+                    return Err(refuse(StatusCode::SERVICE_UNAVAILABLE, "unavailable", why));
+                }
                 Err(e) => {
                     tracing::debug!(error = %e, "portal: write waits for a leader");
                     tokio::time::sleep(Duration::from_millis(100)).await;
