@@ -58,6 +58,9 @@ if (form) {
       link.href = URL.createObjectURL(new Blob([config], { type: "text/plain" }));
       link.download = name.replace(/[^A-Za-z0-9_.-]+/g, "-") + ".conf";
       document.getElementById("result").hidden = false;
+      // The list above was rendered before this device existed.
+      const none = document.getElementById("no-devices");
+      if (none) none.textContent = `${name} was added: its configuration is below.`;
       form.hidden = true;
     } catch (e) {
       showError(e.message);

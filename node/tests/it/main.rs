@@ -3,6 +3,7 @@
 
 mod harness;
 mod oidc;
+mod webdriver;
 
 mod t01_formation;
 mod t02_crash_and_restart;

@@ -35,8 +35,10 @@ fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
-#[test]
-fn sign_in_enroll_renew_and_survive_a_gateway_failure() {
+/// Three nodes, each serving the portal on its own loopback port, signed in
+/// through one provider; the server key, a pool and alice's group set.
+/// Returns the cluster, the portals' URLs, the provider and the server key.
+fn portal_cluster(max_devices: &str) -> (Cluster, Vec<String>, Idp, String) {
     let mut c = Cluster::empty();
     let listens: Vec<String> = (1..=3)
         .map(|_| format!("127.0.0.1:{}", free_port()))
@@ -67,20 +69,25 @@ fn sign_in_enroll_renew_and_survive_a_gateway_failure() {
         ],
     );
     ctl_ok(&ep, &["pool", "add", "corp", "--cidr", "10.90.0.0/24"]);
-    ctl_ok(
-        &ep,
-        &[
-            "idp",
-            "map",
-            "staff",
-            "--group",
-            "eng",
-            "--lifetime",
-            "1h",
-            "--max-devices",
-            "2",
-        ],
-    );
+    let map = [
+        "idp",
+        "map",
+        "staff",
+        "--group",
+        "eng",
+        "--lifetime",
+        "1h",
+        "--max-devices",
+        max_devices,
+    ];
+    ctl_ok(&ep, &map);
+    (c, portals, idp, server)
+}
+
+#[test]
+fn sign_in_enroll_renew_and_survive_a_gateway_failure() {
+    let (mut c, portals, idp, server) = portal_cluster("2");
+    let ep = c.all_endpoints();
     ctl_ok(
         &ep,
         &[
@@ -437,4 +444,132 @@ fn forged_replayed_and_reused_callbacks_are_refused() {
         .as_array()
         .unwrap()
         .is_empty());
+}
+
+/// Every file under `dir` and the node logs beside it, as bytes.
+fn contains_anywhere(dir: &std::path::Path, needle: &[u8]) -> Option<std::path::PathBuf> {
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if std::fs::read(&p).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle))
+            {
+                return Some(p);
+            }
+        }
+    }
+    None
+}
+
+#[test]
+fn a_browser_makes_its_own_key_and_keeps_its_session_across_a_gateway_failure() {
+    use crate::webdriver::{provider_sign_in, Browser};
+    let (mut c, portals, _idp, server) = portal_cluster("3");
+    let ep = c.all_endpoints();
+
+    // Sign in at the provider and enroll a laptop: the key pair is made by
+    // the page (WebCrypto X25519), timed from opening the portal to the
+    // config on screen.
+    let b = Browser::start(c.dir());
+    let t0 = std::time::Instant::now();
+    b.goto(&format!("{}/portal", portals[0]));
+    b.click("#sign-in");
+    provider_sign_in(&b, "alice");
+    assert_eq!(b.text("#who"), "alice@example.com");
+    b.type_into("#device-name", "laptop");
+    b.click("#add-device");
+    let config = b.text("#result:not([hidden]) #config");
+    eprintln!(
+        "portal: sign-in to config in hand (headless chromium): {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(
+        b.text("#no-devices"),
+        "laptop was added: its configuration is below."
+    );
+
+    // The config's private key belongs to the public key the cluster holds.
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let private = config
+        .lines()
+        .find_map(|l| l.strip_prefix("PrivateKey = "))
+        .unwrap_or_else(|| panic!("a private key in the page's config: {config}"))
+        .trim()
+        .to_string();
+    let bytes: [u8; 32] = b64.decode(&private).unwrap().try_into().unwrap();
+    let public = b64
+        .encode(x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from(bytes)).as_bytes());
+    let devices = alice_devices(&ep);
+    assert_eq!(devices.len(), 1, "{devices:?}");
+    assert_eq!(devices[0]["device"], "laptop");
+    assert_eq!(
+        devices[0]["public_key"],
+        public.as_str(),
+        "the enrolled key is the page's"
+    );
+    assert!(
+        config.contains(&format!("PublicKey = {server}")),
+        "{config}"
+    );
+    let address = devices[0]["addresses"][0].as_str().unwrap().to_string();
+    assert!(config.contains(&format!("Address = {address}")), "{config}");
+    let link = b.eval(
+        "const a = document.getElementById('download'); return [a.href.slice(0, 5), a.download];",
+    );
+    assert_eq!(link, json!(["blob:", "laptop.conf"]));
+    // The private key never reached a gateway: not in a data dir, not in a log.
+    for n in 1..=3u64 {
+        let dir = c.node(n).dir.clone();
+        assert_eq!(
+            contains_anywhere(&dir, private.as_bytes()),
+            None,
+            "private key stored"
+        );
+        let log = c.node(n).log();
+        assert!(!log.contains(&private), "private key in node {n}'s log");
+    }
+    if let Some(to) = std::env::var_os("ANYGATE_SCREENSHOTS") {
+        b.screenshot(&std::path::Path::new(&to).join("portal-enrolled.png"));
+    }
+
+    // The gateway that served all of this dies. The same browser opens the
+    // portal at another gateway: still signed in, and enrolls again.
+    c.node(1).kill();
+    b.goto(&format!("{}/portal", portals[1]));
+    assert_eq!(
+        b.text("#who"),
+        "alice@example.com",
+        "no new sign-in after the failure"
+    );
+    assert!(b.has("tr[data-device=laptop]"), "{}", b.source());
+    b.type_into("#device-name", "phone");
+    b.click("#add-device");
+    let phone = b.text("#result:not([hidden]) #config");
+    assert!(
+        phone.contains("PrivateKey = ") && !phone.contains(&private),
+        "{phone}"
+    );
+    let live = c.live_endpoints();
+    assert_eq!(alice_devices(&live).len(), 2);
+
+    // Remove the phone from the list (a confirmation first).
+    b.goto(&format!("{}/portal", portals[2]));
+    b.click("button.remove[data-device=phone]");
+    b.accept_alert();
+    eventually("phone gone from the page", Duration::from_secs(10), || {
+        (!b.has("tr[data-device=phone]") && b.has("tr[data-device=laptop]")).then_some(())
+    });
+    let left: Vec<String> = alice_devices(&live)
+        .iter()
+        .map(|d| d["device"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(left, vec!["laptop".to_string()]);
+
+    // Sign out: the portal offers the sign-in again.
+    b.click("#sign-out");
+    b.text("#sign-in");
+    assert!(!b.has("#who"));
 }
