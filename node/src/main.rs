@@ -51,35 +51,16 @@ fn main() -> ExitCode {
         .build()
         .expect("tokio runtime");
     rt.block_on(async move {
-        let grpc = match tokio::net::TcpListener::bind(cfg.listen).await {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!("anygate: cannot listen on {}: {e}", cfg.listen);
-                return ExitCode::from(EX_UNAVAILABLE);
-            }
+        let Some(grpc) = bind(cfg.listen, "listen").await else {
+            return ExitCode::from(EX_UNAVAILABLE);
         };
-        let admin = match cfg.metrics_listen {
-            Some(a) => match tokio::net::TcpListener::bind(a).await {
-                Ok(l) => Some(l),
-                Err(e) => {
-                    eprintln!("anygate: cannot listen on {a} (metrics-listen): {e}");
-                    return ExitCode::from(EX_UNAVAILABLE);
-                }
-            },
-            None => None,
+        let Some(admin) = bind_optional(cfg.metrics_listen, "metrics-listen").await else {
+            return ExitCode::from(EX_UNAVAILABLE);
         };
-        let portal = match &cfg.portal {
-            Some(pc) => match tokio::net::TcpListener::bind(pc.listen).await {
-                Ok(l) => Some(l),
-                Err(e) => {
-                    eprintln!(
-                        "anygate: cannot listen on {} (portal.listen): {e}",
-                        pc.listen
-                    );
-                    return ExitCode::from(EX_UNAVAILABLE);
-                }
-            },
-            None => None,
+        let Some(portal) =
+            bind_optional(cfg.portal.as_ref().map(|p| p.listen), "portal.listen").await
+        else {
+            return ExitCode::from(EX_UNAVAILABLE);
         };
         let shutdown = CancellationToken::new();
         let s = shutdown.clone();
@@ -117,4 +98,26 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+/// Binds a configured listener; None (after saying why) when it cannot.
+async fn bind(addr: std::net::SocketAddr, key: &str) -> Option<tokio::net::TcpListener> {
+    match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => Some(l),
+        Err(e) => {
+            eprintln!("anygate: cannot listen on {addr} ({key}): {e}");
+            None
+        }
+    }
+}
+
+/// An optional listener: Some(None) when it is not configured.
+async fn bind_optional(
+    addr: Option<std::net::SocketAddr>,
+    key: &str,
+) -> Option<Option<tokio::net::TcpListener>> {
+    match addr {
+        None => Some(None),
+        Some(a) => bind(a, key).await.map(Some),
+    }
 }

@@ -163,6 +163,38 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+const VERSIONS: &[&rustls::SupportedProtocolVersion] =
+    &[&rustls::version::TLS13, &rustls::version::TLS12];
+
+/// A PEM certificate chain (at least one certificate) and its private key.
+fn cert_and_key(
+    cert: &Path,
+    key: &Path,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| file_err(cert, e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| file_err(cert, e))?;
+    if chain.is_empty() {
+        return Err(file_err(cert, "no certificate in the file"));
+    }
+    let k = PrivateKeyDer::from_pem_file(key).map_err(|e| file_err(key, e))?;
+    Ok((chain, k))
+}
+
+/// A server configuration that asks for no client certificate (the
+/// enrollment portal, which people open in a browser): the same protocol
+/// versions and crypto provider as the mutual-TLS one.
+pub fn server_without_client_auth(cert: &Path, key: &Path) -> Result<ServerConfig, TlsError> {
+    let (chain, k) = cert_and_key(cert, key)?;
+    ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(VERSIONS)
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(chain, k)
+        .map_err(|e| file_err(key, format!("does not match the certificate: {e}")))
+}
+
 fn build(paths: &Paths) -> Result<Built, TlsError> {
     let stamp = stamp(paths);
     let roots_der: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&paths.ca)
@@ -179,16 +211,9 @@ fn build(paths: &Paths) -> Result<Built, TlsError> {
             .map_err(|e| file_err(&paths.ca, format!("not a usable CA certificate: {e}")))?;
     }
     let roots = Arc::new(roots);
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&paths.cert)
-        .map_err(|e| file_err(&paths.cert, e))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| file_err(&paths.cert, e))?;
-    let Some(leaf) = chain.first() else {
-        return Err(file_err(&paths.cert, "no certificate in the file"));
-    };
-    let identity = identity_of(leaf).map_err(|e| file_err(&paths.cert, e))?;
-    let key = PrivateKeyDer::from_pem_file(&paths.key).map_err(|e| file_err(&paths.key, e))?;
-    let versions = &[&rustls::version::TLS13, &rustls::version::TLS12];
+    let (chain, key) = cert_and_key(&paths.cert, &paths.key)?;
+    let identity = identity_of(&chain[0]).map_err(|e| file_err(&paths.cert, e))?;
+    let versions = VERSIONS;
     let verifier =
         rustls::server::WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
             .build()

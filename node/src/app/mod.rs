@@ -278,6 +278,7 @@ impl App {
             ));
         }
         if let (Some(l), Some(pc)) = (self.portal, cfg.portal.clone()) {
+            check_private(&pc.key, "portal.key")?;
             let pc =
                 crate::portal::prepare(pc).map_err(|e| AppError::Tls(format!("portal: {e}")))?;
             let (m, n, stop) = (metrics.clone(), node.clone(), stop_api.clone());

@@ -85,9 +85,17 @@ pub struct Prepared {
     oidc: oidc::Provider,
 }
 
-pub fn prepare(cfg: PortalConfig) -> Result<Prepared, String> {
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    #[error(transparent)]
+    Tls(#[from] anygate_proto::tls::TlsError),
+    #[error(transparent)]
+    Oidc(#[from] oidc::OidcError),
+}
+
+pub fn prepare(cfg: PortalConfig) -> Result<Prepared, PrepareError> {
     let tls = tls_acceptor(&cfg)?;
-    let oidc = oidc::Provider::new(cfg.clone()).map_err(|e| e.to_string())?;
+    let oidc = oidc::Provider::new(cfg.clone())?;
     Ok(Prepared { cfg, tls, oidc })
 }
 
@@ -163,23 +171,8 @@ pub async fn serve(
 /// (elections take about a second; a person waits a few).
 const WRITE_PATIENCE: Duration = Duration::from_secs(6);
 
-fn tls_acceptor(cfg: &PortalConfig) -> Result<tokio_rustls::TlsAcceptor, String> {
-    use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cfg.cert)
-        .and_then(|i| i.collect::<Result<_, _>>())
-        .map_err(|e| format!("{}: {e}", cfg.cert.display()))?;
-    if chain.is_empty() {
-        return Err(format!("{}: no certificate", cfg.cert.display()));
-    }
-    let key = PrivateKeyDer::from_pem_file(&cfg.key)
-        .map_err(|e| format!("{}: {e}", cfg.key.display()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut server = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .map_err(|e| format!("{}: {e}", cfg.key.display()))?;
+fn tls_acceptor(cfg: &PortalConfig) -> Result<tokio_rustls::TlsAcceptor, PrepareError> {
+    let mut server = anygate_proto::tls::server_without_client_auth(&cfg.cert, &cfg.key)?;
     server.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(server)))
 }
@@ -309,13 +302,7 @@ fn session(jar: &PrivateCookieJar) -> Option<Session> {
 /// The session of a change request: signed in, and the CSRF token it was
 /// given sent back in the header.
 fn session_for_change(jar: &PrivateCookieJar, headers: &HeaderMap) -> Result<Session, Refusal> {
-    let s = session(jar).ok_or_else(|| {
-        refuse(
-            StatusCode::UNAUTHORIZED,
-            "signed_out",
-            "you are not signed in (or your sign-in expired): sign in again",
-        )
-    })?;
+    let s = session(jar).ok_or_else(signed_out)?;
     let sent = headers
         .get(CSRF_HEADER)
         .and_then(|v| v.to_str().ok())
@@ -328,6 +315,28 @@ fn session_for_change(jar: &PrivateCookieJar, headers: &HeaderMap) -> Result<Ses
         ));
     }
     Ok(s)
+}
+
+fn signed_out() -> Refusal {
+    refuse(
+        StatusCode::UNAUTHORIZED,
+        "signed_out",
+        "you are not signed in (or your sign-in expired): sign in again",
+    )
+}
+
+/// A JSON body of the expected shape (described in `shape` for the refusal).
+fn json_body<T>(
+    body: Result<Json<T>, axum::extract::rejection::JsonRejection>,
+    shape: &str,
+) -> Result<T, Refusal> {
+    body.map(|Json(t)| t).map_err(|e| {
+        refuse(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("the request is not {shape}: {e}"),
+        )
+    })
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -636,12 +645,7 @@ struct DeviceView {
 
 async fn list_devices(State(p): State<Portal>, jar: PrivateCookieJar) -> HttpResponse {
     let Some(s) = session(&jar) else {
-        return refuse(
-            StatusCode::UNAUTHORIZED,
-            "signed_out",
-            "you are not signed in",
-        )
-        .into_response();
+        return signed_out().into_response();
     };
     let devices: Vec<DeviceView> = p.inner.node.view.read(|inv| {
         inv.enrolled_devices(&s.id.subject)
@@ -700,13 +704,7 @@ async fn enroll(
     body: Result<Json<EnrollRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Enrolled>, Refusal> {
     let s = session_for_change(&jar, &headers)?;
-    let Json(req) = body.map_err(|e| {
-        refuse(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            format!("the request is not {{\"name\": …, \"public_key\": …}}: {e}"),
-        )
-    })?;
+    let req = json_body(body, r#"{"name": …, "public_key": …}"#)?;
     check_device_name(&req.name)?;
     let key: WgKey = req.public_key.trim().parse().map_err(|_| {
         refuse(
@@ -826,13 +824,7 @@ async fn remove_device(
     body: Result<Json<RemoveRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<StatusCode, Refusal> {
     let s = session_for_change(&jar, &headers)?;
-    let Json(req) = body.map_err(|e| {
-        refuse(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            format!("the request is not {{\"name\": …}}: {e}"),
-        )
-    })?;
+    let req = json_body(body, r#"{"name": …}"#)?;
     check_device_name(&req.name)?;
     // Only one's own enrolled devices: an operator's peer under the same
     // user name is not the person's to remove.
